@@ -1,0 +1,40 @@
+// CPU feature detection and the one place that decides which instruction set the kernels use.
+#pragma once
+#include <string>
+#include <vector>
+
+#include "kernels/kernels.h"
+
+namespace mlspecqd {
+
+struct CpuFeatures {
+    bool avx2 = false;
+    bool fma = false;
+    bool f16c = false;
+    bool avx512f = false;
+    bool avx512bw = false;
+    bool avx512vl = false;
+    bool avx512dq = false;
+    bool avx512_bf16 = false;
+    bool avx512_vnni = false;
+    bool avx512_vbmi = false;
+};
+
+enum class Isa { scalar, avx2, avx512 };
+
+const CpuFeatures& cpu_features();
+
+// The best instruction set this CPU runs; the active one starts there.
+Isa best_isa();
+Isa active_isa();
+// Tests force a path to compare it against the scalar reference. Refuses one the CPU lacks.
+void set_active_isa(Isa isa);
+
+const char* isa_name(Isa isa);
+Isa isa_from_name(const std::string& name);  // throws std::invalid_argument
+std::vector<Isa> supported_isas();
+
+// The kernel table of the active instruction set.
+const KernelTable& kernels();
+
+}  // namespace mlspecqd

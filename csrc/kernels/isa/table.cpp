@@ -1,0 +1,18 @@
+#include "kernels/isa/isa.h"
+
+#define MLSPECQD_STRINGIFY_(x) #x
+#define MLSPECQD_STRINGIFY(x) MLSPECQD_STRINGIFY_(x)
+
+namespace mlspecqd {
+namespace MLSPECQD_ISA {
+
+const KernelTable& kernel_table() {
+    static const KernelTable table = {
+        MLSPECQD_STRINGIFY(MLSPECQD_ISA),
+        gemm_bf16,
+    };
+    return table;
+}
+
+}  // namespace MLSPECQD_ISA
+}  // namespace mlspecqd

@@ -1,0 +1,5 @@
+import sys
+
+from mlspecqd.cli import main
+
+sys.exit(main())
