@@ -178,9 +178,9 @@ def parse(path: Path, buffer: Any, size: int) -> ParsedFile:
     metadata_count = reader.u64("metadata_kv_count")
     left = size - HEADER_BYTES
     if metadata_count > left // _MIN_METADATA_ENTRY_BYTES:
-        raise reader.fail("metadata_kv_count", f"{metadata_count} entries cannot fit in a file of {size} bytes")
+        raise reader.fail("metadata_kv_count", f"{metadata_count} entries cannot fit in a file of {size} bytes (truncated or corrupt)")
     if tensor_count > (left - metadata_count * _MIN_METADATA_ENTRY_BYTES) // _MIN_TENSOR_ENTRY_BYTES:
-        raise reader.fail("tensor_count", f"{tensor_count} tensors cannot fit in a file of {size} bytes")
+        raise reader.fail("tensor_count", f"{tensor_count} tensors cannot fit in a file of {size} bytes (truncated or corrupt)")
 
     metadata: dict[str, Any] = {}
     value_types: dict[str, GGUFValueType] = {}
