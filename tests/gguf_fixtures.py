@@ -18,6 +18,8 @@ import gguf
 import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
+from mlspecqd.gguf import ModelSpec, RopeScaling, expected_tensor_shapes
+
 # Small sizes every architecture accepts; rows are multiples of 32 so the 32-value block types work.
 # K-quant types (256-value blocks) need d_model and d_ff (or expert_d_ff) multiples of 256.
 BASE_SPEC: dict[str, Any] = {
@@ -39,7 +41,8 @@ BASE_SPEC: dict[str, Any] = {
     "expert_d_ff": 0,
     "shared_expert_d_ff": 0,
     "sliding_window": 0,
-    "rope_scaling": None,  # e.g. {"type": "linear", "factor": 2.0} or {"type": "yarn", "factor": 4.0, "original_context_length": 64}
+    # None, or e.g. {"type": "linear", "factor": 2.0}, {"type": "yarn", "factor": 4.0, "original_context_length": 64}
+    "rope_scaling": None,
 }
 ARCHITECTURE_SPECS: dict[str, dict[str, Any]] = {
     "llama": {},
@@ -98,50 +101,18 @@ def random_blocks(ggml_type: GGMLQuantizationType, n_blocks: int, rng: np.random
 
 
 def _tensor_shapes(spec: Mapping[str, Any], architecture: str) -> dict[str, tuple[int, ...]]:
-    d = spec["d_model"]
-    head_dim = spec["head_dim"] or d // spec["n_heads"]
-    q_width, kv_width = spec["n_heads"] * head_dim, spec["n_kv_heads"] * head_dim
-    shapes: dict[str, tuple[int, ...]] = {"token_embd.weight": (spec["vocab_size"], d), "output_norm.weight": (d,)}
-    if not spec["tied_output"]:
-        shapes["output.weight"] = (spec["vocab_size"], d)
-    for layer in range(spec["n_layers"]):
-        block: dict[str, tuple[int, ...]] = {
-            "attn_norm.weight": (d,),
-            "attn_q.weight": (q_width, d),
-            "attn_k.weight": (kv_width, d),
-            "attn_v.weight": (kv_width, d),
-            "attn_output.weight": (d, q_width),
-            "ffn_norm.weight": (d,),
-        }
-        if spec["qkv_bias"]:
-            block.update({"attn_q.bias": (q_width,), "attn_k.bias": (kv_width,), "attn_v.bias": (kv_width,)})
-        if spec["qk_norm"]:
-            block.update({"attn_q_norm.weight": (head_dim,), "attn_k_norm.weight": (head_dim,)})
-        if architecture == "gemma3":
-            block.update({"post_attention_norm.weight": (d,), "post_ffw_norm.weight": (d,)})
-        experts, width, shared = spec["n_experts"], spec["expert_d_ff"], spec["shared_expert_d_ff"]
-        if experts:
-            block.update(
-                {
-                    "ffn_gate_inp.weight": (experts, d),
-                    "ffn_gate_exps.weight": (experts, width, d),
-                    "ffn_up_exps.weight": (experts, width, d),
-                    "ffn_down_exps.weight": (experts, d, width),
-                }
-            )
-            if shared:
-                block.update(
-                    {
-                        "ffn_gate_inp_shexp.weight": (d,),
-                        "ffn_gate_shexp.weight": (shared, d),
-                        "ffn_up_shexp.weight": (shared, d),
-                        "ffn_down_shexp.weight": (d, shared),
-                    }
-                )
-        else:
-            block.update({"ffn_gate.weight": (spec["d_ff"], d), "ffn_up.weight": (spec["d_ff"], d), "ffn_down.weight": (d, spec["d_ff"])})
-        shapes.update({f"blk.{layer}.{name}": shape for name, shape in block.items()})
-    return shapes
+    head_dim = spec["head_dim"] or spec["d_model"] // spec["n_heads"]
+    sizes = {name: spec[name] for name in BASE_SPEC if name not in ("head_dim", "rope_scaling", "sliding_window")}
+    model = ModelSpec(
+        architecture=architecture,
+        head_dim=head_dim,
+        rope_dim=head_dim,
+        rope_style="neox",
+        rope_scaling=RopeScaling(),
+        post_norms=architecture == "gemma3",
+        **sizes,
+    )
+    return expected_tensor_shapes(model)
 
 
 def _random_values(name: str, shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
@@ -187,7 +158,7 @@ def _metadata(writer: gguf.GGUFWriter, architecture: str, spec: Mapping[str, Any
 
 def _byte_to_unicode() -> list[str]:
     """GPT-2's printable stand-in for each byte value (byte-level BPE token spelling)."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
     spelled, extra = {}, 0
     for byte in range(256):
         if byte in printable:
@@ -277,7 +248,13 @@ def write_model_gguf(
     return stored
 
 
-def _encode(name: str, shape: tuple[int, ...], ggml_type: GGMLQuantizationType, values: np.ndarray | None, rng: np.random.Generator) -> np.ndarray:
+def _encode(
+    name: str,
+    shape: tuple[int, ...],
+    ggml_type: GGMLQuantizationType,
+    values: np.ndarray | None,
+    rng: np.random.Generator,
+) -> np.ndarray:
     """The stored form of a tensor: float arrays for F32 / F16, uint8 block bytes (byte shape) otherwise."""
     if ggml_type in QUANTIZABLE_TYPES:
         values = _random_values(name, shape, rng) if values is None else values.astype(np.float32)
@@ -286,7 +263,7 @@ def _encode(name: str, shape: tuple[int, ...], ggml_type: GGMLQuantizationType, 
         raise ValueError(f"{name}: gguf.quants cannot quantize to {ggml_type.name}; leave its values random")
     block_elements, block_bytes = GGML_QUANT_SIZES[ggml_type]
     if shape[-1] % block_elements:
-        raise ValueError(f"{name}: row length {shape[-1]} is not a multiple of the {ggml_type.name} block size {block_elements}")
+        raise ValueError(f"{name}: row length {shape[-1]} is not a multiple of {ggml_type.name}'s {block_elements}")
     n_blocks = math.prod(shape) // block_elements
     return random_blocks(ggml_type, n_blocks, rng).reshape(*shape[:-1], shape[-1] // block_elements * block_bytes)
 

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+from gguf import GGMLQuantizationType as Q
 from gguf.quants import dequantize as reference_dequantize
 from gguf.quants import quantize as reference_quantize
 from gguf_fixtures import models_dir
@@ -67,10 +68,11 @@ def test_every_mxfp4_exponent_and_code():
     blocks[:, 0] = np.arange(256)
     blocks[:, 1:] = np.arange(16, dtype=np.uint8) * 17  # both nibbles hold every code
     raw = blocks.reshape(-1)
-    assert same_bits(_native.dequantize(raw, int(GGMLQuantizationType.MXFP4), 256 * 32, False), reference_f32(raw, GGMLQuantizationType.MXFP4))
+    got = _native.dequantize(raw, int(GGMLQuantizationType.MXFP4), 256 * 32, False)
+    assert same_bits(got, reference_f32(raw, GGMLQuantizationType.MXFP4))
 
 
-@pytest.mark.parametrize("ggml_type", [GGMLQuantizationType.Q4_K, GGMLQuantizationType.Q8_0, GGMLQuantizationType.F16], ids=lambda t: t.name)
+@pytest.mark.parametrize("ggml_type", [Q.Q4_K, Q.Q8_0, Q.F16], ids=lambda t: t.name)
 def test_thread_count_does_not_change_the_bits(ggml_type):
     raw = random_raw(ggml_type, 4 * N_ELEMENTS, seed=7)
     threads = _native.num_threads()
@@ -115,6 +117,7 @@ def test_real_tensors_of_every_type_equal_reference():
             for ggml_type, info in smallest.items():
                 expected = reference_f32(info.raw, ggml_type).reshape(info.shape)
                 assert same_bits(model.tensor_f32(info.name), expected), (path.name, info.name)
-                assert same_bits(model.tensor_bf16(info.name), reference_bf16(expected).reshape(info.shape)), (path.name, info.name)
+                expected_bits = reference_bf16(expected).reshape(info.shape)
+                assert same_bits(model.tensor_bf16(info.name), expected_bits), (path.name, info.name)
                 checked.add(ggml_type.name)
     assert {"Q4_K", "Q6_K", "Q5_0", "Q8_0", "Q4_1", "F32"} <= checked

@@ -12,9 +12,16 @@ import gguf
 import numpy as np
 import pytest
 from gguf import GGMLQuantizationType as Q
-from gguf_fixtures import ARCHITECTURE_SPECS, model_spec, models_dir, random_blocks, tensor_entry_offset, write_model_gguf
+from gguf_fixtures import (
+    ARCHITECTURE_SPECS,
+    model_spec,
+    models_dir,
+    random_blocks,
+    tensor_entry_offset,
+    write_model_gguf,
+)
 
-from mlspecqd.gguf import CASTS, GGUFError, ModelSpec, RopeScaling, convert, expected_tensor_shapes, open_gguf, write_gguf
+from mlspecqd.gguf import CASTS, GGUFError, ModelSpec, RopeScaling, convert, open_gguf, write_gguf
 
 
 @pytest.fixture
@@ -42,11 +49,16 @@ def test_spec_matches_what_was_written(tmp_path, architecture):
     assert spec.architecture == architecture
     assert (spec.n_layers, spec.d_model, spec.n_heads, spec.n_kv_heads, spec.head_dim) == (
         written["n_layers"], written["d_model"], written["n_heads"], written["n_kv_heads"], head_dim)
-    assert (spec.vocab_size, spec.context_length, spec.rope_dim) == (written["vocab_size"], written["context_length"], head_dim)
+    assert (spec.vocab_size, spec.context_length) == (written["vocab_size"], written["context_length"])
+    assert spec.rope_dim == head_dim
     assert spec.rope_base == written["rope_base"]
     assert spec.norm_eps == np.float32(written["norm_eps"])
     assert spec.rope_style == ("interleaved" if architecture == "llama" else "neox")
-    assert (spec.tied_output, spec.qkv_bias, spec.qk_norm) == (written["tied_output"], written["qkv_bias"], written["qk_norm"])
+    assert (spec.tied_output, spec.qkv_bias, spec.qk_norm) == (
+        written["tied_output"],
+        written["qkv_bias"],
+        written["qk_norm"],
+    )
     assert (spec.n_experts, spec.n_experts_used, spec.expert_d_ff, spec.shared_expert_d_ff) == (
         written["n_experts"], written["n_experts_used"], written["expert_d_ff"], written["shared_expert_d_ff"])
     assert spec.attention_scale == pytest.approx(1 / math.sqrt(head_dim))
@@ -57,7 +69,8 @@ def test_gemma3_extras(tmp_path):
     path = tmp_path / "gemma3.gguf"
     write_model_gguf(path, "gemma3")
     spec = spec_of(path)
-    assert (spec.activation, spec.post_norms, spec.sliding_window, spec.sliding_window_pattern) == ("gelu_tanh", True, 16, 6)
+    assert (spec.activation, spec.post_norms) == ("gelu_tanh", True)
+    assert (spec.sliding_window, spec.sliding_window_pattern) == (16, 6)
     assert spec.embedding_scale == pytest.approx(8.0)  # sqrt(d_model = 64)
     assert spec.rope_base_sliding == 10000.0
 
@@ -74,7 +87,8 @@ def test_expert_weight_normalization_per_family(tmp_path):
     write_model_gguf(tmp_path / "a.gguf", "qwen2moe")
     write_model_gguf(tmp_path / "b.gguf", "qwen3moe")
     write_model_gguf(tmp_path / "c.gguf", "qwen2moe", extra_metadata={"qwen2moe.expert_weights_norm": True})
-    assert [spec_of(tmp_path / name).expert_weights_normalized for name in ("a.gguf", "b.gguf", "c.gguf")] == [False, True, True]
+    normalized = [spec_of(tmp_path / name).expert_weights_normalized for name in ("a.gguf", "b.gguf", "c.gguf")]
+    assert normalized == [False, True, True]
 
 
 def test_head_dim_defaults_to_d_model_over_heads_and_key_length_wins(tmp_path):
@@ -98,9 +112,13 @@ def test_rope_scaling(tmp_path, scaling, expected):
 
 def test_llama3_rope_scaling_comes_with_its_frequency_factors(tmp_path):
     factors = np.linspace(1, 8, 8, dtype=np.float32)
-    write_model_gguf(tmp_path / "m.gguf", "llama", extra_tensors={"rope_freqs.weight": (factors, Q.F32)},
-                     extra_metadata={"llama.rope.scaling.factor": 8.0, "llama.rope.scaling.low_freq_factor": 1.0,
-                                     "llama.rope.scaling.high_freq_factor": 4.0, "llama.rope.scaling.original_context_length": 8192})
+    scaling = {"factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_context_length": 8192}
+    write_model_gguf(
+        tmp_path / "m.gguf",
+        "llama",
+        extra_tensors={"rope_freqs.weight": (factors, Q.F32)},
+        extra_metadata={f"llama.rope.scaling.{key}": value for key, value in scaling.items()},
+    )
     assert spec_of(tmp_path / "m.gguf").rope_scaling == RopeScaling("llama3", 8.0, 8192, 1.0, 4.0)
 
 
@@ -108,14 +126,6 @@ def test_unsupported_rope_scaling(tmp_path):
     write_model_gguf(tmp_path / "m.gguf", "qwen2", {"rope_scaling": {"type": "longrope", "factor": 2.0}})
     with pytest.raises(GGUFError, match=r"qwen2\.rope\.scaling\.type: rope scaling 'longrope' is not supported"):
         spec_of(tmp_path / "m.gguf")
-
-
-def test_expected_tensor_shapes_are_the_files(tmp_path):
-    for architecture in ARCHITECTURE_SPECS:
-        path = tmp_path / f"{architecture}.gguf"
-        write_model_gguf(path, architecture)
-        with open_gguf(path) as model:
-            assert expected_tensor_shapes(model.spec) == {name: info.shape for name, info in model.tensors.items()}
 
 
 # --- metadata and tensors ----------------------------------------------------------------------------
@@ -157,15 +167,17 @@ def test_fixture_values_are_what_the_file_holds(tmp_path):
 
 
 def test_unknown_tensor_name(llama_path):
-    with open_gguf(llama_path) as model, pytest.raises(GGUFError, match=r"llama\.gguf: tensor nope\.weight: not in the file"):
-        model.tensor_f32("nope.weight")
+    with open_gguf(llama_path) as model:
+        with pytest.raises(GGUFError, match=r"llama\.gguf: tensor nope\.weight: not in the file"):
+            model.tensor_f32("nope.weight")
 
 
 def test_unsupported_tensor_type_names_tensor_and_type(tmp_path):
     blocks = random_blocks(Q.IQ2_XXS, 4, np.random.default_rng(0)).reshape(1, -1)
     write_model_gguf(tmp_path / "m.gguf", extra_tensors={"odd.weight": (blocks, Q.IQ2_XXS)})
-    with open_gguf(tmp_path / "m.gguf") as model, pytest.raises(GGUFError, match=r"m\.gguf: tensor odd\.weight: type IQ2_XXS cannot be dequantized"):
-        model.tensor_bf16("odd.weight")
+    with open_gguf(tmp_path / "m.gguf") as model:
+        with pytest.raises(GGUFError, match=r"m\.gguf: tensor odd\.weight: type IQ2_XXS cannot be dequantized"):
+            model.tensor_bf16("odd.weight")
 
 
 # --- bad input -------------------------------------------------------------------------------------
@@ -234,7 +246,7 @@ def test_absurd_array_length(llama_path):
     key = b"tokenizer.ggml.tokens"
     count_offset = data.index(struct.pack("<Q", len(key)) + key) + 8 + len(key) + 4 + 4
     corrupt(llama_path, count_offset, struct.pack("<Q", 1 << 61))
-    with pytest.raises(GGUFError, match=r"tokenizer\.ggml\.tokens: array of 2305843009213693952 STRING items cannot fit"):
+    with pytest.raises(GGUFError, match=r"tokenizer\.ggml\.tokens: array of 2305843009213693952 STRING items cannot"):
         open_gguf(llama_path)
 
 
@@ -250,7 +262,8 @@ def test_tensor_size_disagreeing_with_its_shape(llama_path):
     data = llama_path.read_bytes()
     dims_offset = tensor_entry_offset(data, "blk.0.attn_q.weight") + 8 + len("blk.0.attn_q.weight") + 4
     corrupt(llama_path, dims_offset + 8, struct.pack("<Q", 65))  # 64 rows -> 65: runs into the next tensor
-    with pytest.raises(GGUFError, match=r"tensor blk\.0\.attn_q\.weight: its 4420 bytes \(Q8_0, shape \(65, 64\)\) overlap tensor"):
+    overlap = r"tensor blk\.0\.attn_q\.weight: its 4420 bytes \(Q8_0, shape \(65, 64\)\) overlap tensor"
+    with pytest.raises(GGUFError, match=overlap):
         open_gguf(llama_path)
 
 
@@ -271,8 +284,17 @@ def test_unsupported_architecture(tmp_path):
             model.spec
 
 
-@pytest.mark.parametrize("key", ["llama.block_count", "llama.embedding_length", "llama.attention.head_count",
-                                 "llama.feed_forward_length", "llama.context_length", "llama.attention.layer_norm_rms_epsilon"])
+@pytest.mark.parametrize(
+    "key",
+    [
+        "llama.block_count",
+        "llama.embedding_length",
+        "llama.attention.head_count",
+        "llama.feed_forward_length",
+        "llama.context_length",
+        "llama.attention.layer_norm_rms_epsilon",
+    ],
+)
 def test_missing_required_key(tmp_path, key):
     write_model_gguf(tmp_path / "m.gguf", drop_metadata=[key])
     with pytest.raises(GGUFError, match=rf"m\.gguf: {key}: required key is missing"):
@@ -280,14 +302,16 @@ def test_missing_required_key(tmp_path, key):
 
 
 def test_key_of_the_wrong_type(tmp_path):
-    write_model_gguf(tmp_path / "m.gguf", drop_metadata=["llama.block_count"], extra_metadata={"llama.block_count": "two"})
+    key = "llama.block_count"
+    write_model_gguf(tmp_path / "m.gguf", drop_metadata=[key], extra_metadata={key: "two"})
     with pytest.raises(GGUFError, match=r"llama\.block_count: expected an integer, got 'two'"):
         spec_of(tmp_path / "m.gguf")
 
 
 def test_metadata_disagreeing_with_tensor_shapes(tmp_path):
-    write_model_gguf(tmp_path / "m.gguf", drop_metadata=["llama.feed_forward_length"], extra_metadata={"llama.feed_forward_length": 128})
-    with pytest.raises(GGUFError, match=r"tensor blk\.0\.ffn_gate\.weight: shape \(96, 64\) does not match \(128, 64\)"):
+    key = "llama.feed_forward_length"
+    write_model_gguf(tmp_path / "m.gguf", drop_metadata=[key], extra_metadata={key: 128})
+    with pytest.raises(GGUFError, match=r"blk\.0\.ffn_gate\.weight: shape \(96, 64\) does not match \(128, 64\)"):
         spec_of(tmp_path / "m.gguf")
 
 
@@ -310,7 +334,8 @@ def test_vocab_size_key_disagreeing_with_the_embedding(tmp_path):
 
 
 def test_more_tokens_than_embedding_rows(tmp_path):
-    write_model_gguf(tmp_path / "m.gguf", extra_metadata={"tokenizer.ggml.tokens": [f"t{index}" for index in range(321)]})
+    tokens = [f"t{index}" for index in range(321)]
+    write_model_gguf(tmp_path / "m.gguf", extra_metadata={"tokenizer.ggml.tokens": tokens})
     with pytest.raises(GGUFError, match=r"tokenizer\.ggml\.tokens: 321 tokens but the embedding has only 320 rows"):
         spec_of(tmp_path / "m.gguf")
 
@@ -324,7 +349,10 @@ def read_back(path):
     return reader, metadata
 
 
-@pytest.mark.parametrize("target, matrix_type, file_type", [("bf16", Q.BF16, gguf.LlamaFileType.MOSTLY_BF16), ("f32", Q.F32, gguf.LlamaFileType.ALL_F32)])
+@pytest.mark.parametrize(
+    "target, matrix_type, file_type",
+    [("bf16", Q.BF16, gguf.LlamaFileType.MOSTLY_BF16), ("f32", Q.F32, gguf.LlamaFileType.ALL_F32)],
+)
 def test_convert_round_trip_checked_by_gguf_reader(tmp_path, target, matrix_type, file_type):
     source_path, out_path = tmp_path / "in.gguf", tmp_path / "out.gguf"
     write_model_gguf(source_path, "qwen2", tensor_type=Q.Q8_0, tensor_types={"token_embd.weight": Q.Q4_0})
@@ -343,7 +371,8 @@ def test_convert_round_trip_checked_by_gguf_reader(tmp_path, target, matrix_type
                 expected = source.tensor_bf16(tensor.name)
             else:
                 expected = source.tensor_f32(tensor.name)
-            assert np.array_equal(tensor.data.view(np.uint8).view(expected.dtype).reshape(expected.shape), expected), tensor.name
+            written = tensor.data.view(np.uint8).view(expected.dtype).reshape(expected.shape)
+            assert np.array_equal(written, expected), tensor.name
         with open_gguf(out_path) as converted:
             assert converted.spec == source.spec
 
@@ -355,8 +384,13 @@ def test_convert_carries_metadata_bytes_unchanged(tmp_path):
     source, out = source_path.read_bytes(), out_path.read_bytes()
     start = 24
     end = tensor_entry_offset(source, "token_embd.weight")
-    file_type = struct.pack("<Q", 17) + b"general.file_type" + struct.pack("<II", gguf.GGUFValueType.UINT32, gguf.LlamaFileType.ALL_F32)
-    assert out[start:end] == source[start:end].replace(file_type, file_type[:-4] + struct.pack("<I", gguf.LlamaFileType.MOSTLY_BF16))
+    def file_type_entry(file_type):
+        return struct.pack("<Q", 17) + b"general.file_type" + struct.pack("<II", gguf.GGUFValueType.UINT32, file_type)
+
+    expected = source[start:end].replace(
+        file_type_entry(gguf.LlamaFileType.ALL_F32), file_type_entry(gguf.LlamaFileType.MOSTLY_BF16)
+    )
+    assert out[start:end] == expected
 
 
 def test_failed_conversion_leaves_no_file(tmp_path, monkeypatch):
@@ -394,8 +428,9 @@ def test_a_cast_plugged_into_casts_is_used(tmp_path, monkeypatch, llama_path):
 
 
 def test_write_refuses_to_overwrite_its_source(llama_path):
-    with open_gguf(llama_path) as source, pytest.raises(GGUFError, match="would overwrite the file it is converted from"):
-        write_gguf(llama_path, source, [])
+    with open_gguf(llama_path) as source:
+        with pytest.raises(GGUFError, match="would overwrite the file it is converted from"):
+            write_gguf(llama_path, source, [])
 
 
 def test_write_without_file_type_drops_the_key(tmp_path, llama_path):
@@ -428,8 +463,8 @@ def real_model(name: str) -> Path:
 def test_real_model_specs(name):
     spec = spec_of(real_model(name))
     architecture, layers, d_model, heads, kv_heads, head_dim, d_ff, vocab, tied, bias = REAL[name]
-    assert (spec.architecture, spec.n_layers, spec.d_model, spec.n_heads, spec.n_kv_heads, spec.head_dim, spec.d_ff) == (
-        architecture, layers, d_model, heads, kv_heads, head_dim, d_ff)
+    assert (spec.architecture, spec.n_layers, spec.d_model) == (architecture, layers, d_model)
+    assert (spec.n_heads, spec.n_kv_heads, spec.head_dim, spec.d_ff) == (heads, kv_heads, head_dim, d_ff)
     assert (spec.vocab_size, spec.tied_output, spec.qkv_bias) == (vocab, tied, bias)
     assert spec.qk_norm == (architecture == "gemma3")
 
@@ -447,4 +482,5 @@ def test_real_model_converts_to_bf16(tmp_path):
             assert np.array_equal(converted.tensors[name].raw.view(expected.dtype).reshape(expected.shape), expected)
     bench = shutil.which("llama-bench", path="/root/.cache/llamacpp-ref/bin")
     if bench:  # llama.cpp's own loader accepts the file
-        subprocess.run([bench, "-m", str(out_path), "-p", "0", "-n", "1", "-t", "2"], check=True, capture_output=True, timeout=120)
+        command = [bench, "-m", str(out_path), "-p", "0", "-n", "1", "-t", "2"]
+        subprocess.run(command, check=True, capture_output=True, timeout=120)

@@ -19,7 +19,7 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType, LlamaFil
 
 from mlspecqd import _native
 from mlspecqd.gguf.file import GGUFFile, open_gguf
-from mlspecqd.gguf.format import DEFAULT_ALIGNMENT, MAGIC, GGUFError
+from mlspecqd.gguf.format import MAGIC, GGUFError
 
 OUTPUT_VERSION = 3
 FILE_TYPE_KEY = "general.file_type"
@@ -68,7 +68,9 @@ class OutputTensor:
         return math.prod(self.shape) // block_elements * block_bytes
 
 
-def write_gguf(out_path: str | os.PathLike[str], source: GGUFFile, tensors: Sequence[OutputTensor], file_type: int | None = None) -> None:
+def write_gguf(
+    out_path: str | os.PathLike[str], source: GGUFFile, tensors: Sequence[OutputTensor], file_type: int | None = None
+) -> None:
     """Writes a GGUF file holding `source`'s metadata, byte for byte, and `tensors`, in order.
     general.file_type is set to `file_type`, or left out when None (llama.cpp then infers it from the
     tensor types). Atomic: on failure no file appears at out_path."""
@@ -98,7 +100,8 @@ def _check_tensors(out_path: Path, tensors: Sequence[OutputTensor]) -> None:
         names.add(tensor.name)
         block_elements = GGML_QUANT_SIZES[tensor.ggml_type][0]
         if not tensor.shape or tensor.shape[-1] % block_elements:
-            raise GGUFError(out_path, f"tensor {tensor.name}", f"shape {tensor.shape} does not hold whole {tensor.ggml_type.name} blocks")
+            problem = f"shape {tensor.shape} does not hold whole {tensor.ggml_type.name} blocks"
+            raise GGUFError(out_path, f"tensor {tensor.name}", problem)
 
 
 def _string(text: str) -> bytes:
@@ -108,7 +111,9 @@ def _string(text: str) -> bytes:
 
 def _metadata_entries(source: GGUFFile, file_type: int | None) -> list[bytes]:
     """Each metadata entry of `source` as stored, general.file_type replaced (or appended, or dropped)."""
-    file_type_entry = None if file_type is None else _string(FILE_TYPE_KEY) + struct.pack("<II", GGUFValueType.UINT32, file_type)
+    file_type_entry = None
+    if file_type is not None:
+        file_type_entry = _string(FILE_TYPE_KEY) + struct.pack("<II", GGUFValueType.UINT32, file_type)
     entries = []
     for key, (start, end) in source.parsed.metadata_spans.items():
         if key != FILE_TYPE_KEY:
@@ -121,8 +126,10 @@ def _metadata_entries(source: GGUFFile, file_type: int | None) -> list[bytes]:
     return entries
 
 
-def _write(out: BinaryIO, out_path: Path, source: GGUFFile, tensors: Sequence[OutputTensor], file_type: int | None) -> None:
-    alignment = source.parsed.alignment if "general.alignment" in source.metadata else DEFAULT_ALIGNMENT
+def _write(
+    out: BinaryIO, out_path: Path, source: GGUFFile, tensors: Sequence[OutputTensor], file_type: int | None
+) -> None:
+    alignment = source.parsed.alignment  # general.alignment, copied with the metadata, or the default
     entries = _metadata_entries(source, file_type)
     out.write(MAGIC + struct.pack("<IQQ", OUTPUT_VERSION, len(tensors), len(entries)))
     for entry in entries:
@@ -141,7 +148,8 @@ def _write(out: BinaryIO, out_path: Path, source: GGUFFile, tensors: Sequence[Ou
         except ValueError as error:
             raise GGUFError(out_path, f"tensor {tensor.name}", f"could not be produced: {error}") from error
         if data.nbytes != tensor.n_bytes:
-            raise GGUFError(out_path, f"tensor {tensor.name}", f"produced {data.nbytes} bytes, expected {tensor.n_bytes} for {tensor.ggml_type.name} {tensor.shape}")
+            expected = f"expected {tensor.n_bytes} for {tensor.ggml_type.name} {tensor.shape}"
+            raise GGUFError(out_path, f"tensor {tensor.name}", f"produced {data.nbytes} bytes, {expected}")
         out.write(memoryview(data).cast("B"))
         _pad(out, alignment)
 
@@ -155,7 +163,9 @@ def _pad(out: BinaryIO, alignment: int) -> None:
     out.write(bytes(_padded(position, alignment) - position))
 
 
-def conversion_plan(source: GGUFFile, cast: Cast, out_path: Path) -> tuple[list[OutputTensor], GGMLQuantizationType | None]:
+def conversion_plan(
+    source: GGUFFile, cast: Cast, out_path: Path
+) -> tuple[list[OutputTensor], GGMLQuantizationType | None]:
     """The tensors of `source` converted by `cast`: every tensor of two or more dimensions goes through
     the cast (token_embd and output included; llama.cpp reads any type for them), 1-D tensors (norms,
     biases, rope factors) become F32. Also returns the type of the largest converted tensor."""
@@ -187,12 +197,15 @@ def _f32_bytes(source: GGUFFile, name: str) -> Callable[[], np.ndarray]:
     return lambda: source.tensor_f32(name).reshape(-1).view(np.uint8)
 
 
-def _cast_bytes(source: GGUFFile, name: str, cast: Cast, ggml_type: GGMLQuantizationType, out_path: Path) -> Callable[[], np.ndarray]:
+def _cast_bytes(
+    source: GGUFFile, name: str, cast: Cast, ggml_type: GGMLQuantizationType, out_path: Path
+) -> Callable[[], np.ndarray]:
     def produce() -> np.ndarray:
         values = source.tensor_f32(name)
         raw, produced_type = cast(values.reshape(-1, values.shape[-1]))
         if produced_type != ggml_type:
-            raise GGUFError(out_path, f"tensor {name}", f"the cast produced {GGMLQuantizationType(produced_type).name}, announced {ggml_type.name}")
+            problem = f"the cast produced {GGMLQuantizationType(produced_type).name}, announced {ggml_type.name}"
+            raise GGUFError(out_path, f"tensor {name}", problem)
         return raw
 
     return produce
