@@ -301,6 +301,19 @@ def test_missing_required_key(tmp_path, key):
         spec_of(tmp_path / "m.gguf")
 
 
+def test_absurd_layer_count(tmp_path):
+    key = "llama.block_count"
+    write_model_gguf(tmp_path / "m.gguf", drop_metadata=[key], extra_metadata={key: 4_000_000_000})
+    with pytest.raises(GGUFError, match=r"llama\.block_count: 4000000000 layers but only \d+ tensors"):
+        spec_of(tmp_path / "m.gguf")
+
+
+def test_experts_in_a_dense_family(tmp_path):
+    write_model_gguf(tmp_path / "m.gguf", "qwen2", extra_metadata={"qwen2.expert_count": 4})
+    with pytest.raises(GGUFError, match=r"qwen2\.expert_count: experts in a qwen2 model are not supported"):
+        spec_of(tmp_path / "m.gguf")
+
+
 def test_key_of_the_wrong_type(tmp_path):
     key = "llama.block_count"
     write_model_gguf(tmp_path / "m.gguf", drop_metadata=[key], extra_metadata={key: "two"})
@@ -407,6 +420,14 @@ def test_failed_conversion_leaves_no_file(tmp_path, monkeypatch):
     monkeypatch.setitem(CASTS, "broken", failing_cast)
     with pytest.raises(GGUFError, match=r"out\.gguf: tensor .*: could not be produced: disk on fire"):
         convert(source_path, out_path, "broken")
+    assert sorted(os.listdir(tmp_path)) == ["in.gguf"]
+
+
+def test_conversion_refuses_a_type_it_cannot_read_before_writing(tmp_path):
+    blocks = random_blocks(Q.IQ2_XXS, 4, np.random.default_rng(0)).reshape(1, -1)
+    write_model_gguf(tmp_path / "in.gguf", extra_tensors={"odd.weight": (blocks, Q.IQ2_XXS)})
+    with pytest.raises(GGUFError, match=r"in\.gguf: tensor odd\.weight: type IQ2_XXS cannot be converted"):
+        convert(tmp_path / "in.gguf", tmp_path / "out.gguf", "bf16")
     assert sorted(os.listdir(tmp_path)) == ["in.gguf"]
 
 

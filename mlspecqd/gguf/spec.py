@@ -149,6 +149,8 @@ def read_model_spec(path: Path, metadata: Mapping[str, Any], tensors: Mapping[st
     keys = _Metadata(path, metadata, architecture)
 
     n_layers = keys.integer("block_count")
+    if n_layers > len(tensors):  # checked before anything loops over the layers
+        raise GGUFError(path, keys.key("block_count"), f"{n_layers} layers but only {len(tensors)} tensors")
     d_model = keys.integer("embedding_length")
     n_heads = keys.integer("attention.head_count")
     n_kv_heads = keys.integer("attention.head_count_kv", default=n_heads)
@@ -167,6 +169,8 @@ def read_model_spec(path: Path, metadata: Mapping[str, Any], tensors: Mapping[st
     n_experts = keys.integer("expert_count", default=0, minimum=0)
     if architecture in _MOE_ARCHITECTURES and n_experts == 0:
         raise GGUFError(path, keys.key("expert_count"), f"a {architecture} model needs experts")
+    if n_experts and architecture not in _NORMALIZED_EXPERT_WEIGHTS:
+        raise GGUFError(path, keys.key("expert_count"), f"experts in a {architecture} model are not supported")
     n_experts_used = expert_d_ff = shared_expert_d_ff = 0
     if n_experts:
         n_experts_used = keys.integer("expert_used_count")

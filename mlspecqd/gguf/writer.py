@@ -18,18 +18,19 @@ import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType, LlamaFileType
 
 from mlspecqd import _native
-from mlspecqd.gguf.file import GGUFFile, open_gguf
+from mlspecqd.gguf.file import DEQUANTIZABLE_TYPES, GGUFFile, open_gguf
 from mlspecqd.gguf.format import MAGIC, GGUFError
 
 OUTPUT_VERSION = 3
 FILE_TYPE_KEY = "general.file_type"
 
 # A cast turns a float32 matrix (rows x K) into the bytes of one GGUF tensor and their type. It must
-# pick the type from K alone (write_gguf sizes each tensor by casting one zero row first).
+# pick the type from K alone: conversion_plan sizes each tensor by casting one zero row first.
 Cast = Callable[[np.ndarray], "tuple[np.ndarray, GGMLQuantizationType]"]
 
 
 def cast_to_bf16(matrix: np.ndarray) -> tuple[np.ndarray, GGMLQuantizationType]:
+    # "Dequantizing" F32 data to BF16 is the native, threaded round to nearest even.
     values = np.ascontiguousarray(matrix, dtype=np.float32).reshape(-1)
     bits = _native.dequantize(values.view(np.uint8), int(GGMLQuantizationType.F32), values.size, True)
     return bits.view(np.uint8), GGMLQuantizationType.BF16
@@ -169,24 +170,32 @@ def conversion_plan(
     """The tensors of `source` converted by `cast`: every tensor of two or more dimensions goes through
     the cast (token_embd and output included; llama.cpp reads any type for them), 1-D tensors (norms,
     biases, rope factors) become F32. Also returns the type of the largest converted tensor."""
-    row_formats: dict[int, tuple[GGMLQuantizationType, int]] = {}
+    row_types: dict[int, GGMLQuantizationType] = {}
 
-    def row_format(name: str, row_length: int) -> tuple[GGMLQuantizationType, int]:
-        if row_length not in row_formats:
+    def row_type(name: str, row_length: int) -> GGMLQuantizationType:
+        """The type the cast gives rows of this length, found by casting a row of zeros."""
+        if row_length not in row_types:
             try:
                 raw, ggml_type = cast(np.zeros((1, row_length), dtype=np.float32))
             except ValueError as error:
                 raise GGUFError(out_path, f"tensor {name}", f"cannot be cast: {error}") from error
-            row_formats[row_length] = (GGMLQuantizationType(ggml_type), raw.nbytes)
-        return row_formats[row_length]
+            probe = OutputTensor(name, GGMLQuantizationType(ggml_type), (1, row_length), lambda: raw)
+            if raw.nbytes != probe.n_bytes:
+                problem = f"the cast gives {raw.nbytes} bytes for a row of {row_length}, {probe.ggml_type.name}"
+                problem += f" needs {probe.n_bytes}"
+                raise GGUFError(out_path, f"tensor {name}", problem)
+            row_types[row_length] = probe.ggml_type
+        return row_types[row_length]
 
     plan: list[OutputTensor] = []
     largest: tuple[int, GGMLQuantizationType] | None = None
     for name, info in source.tensors.items():
+        if info.ggml_type not in DEQUANTIZABLE_TYPES:  # found before anything is written
+            raise GGUFError(source.path, f"tensor {name}", f"type {info.ggml_type.name} cannot be converted")
         if len(info.shape) == 1:
             plan.append(OutputTensor(name, GGMLQuantizationType.F32, info.shape, _f32_bytes(source, name)))
             continue
-        ggml_type, _ = row_format(name, info.shape[-1])
+        ggml_type = row_type(name, info.shape[-1])
         plan.append(OutputTensor(name, ggml_type, info.shape, _cast_bytes(source, name, cast, ggml_type, out_path)))
         if largest is None or info.n_elements > largest[0]:
             largest = (info.n_elements, ggml_type)
@@ -220,6 +229,6 @@ def convert(in_path: str | os.PathLike[str], out_path: str | os.PathLike[str], t
         raise GGUFError(out_path, "target", f"unknown target {target!r} (choose from {', '.join(sorted(CASTS))})")
     with open_gguf(in_path) as source:
         plan, main_type = conversion_plan(source, cast, out_path)
-        file_type = _FILE_TYPES.get(main_type) if main_type is not None else None
+        file_type = _FILE_TYPES.get(main_type)
         write_gguf(out_path, source, plan, None if file_type is None else int(file_type))
 
