@@ -1,11 +1,13 @@
 """Reading GGUF files (metadata, ModelSpec, tensors), refusing bad ones, and writing converted copies."""
 
+import gc
 import math
 import mmap
 import os
 import shutil
 import struct
 import subprocess
+import weakref
 from pathlib import Path
 
 import gguf
@@ -157,6 +159,18 @@ def test_tensors_are_memory_mapped_views_in_numpy_order(llama_path):
     assert values.shape == bits.shape == (96, 64) and values.dtype == np.float32 and bits.dtype == np.uint16
     assert np.array_equal(values, gguf.quants.dequantize(info.raw.reshape(96, -1), Q.Q8_0))
     assert float(np.abs(values).sum()) > 0  # still readable after close(): views keep the mapping alive
+
+
+def test_the_mapping_lives_while_an_array_uses_it_and_goes_after(llama_path):
+    model = open_gguf(llama_path)
+    mapping = weakref.ref(model.buffer)
+    raw = model.tensors["output.weight"].raw
+    model.close()
+    gc.collect()
+    assert mapping() is not None and raw.sum() > 0
+    del raw
+    gc.collect()
+    assert mapping() is None
 
 
 def test_fixture_values_are_what_the_file_holds(tmp_path):
