@@ -8,6 +8,7 @@
 #include <string>
 
 #include "cpu.h"
+#include "gguf/dequantize.h"
 #include "kernels/linear.h"
 #include "threads.h"
 
@@ -44,6 +45,34 @@ FloatArray matmul_bf16(const FloatArray& x, const Bf16Array& w) {
     return y;
 }
 
+// GGUF dequantization: the raw bytes of one tensor to float32 values or BF16 bit patterns (1-D).
+py::array dequantize(const py::array_t<uint8_t, py::array::c_style>& raw, int ggml_type, int64_t n_elements,
+                     bool to_bf16) {
+    const BlockFormat format = block_format(ggml_type);
+    if (n_elements < 0 || n_elements % format.elements != 0)
+        throw std::invalid_argument("dequantize: " + std::to_string(n_elements) +
+                                    " elements is not a whole number of blocks of " + std::to_string(format.elements));
+    const int64_t expected_bytes = n_elements / format.elements * format.bytes;
+    if (raw.size() != expected_bytes)
+        throw std::invalid_argument("dequantize: " + std::to_string(n_elements) + " elements of ggml type " +
+                                    std::to_string(ggml_type) + " take " + std::to_string(expected_bytes) +
+                                    " bytes, got " + std::to_string(raw.size()));
+    if (to_bf16) {
+        Bf16Array out(n_elements);
+        {
+            py::gil_scoped_release release;
+            dequantize_to_bf16(ggml_type, raw.data(), n_elements, out.mutable_data());
+        }
+        return out;
+    }
+    FloatArray out(n_elements);
+    {
+        py::gil_scoped_release release;
+        dequantize_to_f32(ggml_type, raw.data(), n_elements, out.mutable_data());
+    }
+    return out;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_native, m) {
@@ -64,4 +93,9 @@ PYBIND11_MODULE(_native, m) {
     m.def("set_num_threads", &set_num_threads, py::arg("n"));
 
     m.def("matmul_bf16", &matmul_bf16, py::arg("x"), py::arg("w"));
+
+    // GGUF dequantization
+    m.def("dequantize", &dequantize, py::arg("raw"), py::arg("ggml_type"), py::arg("n_elements"),
+          py::arg("to_bf16"), "Raw GGUF tensor bytes -> 1-D float32 (or BF16 bits as uint16 when to_bf16).");
+    m.def("dequantizable_types", &dequantizable_types, "ggml type numbers that dequantize accepts");
 }
