@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Sequence
 
-from mlspecqd import _native, hub
+from mlspecqd import _native, gguf, hub
 
 
 class UsageError(Exception):
@@ -34,6 +34,16 @@ def cmd_pull(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_convert(args: argparse.Namespace) -> int:
+    try:
+        source = hub.resolve(args.input)
+        gguf.convert(source, args.output, args.type)
+    except (hub.ModelNotFoundError, gguf.GGUFError) as error:
+        raise UsageError(str(error)) from None
+    print(args.output)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mlspecqd", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -44,6 +54,11 @@ def build_parser() -> argparse.ArgumentParser:
     pull.add_argument("--all", action="store_true", help="every named model")
     pull.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     pull.set_defaults(run=cmd_pull)
+    convert = commands.add_parser("convert", help="write a GGUF with its weights cast to another type")
+    convert.add_argument("input", metavar="IN", help="a GGUF file or a named model")
+    convert.add_argument("output", metavar="OUT", help="the GGUF to write (written whole, or not at all)")
+    convert.add_argument("--type", required=True, choices=sorted(gguf.CASTS), help="type of the 2-D tensors")
+    convert.set_defaults(run=cmd_convert)
     return parser
 
 
