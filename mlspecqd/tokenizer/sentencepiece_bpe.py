@@ -29,15 +29,15 @@ class SentencePieceBPE:
                 f"tokenizer.ggml.pre: unsupported pre-tokenizer {vocabulary.pre!r} for a SentencePiece vocabulary "
                 "(supported: 'default')"
             )
+        self.token_bytes_table = [
+            _token_bytes(index, text, token_type)
+            for index, (text, token_type) in enumerate(zip(vocabulary.tokens, vocabulary.token_types))
+        ]
         self._processor = sentencepiece.SentencePieceProcessor()
         try:
             self._processor.LoadFromSerializedProto(model_proto(vocabulary))
         except (RuntimeError, OSError) as error:
             raise TokenizerError(f"tokenizer.ggml.tokens: SentencePiece refuses this vocabulary: {error}") from None
-        self.token_bytes_table = [
-            _token_bytes(index, text, token_type)
-            for index, (text, token_type) in enumerate(zip(vocabulary.tokens, vocabulary.token_types))
-        ]
 
     def encode_text(self, text: str) -> list[int]:
         return self._processor.EncodeAsIds(text)
@@ -85,7 +85,7 @@ def model_proto(vocabulary: Vocabulary) -> bytes:
         + _tag(40, 0) + _varint(unknown_id)
     )  # fmt: skip
     # Identity normalization, spaces as "▁", nothing else: the prefix space is added by the caller,
-    # once per text, as llama.cpp and SentencePiece do.
+    # once before the whole text, as SentencePiece does.
     normalizer_spec = (
         _string(1, "identity")
         + _tag(3, 0) + _varint(0)  # add_dummy_prefix

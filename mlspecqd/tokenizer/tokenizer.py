@@ -67,14 +67,11 @@ class Tokenizer:
         ids: list[int] = []
         if add_special and self.add_bos:
             ids.append(self.bos_id)  # type: ignore[arg-type]
+        if text and self._space_prefix:
+            text = " " + text  # before the whole text, even one that starts with a special token
         splitter = self._special_token_splitter() if parse_special else self._plain_splitter
-        for index, part in enumerate(splitter.split(text)):
-            if isinstance(part, int):
-                ids.append(part)
-                continue
-            if index == 0 and self._space_prefix:
-                part = " " + part
-            ids.extend(self._model.encode_text(part))
+        for part in splitter.split(text):
+            ids.extend(self._model.encode_text(part) if isinstance(part, str) else (part,))
         if add_special and self.add_eos:
             ids.append(self.eos_id)  # type: ignore[arg-type]
         return ids
