@@ -239,7 +239,7 @@ def measure_model(name: str, max_lines: int | None) -> dict:
 
 
 def table(results: dict) -> str:
-    rows = ["| model | reference | texts | samples | identical | tokens | token match |", "|---|---|---|---|---|---|---|"]
+    rows = ["| model | reference | texts | samples | identical | tokens | token match |", "|" + "---|" * 7]
     for model, result in results.items():
         if "skipped" in result:
             rows.append(f"| {model} | skipped: {result['skipped']} | | | | | |")

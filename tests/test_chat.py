@@ -24,7 +24,8 @@ CONVERSATION = [
 def test_renders_messages_and_generation_prompt():
     text = render_chat(SIMPLE, CONVERSATION, bos_token="<s>")
     assert text == (
-        "<s><system>Be brief.</system>\n<user>Hi ü</user>\n<assistant>Hello.</assistant>\n<user>Bye</user>\n<assistant>"
+        "<s><system>Be brief.</system>\n<user>Hi ü</user>\n"
+        "<assistant>Hello.</assistant>\n<user>Bye</user>\n<assistant>"
     )
     assert not render_chat(SIMPLE, CONVERSATION, add_generation_prompt=False, bos_token="").endswith("<assistant>")
 
@@ -35,7 +36,9 @@ def test_trims_blocks_like_hugging_face():
 
 
 def test_raise_exception_is_a_named_error():
-    template = "{% if messages[0].role != 'user' %}{{ raise_exception('Conversations must start with user') }}{% endif %}"
+    template = (
+        "{% if messages[0].role != 'user' %}{{ raise_exception('Conversations must start with user') }}{% endif %}"
+    )
     with pytest.raises(ChatTemplateError, match="refused the conversation: Conversations must start with user"):
         render_chat(template, CONVERSATION)
 

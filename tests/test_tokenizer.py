@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import random
 
+import numpy as np
 import pytest
 import sentencepiece
 
@@ -193,7 +194,7 @@ def test_stream_decoder_equals_decode_on_random_bytes():
 def test_same_vocabulary_names_the_difference():
     base = byte_level_metadata([("a", "b")], specials=CHAT_SPECIALS, eos_token_id=258)
     tokenizer = Tokenizer.from_gguf_metadata(base)
-    assert tokenizer.same_vocabulary(Tokenizer.from_gguf_metadata(byte_level_metadata([("a", "b")], specials=CHAT_SPECIALS, eos_token_id=258))) is None
+    assert tokenizer.same_vocabulary(Tokenizer.from_gguf_metadata(dict(base))) is None
     other_merges = byte_level_metadata([("a", "b")], specials=CHAT_SPECIALS, eos_token_id=258)
     other_merges["tokenizer.ggml.merges"] = [f"{spell('a')} {spell('b')}", f"{spell('a')} {spell('b')}"]
     assert "merges" in tokenizer.same_vocabulary(Tokenizer.from_gguf_metadata(other_merges))
@@ -262,6 +263,9 @@ def test_bad_arguments_are_named_errors():
         tokenizer.decode([1, 256])
     with pytest.raises(TokenizerError, match="token id -1 is out of range"):
         tokenizer.token_bytes(-1)
+    with pytest.raises(TokenizerError, match="token id 1.0 is not an integer"):
+        tokenizer.decode([1.0])  # type: ignore[list-item]
+    assert tokenizer.decode([np.int64(104), np.int32(105)]) == "hi"
     with pytest.raises(TokenizerError, match="text must be a str"):
         tokenizer.encode(b"bytes")  # type: ignore[arg-type]
 

@@ -66,7 +66,8 @@ def model_proto(vocabulary: Vocabulary) -> bytes:
             )
         unknown_id = unknown_ids[0]
     pieces = bytearray()
-    for index, (text, score, token_type) in enumerate(zip(vocabulary.tokens, vocabulary.scores, vocabulary.token_types)):
+    entries = zip(vocabulary.tokens, vocabulary.scores, vocabulary.token_types)
+    for index, (text, score, token_type) in enumerate(entries):
         if index == unknown_id:
             token_type = TokenType.UNKNOWN  # GGUF files often mark <unk> as control
         elif token_type == TokenType.UNKNOWN:

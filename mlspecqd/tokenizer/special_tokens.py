@@ -13,8 +13,8 @@ class SpecialTokenSplitter:
 
     def __init__(self, ids_by_text: dict[str, int]) -> None:
         self._ids_by_text = ids_by_text
-        texts = sorted((text for text in ids_by_text if text), key=len, reverse=True)
-        self._pattern = re.compile("|".join(map(re.escape, texts))) if texts else None
+        texts = [text for text in ids_by_text if text]
+        self._pattern = re.compile(_trie_pattern(texts)) if texts else None
 
     def split(self, text: str) -> list[str | int]:
         if self._pattern is None:
@@ -29,3 +29,29 @@ class SpecialTokenSplitter:
         if start < len(text):
             parts.append(text[start:])
         return parts
+
+
+def _trie_pattern(texts: list[str]) -> str:
+    """One regex for all texts, shaped as their prefix tree.
+
+    A flat alternation of thousands of literals (Gemma has over 6,000 special tokens) makes the
+    engine try each at every candidate position; the tree tries one branch per character. Where a
+    token ends inside a longer one, the rest is optional and greedy: the longest match wins.
+    """
+    trie: dict = {}
+    for text in texts:
+        node = trie
+        for char in text:
+            node = node.setdefault(char, {})
+        node[""] = True  # a token ends here
+
+    def pattern(node: dict) -> str:
+        branches = [re.escape(char) + pattern(child) for char, child in node.items() if char]
+        if not branches:
+            return ""
+        body = branches[0] if len(branches) == 1 else "(?:" + "|".join(branches) + ")"
+        if "" in node:
+            return f"(?:{body})?"
+        return body
+
+    return pattern(trie)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -88,8 +89,7 @@ class Tokenizer:
 
     def token_bytes(self, token_id: int) -> bytes:
         """The bytes one token stands for (the literal text of a special token)."""
-        self._check_id(token_id)
-        return self._token_bytes[token_id]
+        return self._token_bytes[self._check_id(token_id)]
 
     def stream_decoder(self, skip_special: bool = False) -> StreamDecoder:
         return StreamDecoder(lambda token_id, at_text_start: self._piece(token_id, skip_special, at_text_start))
@@ -110,7 +110,7 @@ class Tokenizer:
         return texts
 
     def _piece(self, token_id: int, skip_special: bool, at_text_start: bool) -> tuple[bytes, bool]:
-        self._check_id(token_id)
+        token_id = self._check_id(token_id)
         if self._is_special[token_id]:
             return (b"" if skip_special else self._token_bytes[token_id]), False
         data = self._token_bytes[token_id]
@@ -118,9 +118,15 @@ class Tokenizer:
             data = data[1:]
         return data, True
 
-    def _check_id(self, token_id: int) -> None:
+    def _check_id(self, token_id: int) -> int:
+        try:
+            token_id = operator.index(token_id)  # ints and NumPy integers, not floats
+        except TypeError:
+            raise TokenizerError(f"token id {token_id!r} is not an integer") from None
         if not 0 <= token_id < self.vocabulary.size:
-            raise TokenizerError(f"token id {token_id} is out of range for a vocabulary of {self.vocabulary.size} tokens")
+            size = self.vocabulary.size
+            raise TokenizerError(f"token id {token_id} is out of range for a vocabulary of {size} tokens")
+        return token_id
 
     def _ids_by_text(self, token_types: set[TokenType]) -> dict[str, int]:
         return {
