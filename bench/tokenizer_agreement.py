@@ -34,6 +34,7 @@ import types
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from bench import datasets
 from mlspecqd import hub
@@ -74,14 +75,9 @@ def edge_cases() -> list[str]:
     return emoji + whitespace + digits + words + special_text
 
 
-def chat_texts(tokenizer: Tokenizer) -> list[str]:
-    prompts = datasets.human_eval_prompts(CHAT_PROMPTS)
-    if tokenizer.chat_template is None:
-        # Gemma 3 270m is a base model without a template; use Gemma's turn format directly.
-        return [f"<start_of_turn>user\n{p}<end_of_turn>\n<start_of_turn>model\n" for p in prompts]
-    special = tokenizer.special_token_texts()
-    conversations = [[{"role": "user", "content": p}] for p in prompts]
-    conversations.append(
+def conversations() -> list[list[dict[str, str]]]:
+    chats = [[{"role": "user", "content": prompt}] for prompt in datasets.human_eval_prompts(CHAT_PROMPTS)]
+    chats.append(
         [
             {"role": "system", "content": "You are terse."},
             {"role": "user", "content": "Say hi 👋"},
@@ -89,10 +85,27 @@ def chat_texts(tokenizer: Tokenizer) -> list[str]:
             {"role": "user", "content": "Now count: 1 2 3 ... 10"},
         ]
     )
-    return [render_chat(tokenizer.chat_template, c, add_generation_prompt=True, **special) for c in conversations]
+    return chats
 
 
-def reference_encoders(path: Path) -> tuple[dict[str, Encoder], float]:
+def chat_texts(tokenizer: Tokenizer) -> list[str]:
+    if tokenizer.chat_template is None:
+        # Gemma 3 270m is a base model without a template; use Gemma's turn format directly.
+        return [f"<start_of_turn>user\n{c[0]['content']}<end_of_turn>\n<start_of_turn>model\n" for c in conversations()]
+    special = tokenizer.special_token_texts()
+    return [render_chat(tokenizer.chat_template, c, add_generation_prompt=True, **special) for c in conversations()]
+
+
+def chat_render_agreement(tokenizer: Tokenizer, loaded) -> dict | None:
+    """Our render_chat against transformers' apply_chat_template on the same template."""
+    if tokenizer.chat_template is None:
+        return None
+    ours = chat_texts(tokenizer)
+    theirs = [loaded.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in conversations()]
+    return {"conversations": len(ours), "identical": sum(a == b for a, b in zip(ours, theirs))}
+
+
+def reference_encoders(path: Path) -> tuple[dict[str, Encoder], Any, float]:
     from tokenizers import normalizers, pre_tokenizers
     from transformers import AutoTokenizer
 
@@ -118,7 +131,7 @@ def reference_encoders(path: Path) -> tuple[dict[str, Encoder], float]:
     llama_cpp = llama_cpp_encoder(path)
     if llama_cpp is not None:
         encoders["llama.cpp"] = llama_cpp
-    return encoders, load_seconds
+    return encoders, loaded, load_seconds
 
 
 def llama_cpp_encoder(path: Path) -> Encoder | None:
@@ -198,7 +211,7 @@ def measure_model(name: str, max_lines: int | None) -> dict:
     start = time.perf_counter()
     tokenizer = Tokenizer.from_gguf(path)
     our_load = time.perf_counter() - start
-    references, reference_load = reference_encoders(path)
+    references, loaded, reference_load = reference_encoders(path)
 
     samples: dict[str, tuple[list[str], bool]] = {}
     for file_name in TEXT_FILES:
@@ -210,6 +223,7 @@ def measure_model(name: str, max_lines: int | None) -> dict:
     samples["edge cases"] = (edge_cases(), False)
 
     result: dict = {"file": path.name, "load_seconds": {"mlspecqd": our_load, "transformers": reference_load}}
+    result["chat_render"] = chat_render_agreement(tokenizer, loaded)
     ours = {
         category: [tokenizer.encode(t, add_special=add_special, parse_special=True) for t in texts]
         for category, (texts, add_special) in samples.items()
@@ -253,13 +267,15 @@ def table(results: dict) -> str:
                     f"{stats['reference_tokens']} | {rate_text} |"
                 )
     rows.append("")
-    rows.append("| model | encode 2 MB wiki: mlspecqd s | transformers s | round trip exact |")
-    rows.append("|---|---|---|---|")
+    rows.append("| model | encode 2 MB wiki: mlspecqd s | transformers s | round trip exact | chat render identical |")
+    rows.append("|---|---|---|---|---|")
     for model, result in results.items():
         if "skipped" not in result:
-            speed, trip = result["encode_wiki_seconds"], result["round_trip_lines"]
+            speed, trip, chat = result["encode_wiki_seconds"], result["round_trip_lines"], result["chat_render"]
+            chat_text = "no template" if chat is None else f"{chat['identical']}/{chat['conversations']}"
             rows.append(
-                f"| {model} | {speed['mlspecqd']:.2f} | {speed['transformers']:.2f} | {trip['exact']}/{trip['lines']} |"
+                f"| {model} | {speed['mlspecqd']:.2f} | {speed['transformers']:.2f} | "
+                f"{trip['exact']}/{trip['lines']} | {chat_text} |"
             )
     return "\n".join(rows)
 

@@ -51,8 +51,8 @@ class ByteLevelBPE:
         # A token text that appears twice maps to its last id, as in llama.cpp and transformers.
         self._ids = {token: index for index, token in enumerate(vocabulary.tokens)}
         # Latin-1 decoding turns bytes into code points 0..255; this table spells those in the byte
-        # alphabet. A byte the vocabulary has no token for is dropped, as transformers and llama.cpp
-        # do (SmolLM2 lacks the bytes that never occur in UTF-8 text, and a few control characters).
+        # alphabet. A byte the vocabulary has no token for is dropped before merging, as transformers
+        # does (SmolLM2 lacks the bytes that never occur in UTF-8 text, and a few control characters).
         self._spell_bytes = str.maketrans(
             {byte: (char if char in self._ids else None) for byte, char in enumerate(BYTE_ALPHABET)}
         )
@@ -70,7 +70,7 @@ class ByteLevelBPE:
             piece_ids = cache.get(piece)
             if piece_ids is None:
                 piece_ids = self._merge(piece.encode("utf-8").decode("latin-1").translate(self._spell_bytes))
-                # Whitespace runs and long symbol strings are rare repeats; keep the cache bounded.
+                # Bounded, so a long stream of distinct pieces cannot grow memory without limit.
                 if len(cache) < 1_000_000:
                     cache[piece] = piece_ids
             ids.extend(piece_ids)
