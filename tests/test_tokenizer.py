@@ -7,6 +7,8 @@ import random
 
 import numpy as np
 import pytest
+
+from mlspecqd.gguf import GGUFError
 import sentencepiece
 
 from mlspecqd.tokenizer import Tokenizer, TokenizerError, TokenType
@@ -273,7 +275,7 @@ def test_bad_arguments_are_named_errors():
 def test_not_a_gguf_file(tmp_path):
     path = tmp_path / "not.gguf"
     path.write_bytes(b"this is no GGUF header at all" * 4)
-    with pytest.raises(TokenizerError, match="not.gguf: not a readable GGUF file"):
+    with pytest.raises(GGUFError, match="not.gguf: magic"):
         Tokenizer.from_gguf(path)
 
 

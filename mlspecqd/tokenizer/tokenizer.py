@@ -7,8 +7,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from mlspecqd.gguf import open_gguf
 from mlspecqd.tokenizer.byte_level_bpe import ByteLevelBPE
-from mlspecqd.tokenizer.gguf_metadata import read_tokenizer_metadata
 from mlspecqd.tokenizer.sentencepiece_bpe import SentencePieceBPE
 from mlspecqd.tokenizer.special_tokens import SpecialTokenSplitter
 from mlspecqd.tokenizer.stream import StreamDecoder
@@ -50,7 +50,8 @@ class Tokenizer:
 
     @classmethod
     def from_gguf(cls, path: str | Path) -> Tokenizer:
-        metadata = read_tokenizer_metadata(path)
+        with open_gguf(path) as file:
+            metadata = file.metadata
         try:
             return cls.from_gguf_metadata(metadata)
         except TokenizerError as error:
