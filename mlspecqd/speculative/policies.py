@@ -1,0 +1,176 @@
+"""Draft-length policies: how many tokens a level proposes to the level above in the next round.
+
+Every policy answers `choose(...)` before a round and learns from `record(proposed, accepted)` after it.
+The `cost` policy (the default) models time and acceptance online and may choose 0: speculation then
+switches itself off where it cannot pay, and probes again now and then.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+import numpy as np
+
+
+class PolicyError(ValueError):
+    """An unknown policy name or a policy argument outside its range."""
+
+
+class ForwardTimer:
+    """Seconds of one forward(+verification) of T tokens, fitted as a + b*T over the recent calls.
+
+    Until two different T have been seen, the slope is a prior: each extra token costs 1/8 of the
+    first (a memory-bound CPU decode: an 8-token batch costs about 1.9x one token in llama.cpp).
+    """
+
+    prior_extra_token_share = 0.125
+
+    def __init__(self, window: int = 48) -> None:
+        self._samples: deque[tuple[int, float]] = deque(maxlen=window)
+        self._intercept = 0.0
+        self._slope = 0.0
+
+    @property
+    def has_samples(self) -> bool:
+        return bool(self._samples)
+
+    def record(self, tokens: int, seconds: float) -> None:
+        self._samples.append((tokens, seconds))
+        counts = np.array([t for t, _ in self._samples], dtype=np.float64)
+        times = np.array([s for _, s in self._samples], dtype=np.float64)
+        if np.unique(counts).size >= 2:
+            slope = float(np.cov(counts, times, bias=True)[0, 1] / np.var(counts))
+            self._slope = max(slope, 0.0)
+            self._intercept = max(float(times.mean() - self._slope * counts.mean()), 0.0)
+        else:
+            first_token = float(times.mean()) / (1.0 + (counts[0] - 1.0) * self.prior_extra_token_share)
+            self._slope = first_token * self.prior_extra_token_share
+            self._intercept = first_token - self._slope
+
+    def estimate(self, tokens: int) -> float:
+        return self._intercept + self._slope * tokens
+
+
+class DraftLengthPolicy:
+    """Base: a fixed number of tokens. `confidence_threshold`, where set, lets the drafter stop early."""
+
+    confidence_threshold: float | None = None
+
+    def __init__(self, draft_max: int) -> None:
+        if isinstance(draft_max, bool) or not isinstance(draft_max, int) or draft_max < 1:
+            raise PolicyError(f"draft_max must be an integer >= 1 (got {draft_max!r})")
+        self.draft_max = draft_max
+
+    def choose(self, draft_seconds_per_token: float | None, verifier: ForwardTimer) -> int:
+        return self.draft_max
+
+    def record(self, proposed: int, accepted: int) -> None:
+        """Learn from a round in which `accepted` of `proposed` drafted tokens were accepted."""
+
+
+class FixedDraftLength(DraftLengthPolicy):
+    """Always propose draft_max tokens."""
+
+
+class HeuristicDraftLength(DraftLengthPolicy):
+    """+2 after a round where every draft was accepted, -1 otherwise, within 1..draft_max."""
+
+    def __init__(self, draft_max: int, initial: int = 4) -> None:
+        super().__init__(draft_max)
+        self.current = min(max(initial, 1), draft_max)
+
+    def choose(self, draft_seconds_per_token: float | None, verifier: ForwardTimer) -> int:
+        return self.current
+
+    def record(self, proposed: int, accepted: int) -> None:
+        if proposed == 0:
+            return
+        step = 2 if accepted == proposed else -1
+        self.current = min(max(self.current + step, 1), self.draft_max)
+
+
+class ConfidenceDraftLength(DraftLengthPolicy):
+    """SpecDec++-style: draft up to draft_max, stopping at the first token whose draft confidence (top
+    probability, or the n-gram drafter's match-length estimate) falls below the threshold."""
+
+    def __init__(self, draft_max: int, threshold: float = 0.5) -> None:
+        super().__init__(draft_max)
+        if not 0.0 <= threshold <= 1.0:
+            raise PolicyError(f"confidence threshold must be in [0, 1] (got {threshold!r})")
+        self.confidence_threshold = threshold
+
+
+class AcceptanceByPosition:
+    """Online acceptance rate of the j-th drafted token given the ones before it were accepted.
+
+    A running mean over the first 1/smoothing observations (a warm start that forgets the prior fast),
+    then an exponential moving average so the estimate follows the text.
+    """
+
+    def __init__(self, draft_max: int, smoothing: float = 0.1, prior: float = 0.6) -> None:
+        self.smoothing = smoothing
+        self.rates = np.full(draft_max, prior, dtype=np.float64)
+        self.observations = np.zeros(draft_max, dtype=np.int64)
+
+    def record(self, proposed: int, accepted: int) -> None:
+        for position in range(min(accepted + 1, proposed)):
+            self.observations[position] += 1
+            weight = max(self.smoothing, 1.0 / (self.observations[position] + 1))
+            outcome = 1.0 if position < accepted else 0.0
+            self.rates[position] += weight * (outcome - self.rates[position])
+
+    def expected_tokens(self) -> np.ndarray:
+        """Expected tokens a round yields for K = 0..draft_max: the verifier's own token plus the
+        expected accepted prefix, sum over j <= K of the product of rates up to j."""
+        return 1.0 + np.concatenate(([0.0], np.cumsum(np.cumprod(self.rates))))
+
+
+class CostDraftLength(DraftLengthPolicy):
+    """Pick K in 0..draft_max maximizing expected tokens per second of the verifying level:
+
+        rate(K) = expected_tokens(K) / (verify_seconds(K + 1) + K * draft_seconds_per_token)
+
+    verify_seconds comes from the verifier's ForwardTimer, draft_seconds_per_token is the drafter's
+    measured time per proposed token (for a recursive drafter, its whole effective time). Until both
+    are measured, it drafts `initial` tokens. After `reprobe_after` rounds at K = 0 it drafts one token
+    so a draft that got useful again is noticed.
+    """
+
+    def __init__(self, draft_max: int, initial: int = 4, reprobe_after: int = 16, smoothing: float = 0.1) -> None:
+        super().__init__(draft_max)
+        self.initial = min(max(initial, 1), draft_max)
+        self.reprobe_after = reprobe_after
+        self.acceptance = AcceptanceByPosition(draft_max, smoothing)
+        self.rounds_at_zero = 0
+
+    def choose(self, draft_seconds_per_token: float | None, verifier: ForwardTimer) -> int:
+        if draft_seconds_per_token is None or not verifier.has_samples:
+            return self.initial
+        if self.rounds_at_zero >= self.reprobe_after:
+            self.rounds_at_zero = 0
+            return 1
+        lengths = np.arange(self.draft_max + 1)
+        seconds = np.array([verifier.estimate(int(k) + 1) for k in lengths]) + lengths * draft_seconds_per_token
+        rates = self.acceptance.expected_tokens() / np.maximum(seconds, 1e-12)
+        best = int(np.argmax(rates))  # first maximum: ties go to the shorter draft
+        self.rounds_at_zero = self.rounds_at_zero + 1 if best == 0 else 0
+        return best
+
+    def record(self, proposed: int, accepted: int) -> None:
+        self.acceptance.record(proposed, accepted)
+
+
+POLICY_NAMES = ("cost", "fixed", "heuristic", "confidence")
+
+
+def make_policy(name: str, draft_max: int) -> DraftLengthPolicy:
+    """A fresh policy by name: one of POLICY_NAMES."""
+    if name == "cost":
+        return CostDraftLength(draft_max)
+    if name == "fixed":
+        return FixedDraftLength(draft_max)
+    if name == "heuristic":
+        return HeuristicDraftLength(draft_max)
+    if name == "confidence":
+        return ConfidenceDraftLength(draft_max)
+    raise PolicyError(f"unknown draft-length policy {name!r}: choose one of {', '.join(POLICY_NAMES)}")

@@ -1,0 +1,33 @@
+"""Lossless verification of one drafted token by sampling (greedy verification is a plain comparison).
+
+A draft token x drawn from q is accepted with probability min(1, p(x) / q(x)); on rejection the verifier
+draws from normalize(max(0, p - q)). The emitted token is then distributed exactly as p. A draft that
+is a point mass on x (the n-gram drafter; `q is None`) is the special case q = one_hot(x).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from mlspecqd.sampling import Sampler
+
+
+def residual_distribution(p: np.ndarray, q: np.ndarray | None, token: int) -> np.ndarray:
+    """max(0, p - q), unnormalized. Only called after a rejection, which has probability sum(max(0, p - q)),
+    so the residual has mass (up to rounding, handled by the caller)."""
+    if q is None:
+        residual = p.copy()
+        residual[token] = 0.0
+        return residual
+    return np.maximum(p - q, 0.0)
+
+
+def verify_sampled_token(p: np.ndarray, q: np.ndarray | None, token: int, sampler: Sampler) -> tuple[bool, int]:
+    """(accepted, emitted token). One uniform draw per verified token, one more on rejection."""
+    draft_probability = 1.0 if q is None else float(q[token])
+    if sampler.rng.random() * draft_probability < p[token]:
+        return True, token
+    residual = residual_distribution(p, q, token)
+    if residual.sum() <= 0.0:  # p == q up to rounding: any draw from p is the exact answer
+        residual = p
+    return False, sampler.sample(residual)
