@@ -39,7 +39,8 @@ def test_greedy_is_argmax_with_ties_to_lowest_id():
 def test_temperature_scales_softmax():
     logits = np.array([1.0, 2.0, 3.0], dtype=np.float32)
     got = token_distribution(logits, SamplingParams(temperature=0.5, **PLAIN), [])
-    expected = np.exp(logits / 0.5) / np.exp(logits / 0.5).sum()
+    scaled = logits.astype(np.float64) / 0.5
+    expected = np.exp(scaled) / np.exp(scaled).sum()
     np.testing.assert_allclose(got, expected, rtol=1e-12)
 
 

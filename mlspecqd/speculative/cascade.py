@@ -12,7 +12,7 @@ from typing import Callable, Sequence
 
 from mlspecqd.speculative.levels import Decoding, LanguageModel, Level, ModelLevel, Proposal
 from mlspecqd.speculative.ngram import NgramDrafter
-from mlspecqd.speculative.policies import make_policy
+from mlspecqd.speculative.policies import check_draft_max, check_policy_name, make_policy
 
 
 class CascadeError(ValueError):
@@ -44,6 +44,8 @@ class Cascade:
                  prompt_chunk: int = 256, clock: Callable[[], float] = time.perf_counter) -> None:
         if len(levels) == 0:
             raise CascadeError("a cascade needs at least one level (the target model)")
+        check_policy_name(policy)
+        check_draft_max(draft_max)
         if isinstance(prompt_chunk, bool) or not isinstance(prompt_chunk, int) or prompt_chunk < 1:
             raise CascadeError(f"prompt_chunk must be an integer >= 1 (got {prompt_chunk!r})")
         self.levels = [_as_level(item, index) for index, item in enumerate(levels)]

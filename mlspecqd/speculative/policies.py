@@ -27,8 +27,7 @@ class ForwardTimer:
 
     def __init__(self, window: int = 48) -> None:
         self._samples: deque[tuple[int, float]] = deque(maxlen=window)
-        self._intercept = 0.0
-        self._slope = 0.0
+        self._fit: tuple[float, float] | None = None  # (intercept, slope), refitted on demand
 
     @property
     def has_samples(self) -> bool:
@@ -36,19 +35,31 @@ class ForwardTimer:
 
     def record(self, tokens: int, seconds: float) -> None:
         self._samples.append((tokens, seconds))
-        counts = np.array([t for t, _ in self._samples], dtype=np.float64)
-        times = np.array([s for _, s in self._samples], dtype=np.float64)
-        if np.unique(counts).size >= 2:
-            slope = float(np.cov(counts, times, bias=True)[0, 1] / np.var(counts))
-            self._slope = max(slope, 0.0)
-            self._intercept = max(float(times.mean() - self._slope * counts.mean()), 0.0)
-        else:
-            first_token = float(times.mean()) / (1.0 + (counts[0] - 1.0) * self.prior_extra_token_share)
-            self._slope = first_token * self.prior_extra_token_share
-            self._intercept = first_token - self._slope
+        self._fit = None
 
     def estimate(self, tokens: int) -> float:
-        return self._intercept + self._slope * tokens
+        if self._fit is None:
+            self._fit = self._least_squares()
+        intercept, slope = self._fit
+        return intercept + slope * tokens
+
+    def _least_squares(self) -> tuple[float, float]:
+        count = len(self._samples)
+        mean_tokens = sum(t for t, _ in self._samples) / count
+        mean_seconds = sum(s for _, s in self._samples) / count
+        spread = sum((t - mean_tokens) ** 2 for t, _ in self._samples)
+        if spread > 0:
+            slope = max(sum((t - mean_tokens) * (s - mean_seconds) for t, s in self._samples) / spread, 0.0)
+            return max(mean_seconds - slope * mean_tokens, 0.0), slope
+        first_token = mean_seconds / (1.0 + (mean_tokens - 1.0) * self.prior_extra_token_share)
+        slope = first_token * self.prior_extra_token_share
+        return first_token - slope, slope
+
+
+def check_draft_max(draft_max: object) -> int:
+    if isinstance(draft_max, bool) or not isinstance(draft_max, int) or draft_max < 1:
+        raise PolicyError(f"draft_max must be an integer >= 1 (got {draft_max!r})")
+    return draft_max
 
 
 class DraftLengthPolicy:
@@ -57,9 +68,7 @@ class DraftLengthPolicy:
     confidence_threshold: float | None = None
 
     def __init__(self, draft_max: int) -> None:
-        if isinstance(draft_max, bool) or not isinstance(draft_max, int) or draft_max < 1:
-            raise PolicyError(f"draft_max must be an integer >= 1 (got {draft_max!r})")
-        self.draft_max = draft_max
+        self.draft_max = check_draft_max(draft_max)
 
     def choose(self, draft_seconds_per_token: float | None, verifier: ForwardTimer) -> int:
         return self.draft_max
@@ -115,14 +124,19 @@ class AcceptanceByPosition:
     def record(self, proposed: int, accepted: int) -> None:
         for position in range(min(accepted + 1, proposed)):
             self.observations[position] += 1
-            weight = max(self.smoothing, 1.0 / (self.observations[position] + 1))
+            weight = max(self.smoothing, 1.0 / self.observations[position])
             outcome = 1.0 if position < accepted else 0.0
             self.rates[position] += weight * (outcome - self.rates[position])
 
     def expected_tokens(self) -> np.ndarray:
         """Expected tokens a round yields for K = 0..draft_max: the verifier's own token plus the
-        expected accepted prefix, sum over j <= K of the product of rates up to j."""
-        return 1.0 + np.concatenate(([0.0], np.cumsum(np.cumprod(self.rates))))
+        expected accepted prefix, sum over j <= K of the product of rates up to j. A position never
+        observed (drafts have not been that long yet) is taken to behave like the one before it."""
+        rates = self.rates.copy()
+        for position in range(1, rates.size):
+            if self.observations[position] == 0:
+                rates[position] = rates[position - 1]
+        return 1.0 + np.concatenate(([0.0], np.cumsum(np.cumprod(rates))))
 
 
 class CostDraftLength(DraftLengthPolicy):
@@ -161,6 +175,12 @@ class CostDraftLength(DraftLengthPolicy):
 
 
 POLICY_NAMES = ("cost", "fixed", "heuristic", "confidence")
+
+
+def check_policy_name(name: str) -> str:
+    if name not in POLICY_NAMES:
+        raise PolicyError(f"unknown draft-length policy {name!r}: choose one of {', '.join(POLICY_NAMES)}")
+    return name
 
 
 def make_policy(name: str, draft_max: int) -> DraftLengthPolicy:
