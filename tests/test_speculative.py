@@ -14,8 +14,8 @@ from mlspecqd.speculative import (
     ConfidenceDraftLength,
     CostDraftLength,
     FixedDraftLength,
-    ForwardTimer,
     HeuristicDraftLength,
+    LinearTimeModel,
     ModelLevel,
     NgramDrafter,
     PolicyError,
@@ -102,12 +102,16 @@ def test_end_of_generation_inside_a_draft_stops_there():
 
     draft.propose = spy
     cascade = Cascade([draft, target.like()], policy="fixed", draft_max=8)
+    rounds = []
+    target_step = cascade.target.step
+    cascade.target.step = lambda *arguments: rounds.append(target_step(*arguments).tokens) or rounds[-1]
     result = generate(cascade, ByteTokenizer(VOCAB, eos_id=eos), PROMPT, 100).run()
     expected = reference_greedy(target, PROMPT, 100, end_ids=[eos])
     assert result.tokens == expected and expected[-1] == eos and len(expected) == 12
     assert result.finish_reason == "stop"
     assert any(eos in proposal[:-1] or proposal[-1] == eos for proposal in proposals)
     assert all(eos not in proposal[:-1] for proposal in proposals)  # drafting stops at the end token
+    assert rounds[-1][-1] == eos  # and verification too: no bonus token after it
     assert_caches_match_accepted_text(cascade, PROMPT + result.tokens)
 
 
@@ -273,40 +277,52 @@ def test_cost_policy_in_a_three_level_cascade_uses_each_useful_level():
 
 
 def test_cost_policy_choice_from_measurements():
-    timer = ForwardTimer()
+    verifier, cheap_drafter, slow_drafter = LinearTimeModel(), LinearTimeModel(1.0), LinearTimeModel(1.0)
     for tokens in (1, 5, 9):
-        timer.record(tokens, 0.010 + 0.001 * tokens)
-    assert timer.estimate(3) == pytest.approx(0.013)
+        verifier.record(tokens, 0.010 + 0.001 * tokens)
+        cheap_drafter.record(tokens, 0.0005 * tokens)
+        slow_drafter.record(tokens, 0.005 * tokens)
+    assert verifier.estimate(3) == pytest.approx(0.013)
     accurate, useless = CostDraftLength(8), CostDraftLength(8)
     for _ in range(30):
         accurate.record(8, 8)
         useless.record(4, 0)
-    assert accurate.choose(0.0005, timer) == 8
-    assert useless.choose(0.005, timer) == 0
-    zero_rounds = [useless.choose(0.005, timer) for _ in range(40)]
+    assert accurate.choose(cheap_drafter, verifier) == 8
+    assert useless.choose(slow_drafter, verifier) == 0
+    zero_rounds = [useless.choose(slow_drafter, verifier) for _ in range(40)]
     assert 1 in zero_rounds and zero_rounds.count(0) >= 36  # re-probes, now and then
-    assert CostDraftLength(8, initial=3).choose(None, timer) == 3  # not measured yet: the warm start
+    assert CostDraftLength(8, initial=3).choose(LinearTimeModel(1.0), verifier) == 3  # not measured: warm start
+    # A half-accurate draft pays only for short drafts when drafting costs about what verifying does.
+    half = CostDraftLength(8)
+    for _ in range(30):
+        half.record(2, 1)
+    assert 1 <= half.choose(cheap_drafter, verifier) <= 3
 
 
-def test_forward_timer_prior_with_one_size_then_least_squares():
-    timer = ForwardTimer()
-    timer.record(1, 0.016)
-    assert timer.estimate(1) == pytest.approx(0.016)
-    assert timer.estimate(9) == pytest.approx(0.016 * 2)  # each extra token 1/8 of the first
-    timer.record(3, 0.030)
-    assert timer.estimate(2) == pytest.approx(0.023)
+def test_time_model_prior_until_sizes_spread_then_least_squares():
+    verifier = LinearTimeModel()
+    verifier.record(1, 0.016)
+    assert verifier.estimate(1) == pytest.approx(0.016)
+    assert verifier.estimate(9) == pytest.approx(0.016 * 2)  # each extra token 1/8 of the first
+    verifier.record(2, 0.040)  # sizes one apart: still the prior, through the mean
+    assert verifier.estimate(1.5) == pytest.approx(0.028)
+    verifier.record(3, 0.030)
+    assert verifier.estimate(2) == pytest.approx(0.086 / 3)
+    drafter = LinearTimeModel(extra_token_share=1.0)
+    drafter.record(4, 0.008)
+    assert drafter.estimate(2) == pytest.approx(0.004)  # a drafter's time is proportional to its tokens
 
 
 def test_heuristic_policy_grows_by_two_and_shrinks_by_one_within_bounds():
     policy = HeuristicDraftLength(6, initial=4)
-    timer = ForwardTimer()
+    unused = LinearTimeModel()
     policy.record(4, 4)
-    assert policy.choose(None, timer) == 6
+    assert policy.choose(unused, unused) == 6
     policy.record(6, 6)
-    assert policy.choose(None, timer) == 6
+    assert policy.choose(unused, unused) == 6
     for _ in range(10):
         policy.record(3, 1)
-    assert policy.choose(None, timer) == 1
+    assert policy.choose(unused, unused) == 1
 
 
 def test_confidence_policy_stops_an_unsure_draft():

@@ -52,5 +52,5 @@ class NgramDrafter(Level):
             proposal.append(token, None, None)
             if token in decoding.end_ids:
                 break
-        self.note_proposal(self.clock() - started, len(proposal))
+        self.proposal_timing.record(len(proposal), self.clock() - started)
         return proposal

@@ -16,16 +16,18 @@ class PolicyError(ValueError):
     """An unknown policy name or a policy argument outside its range."""
 
 
-class ForwardTimer:
-    """Seconds of one forward(+verification) of T tokens, fitted as a + b*T over the recent calls.
+class LinearTimeModel:
+    """Seconds to process T tokens (a forward and its verification; or a drafter's proposal of T tokens),
+    fitted as a + b*T by least squares over the recent calls.
 
-    Until two different T have been seen, the slope is a prior: each extra token costs 1/8 of the
-    first (a memory-bound CPU decode: an 8-token batch costs about 1.9x one token in llama.cpp).
+    Until the recent calls span at least two different sizes, the line goes through their mean with a
+    prior slope: each token beyond the first costs `extra_token_share` of the first. For a verifier
+    that is 1/8 (a memory-bound CPU forward: an 8-token batch costs about 1.9x one token in llama.cpp),
+    for a drafter 1 (a model drafter's time grows with each token it proposes).
     """
 
-    prior_extra_token_share = 0.125
-
-    def __init__(self, window: int = 48) -> None:
+    def __init__(self, extra_token_share: float = 0.125, window: int = 48) -> None:
+        self.extra_token_share = extra_token_share
         self._samples: deque[tuple[int, float]] = deque(maxlen=window)
         self._fit: tuple[float, float] | None = None  # (intercept, slope), refitted on demand
 
@@ -47,12 +49,13 @@ class ForwardTimer:
         count = len(self._samples)
         mean_tokens = sum(t for t, _ in self._samples) / count
         mean_seconds = sum(s for _, s in self._samples) / count
-        spread = sum((t - mean_tokens) ** 2 for t, _ in self._samples)
-        if spread > 0:
+        sizes = [t for t, _ in self._samples]
+        if max(sizes) - min(sizes) >= 2:  # sizes one apart give a slope mostly made of noise
+            spread = sum((t - mean_tokens) ** 2 for t in sizes)
             slope = max(sum((t - mean_tokens) * (s - mean_seconds) for t, s in self._samples) / spread, 0.0)
             return max(mean_seconds - slope * mean_tokens, 0.0), slope
-        first_token = mean_seconds / (1.0 + (mean_tokens - 1.0) * self.prior_extra_token_share)
-        slope = first_token * self.prior_extra_token_share
+        first_token = mean_seconds / max(1.0 + (mean_tokens - 1.0) * self.extra_token_share, 1e-9)
+        slope = first_token * self.extra_token_share
         return first_token - slope, slope
 
 
@@ -63,14 +66,17 @@ def check_draft_max(draft_max: object) -> int:
 
 
 class DraftLengthPolicy:
-    """Base: a fixed number of tokens. `confidence_threshold`, where set, lets the drafter stop early."""
+    """Base: a fixed number of tokens. `confidence_threshold`, where set, lets the drafter stop early.
+
+    `choose` gets the measured time models of the drafter's proposals and of the verifier's rounds.
+    """
 
     confidence_threshold: float | None = None
 
     def __init__(self, draft_max: int) -> None:
         self.draft_max = check_draft_max(draft_max)
 
-    def choose(self, draft_seconds_per_token: float | None, verifier: ForwardTimer) -> int:
+    def choose(self, drafter: LinearTimeModel, verifier: LinearTimeModel) -> int:
         return self.draft_max
 
     def record(self, proposed: int, accepted: int) -> None:
@@ -88,7 +94,7 @@ class HeuristicDraftLength(DraftLengthPolicy):
         super().__init__(draft_max)
         self.current = min(max(initial, 1), draft_max)
 
-    def choose(self, draft_seconds_per_token: float | None, verifier: ForwardTimer) -> int:
+    def choose(self, drafter: LinearTimeModel, verifier: LinearTimeModel) -> int:
         return self.current
 
     def record(self, proposed: int, accepted: int) -> None:
@@ -142,12 +148,11 @@ class AcceptanceByPosition:
 class CostDraftLength(DraftLengthPolicy):
     """Pick K in 0..draft_max maximizing expected tokens per second of the verifying level:
 
-        rate(K) = expected_tokens(K) / (verify_seconds(K + 1) + K * draft_seconds_per_token)
+        rate(K) = expected_tokens(K) / (verify_seconds(K + 1) + draft_seconds(K)),   draft_seconds(0) = 0
 
-    verify_seconds comes from the verifier's ForwardTimer, draft_seconds_per_token is the drafter's
-    measured time per proposed token (for a recursive drafter, its whole effective time). Until both
-    are measured, it drafts `initial` tokens. After `reprobe_after` rounds at K = 0 it drafts one token
-    so a draft that got useful again is noticed.
+    Both times are measured online (LinearTimeModel): for a recursive drafter draft_seconds is its whole
+    effective time, levels below included. Until both are measured it drafts `initial` tokens. After
+    `reprobe_after` rounds at K = 0 it drafts one token, so a draft that became useful is noticed.
     """
 
     def __init__(self, draft_max: int, initial: int = 4, reprobe_after: int = 16, smoothing: float = 0.1) -> None:
@@ -157,14 +162,13 @@ class CostDraftLength(DraftLengthPolicy):
         self.acceptance = AcceptanceByPosition(draft_max, smoothing)
         self.rounds_at_zero = 0
 
-    def choose(self, draft_seconds_per_token: float | None, verifier: ForwardTimer) -> int:
-        if draft_seconds_per_token is None or not verifier.has_samples:
+    def choose(self, drafter: LinearTimeModel, verifier: LinearTimeModel) -> int:
+        if not drafter.has_samples or not verifier.has_samples:
             return self.initial
         if self.rounds_at_zero >= self.reprobe_after:
             self.rounds_at_zero = 0
             return 1
-        lengths = np.arange(self.draft_max + 1)
-        seconds = np.array([verifier.estimate(int(k) + 1) for k in lengths]) + lengths * draft_seconds_per_token
+        seconds = np.array([verifier.estimate(k + 1) + (drafter.estimate(k) if k else 0.0) for k in range(self.draft_max + 1)])
         rates = self.acceptance.expected_tokens() / np.maximum(seconds, 1e-12)
         best = int(np.argmax(rates))  # first maximum: ties go to the shorter draft
         self.rounds_at_zero = self.rounds_at_zero + 1 if best == 0 else 0
