@@ -104,14 +104,19 @@ def test_end_of_generation_inside_a_draft_stops_there():
     cascade = Cascade([draft, target.like()], policy="fixed", draft_max=8)
     rounds = []
     target_step = cascade.target.step
-    cascade.target.step = lambda *arguments: rounds.append(target_step(*arguments).tokens) or rounds[-1]
+
+    def recording_step(*arguments):
+        rounds.append(target_step(*arguments))
+        return rounds[-1]
+
+    cascade.target.step = recording_step
     result = generate(cascade, ByteTokenizer(VOCAB, eos_id=eos), PROMPT, 100).run()
     expected = reference_greedy(target, PROMPT, 100, end_ids=[eos])
     assert result.tokens == expected and expected[-1] == eos and len(expected) == 12
     assert result.finish_reason == "stop"
     assert any(eos in proposal[:-1] or proposal[-1] == eos for proposal in proposals)
     assert all(eos not in proposal[:-1] for proposal in proposals)  # drafting stops at the end token
-    assert rounds[-1][-1] == eos  # and verification too: no bonus token after it
+    assert rounds[-1].tokens[-1] == eos  # and verification too: no bonus token after it
     assert_caches_match_accepted_text(cascade, PROMPT + result.tokens)
 
 

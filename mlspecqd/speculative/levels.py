@@ -18,7 +18,7 @@ import numpy as np
 
 from mlspecqd.sampling import Sampler
 from mlspecqd.speculative import verification
-from mlspecqd.speculative.policies import DraftLengthPolicy, ForwardTimer
+from mlspecqd.speculative.policies import DraftLengthPolicy, LinearTimeModel
 
 
 class LanguageModel(Protocol):
@@ -143,9 +143,7 @@ class Level:
         self.policy = policy
         self.clock: Callable[[], float] = time.perf_counter
         self.stats = LevelStats()
-        self._proposal_seconds = 0.0
-        self._proposal_tokens = 0.0
-        self._proposals = 0
+        self.proposal_timing = LinearTimeModel(extra_token_share=1.0)
         self._cascade: object | None = None
 
     def propose(self, sequence: list[int], count: int, decoding: Decoding) -> Proposal:
@@ -187,7 +185,7 @@ class ModelLevel(Level):
         self.model = model
         self.below: Level | None = None
         self.chunk = 256
-        self.timer = ForwardTimer()
+        self.round_timing = LinearTimeModel()  # a forward of T tokens and the verification of its rows
         self._cached: list[int] = []  # the tokens whose keys/values the model holds, in order
 
     @property
@@ -224,14 +222,14 @@ class ModelLevel(Level):
         chosen = 0
         draft = Proposal()
         if self.below is not None and budget > 1:
-            chosen = min(self.below.policy.choose(self.below.seconds_per_token, self.timer), budget - 1)
+            chosen = min(self.below.policy.choose(self.below.proposal_timing, self.round_timing), budget - 1)
             if chosen > 0:
                 draft = self.below.propose(sequence, chosen, decoding)
         started = self.clock()
         extended = sequence + draft.tokens
         rows, forwarded = self._evaluate(extended, len(draft) + 1)
         emitted, accepted = self._verify(sequence, extended, draft, rows, decoding)
-        self.timer.record(forwarded, self.clock() - started)
+        self.round_timing.record(forwarded, self.clock() - started)
         if self.below is not None and budget > 1:
             self.below.record_round(chosen, len(draft), accepted)
         self.stats.verify_rounds += 1
@@ -281,7 +279,7 @@ class ModelLevel(Level):
                 if token in decoding.end_ids:
                     finished = True
                     break
-        self.note_proposal(self.clock() - started, len(proposal))
+        self.proposal_timing.record(len(proposal), self.clock() - started)
         return proposal
 
     def _check_cache(self) -> None:
