@@ -88,30 +88,70 @@ def greedy_token(logits: np.ndarray, params: SamplingParams, recent_tokens: Sequ
     return int(np.argmax(penalized_logits(logits, params, recent_tokens)))
 
 
-def token_distribution(logits: np.ndarray, params: SamplingParams, recent_tokens: Sequence[int]) -> np.ndarray:
-    """Probabilities (float64, sums to 1) of the next token after penalty, temperature, top-k, top-p, min-p.
+class TokenDistribution:
+    """Next-token probabilities, summing to 1: nonzero only on `ids` (increasing), or dense over the
+    whole vocabulary when `ids` is None. Top-k / top-p leave a few dozen candidates out of 150k, and
+    keeping only those makes sampling and looking up p(x) cheap."""
+
+    __slots__ = ("ids", "probabilities", "vocab_size")
+
+    def __init__(self, ids: np.ndarray | None, probabilities: np.ndarray, vocab_size: int) -> None:
+        self.ids = ids
+        self.probabilities = probabilities
+        self.vocab_size = vocab_size
+
+    @classmethod
+    def over(cls, ids: np.ndarray, weights: np.ndarray, vocab_size: int) -> "TokenDistribution":
+        """Normalized `weights` on `ids` (any order)."""
+        order = np.argsort(ids)
+        return cls(ids[order], weights[order] / weights.sum(), vocab_size)
+
+    def probability(self, token: int) -> float:
+        if self.ids is None:
+            return float(self.probabilities[token])
+        index = int(np.searchsorted(self.ids, token))
+        return float(self.probabilities[index]) if index < self.ids.size and self.ids[index] == token else 0.0
+
+    def top_probability(self) -> float:
+        return float(self.probabilities.max())
+
+    def dense(self) -> np.ndarray:
+        if self.ids is None:
+            return self.probabilities
+        out = np.zeros(self.vocab_size, dtype=np.float64)
+        out[self.ids] = self.probabilities
+        return out
+
+
+def token_distribution(logits: np.ndarray, params: SamplingParams, recent_tokens: Sequence[int]) -> TokenDistribution:
+    """The distribution of the next token after penalty, temperature, top-k, top-p, min-p.
 
     `recent_tokens` are the tokens before this position (only the last repeat_last_n are used).
+    Steps after the first work on the candidates still in the running, so a top-k of 40 over 150k
+    logits costs one partition, not a sort of the vocabulary.
     """
-    scores = penalized_logits(logits, params, recent_tokens).astype(np.float64)
+    scores = penalized_logits(logits, params, recent_tokens)
+    vocab = scores.shape[0]
     if params.is_greedy:
-        one_hot = np.zeros(scores.shape[0], dtype=np.float64)
-        one_hot[int(np.argmax(scores))] = 1.0
-        return one_hot
-    scores /= params.temperature
-    if 0 < params.top_k < scores.shape[0]:
-        keep = _top_ids(scores, params.top_k)
-        masked = np.full_like(scores, -np.inf)
-        masked[keep] = scores[keep]
-        scores = masked
-    probabilities = np.exp(scores - scores.max())
-    probabilities /= probabilities.sum()
-    if params.top_p < 1.0:
-        probabilities = _nucleus(probabilities, params.top_p)
+        return TokenDistribution(np.array([np.argmax(scores)]), np.ones(1), vocab)
+    if 0 < params.top_k < vocab:
+        candidates = _top_ids(scores, params.top_k)  # highest first
+        weights = np.exp((scores[candidates].astype(np.float64) - float(scores[candidates[0]])) / params.temperature)
+        weights /= weights.sum()
+        if params.top_p < 1.0:
+            kept = int(np.searchsorted(np.cumsum(weights), params.top_p)) + 1
+            candidates, weights = candidates[:kept], weights[:kept]
+    else:
+        weights = np.exp((scores.astype(np.float64) - float(scores.max())) / params.temperature)
+        weights /= weights.sum()
+        if params.top_p == 1.0 and params.min_p == 0.0:
+            return TokenDistribution(None, weights, vocab)
+        candidates = _head_reaching(scores, weights, params.top_p) if params.top_p < 1.0 else np.arange(vocab)
+        weights = weights[candidates]
     if params.min_p > 0.0:
-        probabilities = np.where(probabilities >= params.min_p * probabilities.max(), probabilities, 0.0)
-        probabilities /= probabilities.sum()
-    return probabilities
+        keep = weights >= params.min_p * weights.max()
+        candidates, weights = candidates[keep], weights[keep]
+    return TokenDistribution.over(candidates, weights, vocab)
 
 
 def _descending_order(values: np.ndarray, candidates: np.ndarray) -> np.ndarray:
@@ -120,34 +160,33 @@ def _descending_order(values: np.ndarray, candidates: np.ndarray) -> np.ndarray:
 
 
 def _top_ids(values: np.ndarray, count: int) -> np.ndarray:
-    """The `count` highest-valued ids; at a tie on the boundary the lowest ids win."""
-    threshold = np.partition(values, values.shape[0] - count)[values.shape[0] - count]
-    return _descending_order(values, np.flatnonzero(values >= threshold))[:count]
+    """The `count` highest-valued ids, highest first; ties go to the lowest ids."""
+    return _top_ids_with_ties(values, count)[:count]
 
 
-def _nucleus(probabilities: np.ndarray, top_p: float) -> np.ndarray:
-    """Keep the most probable tokens up to and including the one where the cumulative mass reaches top_p.
+def _head_reaching(scores: np.ndarray, probabilities: np.ndarray, top_p: float) -> np.ndarray:
+    """The most probable ids, highest first, up to and including the one where their mass reaches top_p.
 
-    Sorting the whole vocabulary is slow for 150k tokens, so sort growing top sets until one holds
-    top_p of the mass. A top set taken as "every value >= the m-th largest" is exactly the head of the
-    full sort, ties included, so the cut is the same as with a full sort.
+    Probabilities follow the scores' order, so growing top sets of the scores are tried until one holds
+    top_p of the mass; a top set ("every score >= the m-th largest", ties included) is exactly the head
+    of a full sort, so the cut is the same as sorting the whole vocabulary, which is slow for 150k.
     """
-    vocab = probabilities.shape[0]
+    vocab = scores.shape[0]
     size = 64
     while True:
-        if size >= vocab:
-            ordered = _descending_order(probabilities, np.arange(vocab))
-        else:
-            threshold = np.partition(probabilities, vocab - size)[vocab - size]
-            ordered = _descending_order(probabilities, np.flatnonzero(probabilities >= threshold))
-        cumulative = np.cumsum(probabilities[ordered])
-        reached = np.flatnonzero(cumulative >= top_p)
-        if reached.size or size >= vocab:
-            last = int(reached[0]) if reached.size else ordered.size - 1
-            kept = np.zeros_like(probabilities)
-            kept[ordered[: last + 1]] = probabilities[ordered[: last + 1]]
-            return kept / kept.sum()
+        head = _descending_order(scores, np.arange(vocab)) if size >= vocab else _top_ids_with_ties(scores, size)
+        reached = np.flatnonzero(np.cumsum(probabilities[head]) >= top_p)
+        if reached.size:
+            return head[: int(reached[0]) + 1]
+        if size >= vocab:  # rounding kept the total just under top_p: everything stays
+            return head
         size *= 8
+
+
+def _top_ids_with_ties(values: np.ndarray, count: int) -> np.ndarray:
+    """Every id valued at least the `count`-th highest value, highest first."""
+    threshold = np.partition(values, values.shape[0] - count)[values.shape[0] - count]
+    return _descending_order(values, np.flatnonzero(values >= threshold))
 
 
 class Sampler:
@@ -167,18 +206,28 @@ class Sampler:
             return ()
         return tokens[max(0, position - self.params.repeat_last_n) : position]
 
-    def distribution(self, logits: np.ndarray, recent_tokens: Sequence[int]) -> np.ndarray:
+    def distribution(self, logits: np.ndarray, recent_tokens: Sequence[int]) -> TokenDistribution:
         return token_distribution(logits, self.params, recent_tokens)
 
     def greedy_token(self, logits: np.ndarray, recent_tokens: Sequence[int]) -> int:
         return greedy_token(logits, self.params, recent_tokens)
 
-    def sample(self, probabilities: np.ndarray) -> int:
-        """One draw from `probabilities` (need not be normalized) by inverting the cumulative sum."""
-        cumulative = np.cumsum(probabilities)
+    def sample(self, distribution: TokenDistribution) -> int:
+        if distribution.ids is None:
+            return self.sample_weights(distribution.probabilities)
+        return self._draw(distribution.ids, distribution.probabilities)
+
+    def sample_weights(self, weights: np.ndarray) -> int:
+        """One draw from dense nonnegative `weights` over the vocabulary (need not be normalized)."""
+        support = np.flatnonzero(weights)
+        return self._draw(support, weights[support])
+
+    def _draw(self, ids: np.ndarray, weights: np.ndarray) -> int:
+        """Invert the cumulative sum over tokens with mass, so a zero-probability token is never drawn
+        whatever the rounding."""
+        cumulative = np.cumsum(weights)
         index = int(np.searchsorted(cumulative, self.rng.random() * cumulative[-1], side="right"))
-        # Rounding can put the draw at the very top; the last token with mass is then the right answer.
-        return min(index, int(np.flatnonzero(probabilities)[-1]))
+        return int(ids[min(index, ids.size - 1)])
 
     def choose(self, logits: np.ndarray, recent_tokens: Sequence[int]) -> int:
         if self.is_greedy:

@@ -5,6 +5,7 @@ from mlspecqd.sampling import (
     Sampler,
     SamplingParams,
     SamplingParamsError,
+    TokenDistribution,
     greedy_token,
     penalized_logits,
     token_distribution,
@@ -33,12 +34,12 @@ def test_greedy_is_argmax_with_ties_to_lowest_id():
     params = SamplingParams.greedy()
     assert greedy_token(logits, params, []) == 1
     assert Sampler(params).choose(logits, []) == 1
-    np.testing.assert_array_equal(token_distribution(logits, params, []), [0, 1, 0, 0])
+    np.testing.assert_array_equal(token_distribution(logits, params, []).dense(), [0, 1, 0, 0])
 
 
 def test_temperature_scales_softmax():
     logits = np.array([1.0, 2.0, 3.0], dtype=np.float32)
-    got = token_distribution(logits, SamplingParams(temperature=0.5, **PLAIN), [])
+    got = token_distribution(logits, SamplingParams(temperature=0.5, **PLAIN), []).dense()
     scaled = logits.astype(np.float64) / 0.5
     expected = np.exp(scaled) / np.exp(scaled).sum()
     np.testing.assert_allclose(got, expected, rtol=1e-12)
@@ -46,16 +47,16 @@ def test_temperature_scales_softmax():
 
 def test_top_k_keeps_k_best_and_breaks_ties_to_lowest_ids():
     logits = np.array([3.0, 1.0, 3.0, 3.0, 0.0], dtype=np.float32)
-    got = token_distribution(logits, SamplingParams(temperature=1.0, top_k=2, top_p=1.0, min_p=0.0), [])
+    got = token_distribution(logits, SamplingParams(temperature=1.0, top_k=2, top_p=1.0, min_p=0.0), []).dense()
     np.testing.assert_allclose(got, [0.5, 0, 0.5, 0, 0])
 
 
 def test_top_p_keeps_smallest_head_reaching_the_mass():
     probabilities = np.array([0.1, 0.4, 0.3, 0.2])
     logits = np.log(probabilities).astype(np.float32)
-    got = token_distribution(logits, SamplingParams(temperature=1.0, top_k=0, top_p=0.7, min_p=0.0), [])
+    got = token_distribution(logits, SamplingParams(temperature=1.0, top_k=0, top_p=0.7, min_p=0.0), []).dense()
     np.testing.assert_allclose(got, [0, 0.4 / 0.7, 0.3 / 0.7, 0], rtol=1e-6)
-    got = token_distribution(logits, SamplingParams(temperature=1.0, top_k=0, top_p=0.71, min_p=0.0), [])
+    got = token_distribution(logits, SamplingParams(temperature=1.0, top_k=0, top_p=0.71, min_p=0.0), []).dense()
     np.testing.assert_allclose(got, [0, 0.4 / 0.9, 0.3 / 0.9, 0.2 / 0.9], rtol=1e-6)
 
 
@@ -77,14 +78,16 @@ def test_top_p_on_a_large_flat_vocabulary_matches_a_full_sort(top_p):
     # Flat logits with many exact ties force the growing top sets past their first sizes.
     logits = np.round(np.random.default_rng(3).standard_normal(20000) * 0.3, 1).astype(np.float32)
     params = SamplingParams(temperature=1.0, top_k=0, top_p=top_p, min_p=0.0)
-    plain = token_distribution(logits, SamplingParams(temperature=1.0, **PLAIN), [])
-    np.testing.assert_array_equal(token_distribution(logits, params, []), _reference_top_p(plain, top_p))
+    plain = token_distribution(logits, SamplingParams(temperature=1.0, **PLAIN), []).dense()
+    got, expected = token_distribution(logits, params, []).dense(), _reference_top_p(plain, top_p)
+    np.testing.assert_array_equal(got > 0, expected > 0)  # the same tokens kept, exactly
+    np.testing.assert_allclose(got, expected, rtol=1e-12)
 
 
 def test_min_p_drops_tokens_below_a_share_of_the_best():
     probabilities = np.array([0.5, 0.3, 0.15, 0.05])
     logits = np.log(probabilities).astype(np.float32)
-    got = token_distribution(logits, SamplingParams(temperature=1.0, top_k=0, top_p=1.0, min_p=0.29), [])
+    got = token_distribution(logits, SamplingParams(temperature=1.0, top_k=0, top_p=1.0, min_p=0.29), []).dense()
     np.testing.assert_allclose(got, [0.5 / 0.95, 0.3 / 0.95, 0.15 / 0.95, 0], rtol=1e-6)
 
 
@@ -99,13 +102,14 @@ def test_repeat_penalty_divides_positive_multiplies_negative_within_window():
 
 
 def test_seed_reproduces_draws_and_zero_mass_is_never_drawn():
-    probabilities = np.array([0.0, 0.25, 0.0, 0.75, 0.0])
-    first = [Sampler(SamplingParams(seed=7)).sample(probabilities) for _ in range(1)]
+    weights = np.array([0.0, 0.25, 0.0, 0.75, 0.0])
+    sparse = TokenDistribution.over(np.array([3, 1]), np.array([3.0, 1.0]), 5)
+    np.testing.assert_array_equal(sparse.dense(), weights)
+    assert sparse.probability(3) == 0.75 and sparse.probability(2) == 0.0 and sparse.top_probability() == 0.75
     sampler_a, sampler_b = Sampler(SamplingParams(seed=7)), Sampler(SamplingParams(seed=7))
-    draws_a = [sampler_a.sample(probabilities) for _ in range(4000)]
-    draws_b = [sampler_b.sample(probabilities) for _ in range(4000)]
-    assert draws_a == draws_b and draws_a[0] == first[0]
+    draws_a = [sampler_a.sample_weights(weights) for _ in range(4000)]
+    draws_b = [sampler_b.sample(sparse) for _ in range(4000)]
+    assert draws_a == draws_b  # the same seed, the same draws, whether the distribution is dense or sparse
     counts = np.bincount(draws_a, minlength=5)
     assert counts[0] == counts[2] == counts[4] == 0
     assert abs(counts[3] / 4000 - 0.75) < 0.03
-    assert Sampler(SamplingParams(seed=8)).sample(probabilities) in (1, 3)

@@ -166,7 +166,7 @@ def exact_sequence_distribution(model, params):
         sequence, probability = list(SAMPLED_PROMPT), 1.0
         for token in continuation:
             recent = sequence[-params.repeat_last_n :] if params.repeat_last_n else []
-            probability *= token_distribution(model.logits_for(sequence), params, recent)[token]
+            probability *= token_distribution(model.logits_for(sequence), params, recent).probability(token)
             sequence.append(token)
         probabilities[continuation] = probability
     return probabilities
@@ -231,8 +231,8 @@ def test_sampled_runs_are_reproducible_with_a_seed():
 
 
 @pytest.mark.parametrize("wrong_residual", [
-    lambda p, q, token: p,  # resample from p itself: over-weights the draft's favourites
-    lambda p, q, token: np.maximum(q - p, 0.0) + 1e-9,  # residual turned around
+    lambda p, q, token: p.dense(),  # resample from p itself: over-weights the draft's favourites
+    lambda p, q, token: np.maximum(q.dense() - p.dense(), 0.0) + 1e-9,  # residual turned around
 ])
 def test_negative_control_a_wrong_rejection_rule_is_caught(monkeypatch, wrong_residual):
     params = SAMPLING_CASES["softmax"]

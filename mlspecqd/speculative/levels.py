@@ -16,7 +16,7 @@ from typing import Callable, Protocol, Sequence
 
 import numpy as np
 
-from mlspecqd.sampling import Sampler
+from mlspecqd.sampling import Sampler, TokenDistribution
 from mlspecqd.speculative import verification
 from mlspecqd.speculative.policies import DraftLengthPolicy, LinearTimeModel
 
@@ -48,10 +48,10 @@ class Proposal:
     under greedy decoding or from a model-free drafter) and the logits row it came from (None: no model)."""
 
     tokens: list[int] = field(default_factory=list)
-    distributions: list[np.ndarray | None] = field(default_factory=list)
+    distributions: list[TokenDistribution | None] = field(default_factory=list)
     logits: list[np.ndarray | None] = field(default_factory=list)
 
-    def append(self, token: int, distribution: np.ndarray | None, logits: np.ndarray | None) -> None:
+    def append(self, token: int, distribution: TokenDistribution | None, logits: np.ndarray | None) -> None:
         self.tokens.append(token)
         self.distributions.append(distribution)
         self.logits.append(logits)
@@ -60,10 +60,10 @@ class Proposal:
         return len(self.tokens)
 
 
-def model_confidence(distribution: np.ndarray | None, logits: np.ndarray) -> float:
+def model_confidence(distribution: TokenDistribution | None, logits: np.ndarray) -> float:
     """Top probability of the distribution a token was drawn from (of softmax(logits) under greedy)."""
     if distribution is not None:
-        return float(distribution.max())
+        return distribution.top_probability()
     shifted = logits.astype(np.float64) - float(logits.max())
     return float(1.0 / np.exp(shifted).sum())
 

@@ -9,25 +9,29 @@ from __future__ import annotations
 
 import numpy as np
 
-from mlspecqd.sampling import Sampler
+from mlspecqd.sampling import Sampler, TokenDistribution
 
 
-def residual_distribution(p: np.ndarray, q: np.ndarray | None, token: int) -> np.ndarray:
-    """max(0, p - q), unnormalized. Only called after a rejection, which has probability sum(max(0, p - q)),
-    so the residual has mass (up to rounding, handled by the caller)."""
+def residual_distribution(p: TokenDistribution, q: TokenDistribution | None, token: int) -> np.ndarray:
+    """max(0, p - q) over the vocabulary, unnormalized. Only needed after a rejection (at most once per
+    round), whose probability is sum(max(0, p - q)), so the residual has mass up to rounding."""
+    residual = p.dense().copy()
     if q is None:
-        residual = p.copy()
         residual[token] = 0.0
         return residual
-    return np.maximum(p - q, 0.0)
+    if q.ids is None:
+        return np.maximum(residual - q.probabilities, 0.0)
+    residual[q.ids] = np.maximum(residual[q.ids] - q.probabilities, 0.0)
+    return residual
 
 
-def verify_sampled_token(p: np.ndarray, q: np.ndarray | None, token: int, sampler: Sampler) -> tuple[bool, int]:
+def verify_sampled_token(p: TokenDistribution, q: TokenDistribution | None, token: int,
+                         sampler: Sampler) -> tuple[bool, int]:
     """(accepted, emitted token). One uniform draw per verified token, one more on rejection."""
-    draft_probability = 1.0 if q is None else float(q[token])
-    if sampler.rng.random() * draft_probability < p[token]:
+    draft_probability = 1.0 if q is None else q.probability(token)
+    if sampler.rng.random() * draft_probability < p.probability(token):
         return True, token
     residual = residual_distribution(p, q, token)
     if residual.sum() <= 0.0:  # p == q up to rounding: any draw from p is the exact answer
-        residual = p
-    return False, sampler.sample(residual)
+        return False, sampler.sample(p)
+    return False, sampler.sample_weights(residual)
