@@ -262,9 +262,12 @@ def test_cost_policy_drafts_long_with_a_cheap_accurate_draft():
     target = target_model(clock=clock, call_seconds=0.010, token_seconds=0.001)
     draft = target.like(call_seconds=0.0005, token_seconds=0.0001)
     cascade = Cascade([draft, target.like()], policy="cost", draft_max=8, clock=clock)
+    warm_up = generate(cascade, ByteTokenizer(VOCAB), PROMPT, 150).run()
+    assert min(warm_up.timings["levels"][0]["draft_length_choices"]) >= 3  # never switched off
+    # What the policy learned stays with the cascade for the next request.
     result = generate(cascade, ByteTokenizer(VOCAB), PROMPT, 150).run()
     choices = result.timings["levels"][0]["draft_length_choices"]
-    assert sum(count for k, count in choices.items() if k >= 7) >= 0.8 * sum(choices.values())
+    assert choices.get(8, 0) >= 0.8 * sum(choices.values())
     assert result.timings["levels"][1]["tokens_per_verify_round"] > 6
 
 

@@ -118,19 +118,21 @@ class ConfidenceDraftLength(DraftLengthPolicy):
 class AcceptanceByPosition:
     """Online acceptance rate of the j-th drafted token given the ones before it were accepted.
 
-    A running mean over the first 1/smoothing observations (a warm start that forgets the prior fast),
-    then an exponential moving average so the estimate follows the text.
+    Starts as a running mean in which the prior counts as `prior_weight` observations (one unlucky
+    first round must not switch a draft off), and becomes an exponential moving average once the
+    observations outweigh 1/smoothing, so the estimate follows the text.
     """
 
-    def __init__(self, draft_max: int, smoothing: float = 0.1, prior: float = 0.6) -> None:
+    def __init__(self, draft_max: int, smoothing: float = 0.1, prior: float = 0.6, prior_weight: float = 2.0) -> None:
         self.smoothing = smoothing
+        self.prior_weight = prior_weight
         self.rates = np.full(draft_max, prior, dtype=np.float64)
         self.observations = np.zeros(draft_max, dtype=np.int64)
 
     def record(self, proposed: int, accepted: int) -> None:
         for position in range(min(accepted + 1, proposed)):
             self.observations[position] += 1
-            weight = max(self.smoothing, 1.0 / self.observations[position])
+            weight = max(self.smoothing, 1.0 / (self.observations[position] + self.prior_weight))
             outcome = 1.0 if position < accepted else 0.0
             self.rates[position] += weight * (outcome - self.rates[position])
 
