@@ -153,19 +153,6 @@ class Level:
     def sync(self, sequence: Sequence[int]) -> None:
         """Drop any cached state past the longest common prefix with `sequence` (model-free: nothing)."""
 
-    @property
-    def seconds_per_token(self) -> float | None:
-        """Measured time per proposed token, recent calls weighted most; None before the first proposal."""
-        if self._proposals == 0:
-            return None
-        return self._proposal_seconds / max(self._proposal_tokens, 1e-9)
-
-    def note_proposal(self, seconds: float, tokens: int) -> None:
-        self._proposals += 1
-        weight = max(0.2, 1.0 / self._proposals)
-        self._proposal_seconds += weight * (seconds - self._proposal_seconds)
-        self._proposal_tokens += weight * (tokens - self._proposal_tokens)
-
     def record_round(self, chosen: int, proposed: int, accepted: int) -> None:
         """The level above chose `chosen` tokens, got `proposed`, accepted `accepted` of them."""
         self.stats.draft_length_choices[chosen] += 1
