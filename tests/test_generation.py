@@ -206,3 +206,45 @@ def test_model_levels_with_tokenizers_reach_generation():
     cascade = Cascade([ModelLevel(target.like(), tokenizer=tokenizer()), ModelLevel(target.like(), tokenizer=tokenizer())],
                       policy="heuristic")
     assert generate(cascade, tokenizer(), PROMPT, 30).run().tokens == reference_greedy(target, PROMPT, 30)
+
+
+# Real checkpoints: the cascade's greedy output must equal plain decoding with the native decoder too
+# (which needs its batch-invariant kernels). Skipped where the decoder or tokenizer branch or the
+# checkpoints are missing.
+
+def _real_prompt(tokenizer, request: str) -> list[int]:
+    from mlspecqd.chat import render_chat
+    text = render_chat(tokenizer.chat_template, [{"role": "user", "content": request}], add_generation_prompt=True)
+    return tokenizer.encode(text, add_special=True, parse_special=True)
+
+
+@pytest.mark.real_model
+def test_real_ngram_cascade_matches_plain_greedy(qwen_small_path):
+    model_module = pytest.importorskip("mlspecqd.model")
+    tokenizer_module = pytest.importorskip("mlspecqd.tokenizer")
+    tokenizer = tokenizer_module.Tokenizer.from_gguf(qwen_small_path)
+    model = model_module.Model.load(qwen_small_path, precision="bf16", context_length=512)
+    prompt = _real_prompt(tokenizer, "Write a Python function that reverses the words of a sentence.")
+    plain = generate(model, tokenizer, prompt, 24).run()
+    cascade = Cascade([NgramDrafter(), ModelLevel(model, tokenizer=tokenizer)], policy="fixed", draft_max=6)
+    speculative_result = generate(cascade, tokenizer, prompt, 24).run()
+    assert speculative_result.tokens == plain.tokens and speculative_result.text == plain.text
+    assert plain.text.strip()
+
+
+@pytest.mark.real_model
+@pytest.mark.slow
+def test_real_three_level_cascade_matches_plain_greedy(qwen_small_path, qwen_target_path):
+    model_module = pytest.importorskip("mlspecqd.model")
+    tokenizer_module = pytest.importorskip("mlspecqd.tokenizer")
+    tokenizer = tokenizer_module.Tokenizer.from_gguf(qwen_target_path)
+    small_tokenizer = tokenizer_module.Tokenizer.from_gguf(qwen_small_path)
+    target = model_module.Model.load(qwen_target_path, precision="bf16", context_length=512)
+    small = model_module.Model.load(qwen_small_path, precision="bf16", context_length=512)
+    prompt = _real_prompt(tokenizer, "Write a Python function that checks whether a number is prime.")
+    plain = generate(target, tokenizer, prompt, 32).run()
+    cascade = Cascade([NgramDrafter(), ModelLevel(small, tokenizer=small_tokenizer), ModelLevel(target, tokenizer=tokenizer)],
+                      policy="fixed", draft_max=6)
+    speculative_result = generate(cascade, tokenizer, prompt, 32).run()
+    assert speculative_result.tokens == plain.tokens
+    assert speculative_result.timings["levels"][1]["draft_n_accepted"] > 0
