@@ -299,7 +299,8 @@ def test_cost_policy_choice_from_measurements():
     assert useless.choose(slow_drafter, verifier) == 0
     zero_rounds = [useless.choose(slow_drafter, verifier) for _ in range(40)]
     assert 1 in zero_rounds and zero_rounds.count(0) >= 36  # re-probes, now and then
-    assert CostDraftLength(8, initial=3).choose(LinearTimeModel(1.0), verifier) == 3  # not measured: warm start
+    assert CostDraftLength(8, initial=3).choose(LinearTimeModel(1.0), verifier) == 3  # not measured: warm-up
+    assert CostDraftLength(8, initial=3, warm_up=4).choose(cheap_drafter, verifier) == 3  # 3 calls: still warming
     # A half-accurate draft pays only for short drafts when drafting costs about what verifying does.
     half = CostDraftLength(8)
     for _ in range(30):

@@ -32,8 +32,8 @@ class LinearTimeModel:
         self._fit: tuple[float, float] | None = None  # (intercept, slope), refitted on demand
 
     @property
-    def has_samples(self) -> bool:
-        return bool(self._samples)
+    def sample_count(self) -> int:
+        return len(self._samples)
 
     def record(self, tokens: int, seconds: float) -> None:
         self._samples.append((tokens, seconds))
@@ -153,19 +153,22 @@ class CostDraftLength(DraftLengthPolicy):
         rate(K) = expected_tokens(K) / (verify_seconds(K + 1) + draft_seconds(K)),   draft_seconds(0) = 0
 
     Both times are measured online (LinearTimeModel): for a recursive drafter draft_seconds is its whole
-    effective time, levels below included. Until both are measured it drafts `initial` tokens. After
-    `reprobe_after` rounds at K = 0 it drafts one token, so a draft that became useful is noticed.
+    effective time, levels below included. Until both have `warm_up` measurements it drafts `initial`
+    tokens (one slow call, on a busy machine, must not decide). After `reprobe_after` rounds at K = 0 it
+    drafts one token, so a draft that became useful is noticed.
     """
 
-    def __init__(self, draft_max: int, initial: int = 4, reprobe_after: int = 16, smoothing: float = 0.1) -> None:
+    def __init__(self, draft_max: int, initial: int = 4, warm_up: int = 3, reprobe_after: int = 16,
+                 smoothing: float = 0.1) -> None:
         super().__init__(draft_max)
         self.initial = min(max(initial, 1), draft_max)
+        self.warm_up = warm_up
         self.reprobe_after = reprobe_after
         self.acceptance = AcceptanceByPosition(draft_max, smoothing)
         self.rounds_at_zero = 0
 
     def choose(self, drafter: LinearTimeModel, verifier: LinearTimeModel) -> int:
-        if not drafter.has_samples or not verifier.has_samples:
+        if min(drafter.sample_count, verifier.sample_count) < self.warm_up:
             return self.initial
         if self.rounds_at_zero >= self.reprobe_after:
             self.rounds_at_zero = 0
