@@ -151,6 +151,15 @@ class Generation:
         matcher = StopStringMatcher(self.stop)
         finish_reason = None
         stopped_by_string = False
+        paused = 0.0  # time the consumer held the stream: not generation time
+
+        def emit(piece: str) -> Iterator[str]:
+            nonlocal paused
+            pieces.append(piece)
+            handed_over = clock()
+            yield piece
+            paused += clock() - handed_over
+
         try:
             while finish_reason is None:
                 budget = min(self.max_new_tokens - len(generated), cascade.context_length - len(sequence))
@@ -165,8 +174,7 @@ class Generation:
                         break
                     piece, stopped_by_string = matcher.feed(decoder.feed(token))
                     if piece:
-                        pieces.append(piece)
-                        yield piece
+                        yield from emit(piece)
                     if stopped_by_string:
                         finish_reason = "stop"
                         break
@@ -174,11 +182,10 @@ class Generation:
                 piece, _ = matcher.feed(decoder.flush())
                 for tail in (piece, matcher.finish()):
                     if tail:
-                        pieces.append(tail)
-                        yield tail
+                        yield from emit(tail)
         finally:
             cascade.sync(sequence)
-        finished = clock()
+        finished = clock() - paused
         self.result = GenerationResult(generated, "".join(pieces), finish_reason,
                                        self._timings(len(self.prompt) - cached, cached, prompt_done - started,
                                                      len(generated), finished - prompt_done, finished - started))
