@@ -128,6 +128,19 @@ def test_draft_with_a_smaller_context_stops_drafting_but_not_the_output():
     assert cascade.levels[0].model.n_past <= 40
 
 
+def test_models_shared_by_cascades_in_turn_give_the_right_output():
+    target = target_model()
+    shared = target.like()
+    first, second = Cascade([NgramDrafter(), shared]), Cascade([shared])
+    tokenizer = ByteTokenizer(VOCAB)
+    run = generate(first, tokenizer, PROMPT, 10).run()
+    other = generate(second, tokenizer, PROMPT[:-1] + [9], 10).run()
+    # The shared model now holds as many tokens as `first` believes it holds, but other ones.
+    assert shared.n_past == len(first.target._cached) and run.tokens[-3:] != other.tokens[-3:]
+    follow_up = PROMPT + run.tokens
+    assert generate(first, tokenizer, follow_up, 10).run().tokens == reference_greedy(target, follow_up, 10)
+
+
 def test_cache_is_reused_by_a_following_generation():
     target = target_model()
     cascade = Cascade(cascade_levels(3, target), policy="fixed", draft_max=4)
@@ -397,6 +410,9 @@ def test_bad_cascades_are_refused():
         Cascade([FakeLanguageModel(), NgramDrafter(), FakeLanguageModel()])
     with pytest.raises(CascadeError, match="neither a Level nor a language model"):
         Cascade(["model.gguf"])
+    shared = FakeLanguageModel()
+    with pytest.raises(CascadeError, match="same model object"):
+        Cascade([shared, shared])
     level = ModelLevel(FakeLanguageModel())
     Cascade([level])
     with pytest.raises(CascadeError, match="already belongs"):

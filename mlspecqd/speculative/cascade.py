@@ -58,6 +58,9 @@ class Cascade:
                 raise CascadeError(f"level {index}: the n-gram drafter cannot verify, so it must be the bottom level")
             if getattr(level, "_cascade", None) is not None:
                 raise CascadeError(f"level {index} ({level.name!r}) already belongs to another cascade")
+        models = [id(level.model) for level in self.levels if isinstance(level, ModelLevel)]
+        if len(set(models)) != len(models):
+            raise CascadeError("the same model object appears at two levels: its one KV cache cannot follow both")
         model_drafters = 0
         for level in self.levels:
             model_drafters += isinstance(level, ModelLevel) and level is not target

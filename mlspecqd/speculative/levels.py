@@ -161,6 +161,12 @@ class Level:
             self.policy.record(proposed, accepted)
 
 
+# id(model) -> id(the ModelLevel that last used its cache). One model may serve several cascades in
+# turn (a benchmark, a chat session that changes its drafts); the level that finds another level's
+# mark starts from an empty cache instead of trusting tokens it did not put there.
+_cache_owner: dict[int, int] = {}
+
+
 class ModelLevel(Level):
     """A model in the cascade, keeping its KV cache in step with the tokens it is asked about."""
 
@@ -270,9 +276,10 @@ class ModelLevel(Level):
         return proposal
 
     def _check_cache(self) -> None:
-        # Someone else moved this model's cache: its contents are unknown, start over.
-        if self.model.n_past != len(self._cached):
+        # Another level (of another cascade) used this model since: its cache holds unknown text.
+        if _cache_owner.get(id(self.model)) != id(self) or self.model.n_past != len(self._cached):
             self._cached = []
+        _cache_owner[id(self.model)] = id(self)
 
     def _evaluate(self, tokens: list[int], rows: int) -> tuple[np.ndarray, int]:
         """Logits for the last `rows` positions of `tokens`, forwarding only what the cache lacks (at least
