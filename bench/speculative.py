@@ -82,7 +82,8 @@ def synthetic(args: argparse.Namespace) -> list[dict]:
         "plain": lambda: [SyntheticModel(table)],
         "ngram": lambda: [NgramDrafter(), SyntheticModel(table)],
         "draft": lambda: [SyntheticModel(noisy), SyntheticModel(table)],
-        "ngram+draft+draft": lambda: [NgramDrafter(), SyntheticModel(noisy), SyntheticModel(noisy), SyntheticModel(table)],
+        "ngram+draft+draft": lambda: [NgramDrafter(), SyntheticModel(noisy), SyntheticModel(noisy),
+                                      SyntheticModel(table)],
     }
     prompt = list(range(1, 200))
     rows = []

@@ -138,7 +138,8 @@ def reference_greedy(model: FakeLanguageModel, prompt: Sequence[int], max_new_to
     params = params or SamplingParams.greedy()
     sequence, generated = list(prompt), []
     while len(generated) < max_new_tokens and len(sequence) < model.context_length:
-        token = greedy_token(model.logits_for(sequence), params, sequence[-params.repeat_last_n :] if params.repeat_last_n else [])
+        recent = sequence[-params.repeat_last_n :] if params.repeat_last_n else []
+        token = greedy_token(model.logits_for(sequence), params, recent)
         sequence.append(token)
         generated.append(token)
         if token in end_ids:

@@ -128,16 +128,16 @@ def test_cascade_caches_hold_only_accepted_text_after_a_stop_string():
 
 def test_stopping_the_iteration_early_leaves_caches_on_the_accepted_text():
     target = text_target()
-    cascade = speculative(target)
-    generation = generate(cascade, tokenizer(), PROMPT, 100)
-    for count, _ in enumerate(generation):
-        if count == 5:
-            break
-    generation_iterator = None  # noqa: F841 (the loop's generator is closed when the loop breaks)
+    cascade = speculative(target, draft_max=8)
+    pieces = iter(generate(cascade, tokenizer(), PROMPT, 100))
+    shown = [next(pieces) for _ in range(6)]  # one character per token here
+    pieces.close()
+    expected = PROMPT + reference_greedy(target, PROMPT, 100)
+    assert "".join(shown) == tokenizer().decode(expected[len(PROMPT) : len(PROMPT) + 6])
     for level in cascade.levels[1:]:
         model = level.model
-        assert model.cache == model.fresh_cache([token for token, _, _ in model.cache])
-        assert [token for token, _, _ in model.cache] == (PROMPT + reference_greedy(target, PROMPT, 100))[: model.n_past]
+        assert model.n_past <= len(PROMPT) + 6  # nothing the reader did not get stays cached
+        assert model.cache == model.fresh_cache(expected[: model.n_past])
 
 
 def test_stop_string_matcher_holds_back_possible_starts():
@@ -206,8 +206,8 @@ def test_tokenizer_larger_than_the_model_is_refused():
 
 def test_model_levels_with_tokenizers_reach_generation():
     target = text_target()
-    cascade = Cascade([ModelLevel(target.like(), tokenizer=tokenizer()), ModelLevel(target.like(), tokenizer=tokenizer())],
-                      policy="heuristic")
+    cascade = Cascade([ModelLevel(target.like(), tokenizer=tokenizer()),
+                       ModelLevel(target.like(), tokenizer=tokenizer())], policy="heuristic")
     assert generate(cascade, tokenizer(), PROMPT, 30).run().tokens == reference_greedy(target, PROMPT, 30)
 
 
@@ -246,8 +246,8 @@ def test_real_three_level_cascade_matches_plain_greedy(qwen_small_path, qwen_tar
     small = model_module.Model.load(qwen_small_path, precision="bf16", context_length=512)
     prompt = _real_prompt(tokenizer, "Write a Python function that checks whether a number is prime.")
     plain = generate(target, tokenizer, prompt, 32).run()
-    cascade = Cascade([NgramDrafter(), ModelLevel(small, tokenizer=small_tokenizer), ModelLevel(target, tokenizer=tokenizer)],
-                      policy="fixed", draft_max=6)
+    cascade = Cascade([NgramDrafter(), ModelLevel(small, tokenizer=small_tokenizer),
+                       ModelLevel(target, tokenizer=tokenizer)], policy="fixed", draft_max=6)
     speculative_result = generate(cascade, tokenizer, prompt, 32).run()
     assert speculative_result.tokens == plain.tokens
     assert speculative_result.timings["levels"][1]["draft_n_accepted"] > 0

@@ -220,7 +220,7 @@ def sampled_counts(levels, params, draft_max=2):
 
 def sampled_levels(size):
     target, small, middle = small_models()
-    return {1: [target], 2: [small, target], 3: [small, middle, target], 4: [NgramDrafter(), small, middle, target]}[size]
+    return [[target], [small, target], [small, middle, target], [NgramDrafter(), small, middle, target]][size - 1]
 
 
 @pytest.mark.parametrize("case", sorted(SAMPLING_CASES))

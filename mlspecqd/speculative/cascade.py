@@ -11,7 +11,6 @@ import time
 from typing import Callable, Sequence
 
 from mlspecqd.speculative.levels import Decoding, LanguageModel, Level, ModelLevel, Proposal
-from mlspecqd.speculative.ngram import NgramDrafter
 from mlspecqd.speculative.policies import check_draft_max, check_policy_name, make_policy
 
 
@@ -51,11 +50,13 @@ class Cascade:
         self.levels = [_as_level(item, index) for index, item in enumerate(levels)]
         target = self.levels[-1]
         if not isinstance(target, ModelLevel):
-            raise CascadeError(f"the last level (the target) must be a model, not the {target.kind} level {target.name!r}")
+            raise CascadeError(f"the last level (the target) must be a model, "
+                               f"not the {target.kind} level {target.name!r}")
         self.target: ModelLevel = target
         for index, level in enumerate(self.levels):
-            if isinstance(level, NgramDrafter) and index != 0:
-                raise CascadeError(f"level {index}: the n-gram drafter cannot verify, so it must be the bottom level")
+            if not isinstance(level, ModelLevel) and index != 0:
+                raise CascadeError(f"level {index}: the {level.kind} level cannot verify, "
+                                   "so it must be the bottom level")
             if getattr(level, "_cascade", None) is not None:
                 raise CascadeError(f"level {index} ({level.name!r}) already belongs to another cascade")
         models = [id(level.model) for level in self.levels if isinstance(level, ModelLevel)]

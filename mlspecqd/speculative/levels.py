@@ -137,7 +137,8 @@ class Level:
 
     kind = "level"
 
-    def __init__(self, name: str | None, tokenizer: object | None = None, policy: DraftLengthPolicy | None = None) -> None:
+    def __init__(self, name: str | None, tokenizer: object | None = None,
+                 policy: DraftLengthPolicy | None = None) -> None:
         self.name = name  # None: the cascade names it by its place ("target", "draft1", ...)
         self.tokenizer = tokenizer
         self.policy = policy
@@ -247,7 +248,8 @@ class ModelLevel(Level):
                 if sampler.is_greedy:
                     accepted, token = draft.tokens[j] == mine, mine
                 else:
-                    accepted, token = verification.verify_sampled_token(p, draft.distributions[j], draft.tokens[j], sampler)
+                    accepted, token = verification.verify_sampled_token(p, draft.distributions[j], draft.tokens[j],
+                                                                        sampler)
             else:
                 accepted, token = False, mine if sampler.is_greedy else sampler.sample(p)
             emitted.append(token, p, row)

@@ -20,7 +20,8 @@ class NgramDrafter(Level):
 
     kind = "ngram"
 
-    def __init__(self, max_n: int = 4, min_n: int = 1, name: str = "ngram", policy: DraftLengthPolicy | None = None) -> None:
+    def __init__(self, max_n: int = 4, min_n: int = 1, name: str = "ngram",
+                 policy: DraftLengthPolicy | None = None) -> None:
         if not 1 <= min_n <= max_n:
             raise PolicyError(f"n-gram sizes must satisfy 1 <= min_n <= max_n (got min_n={min_n}, max_n={max_n})")
         super().__init__(name, tokenizer=None, policy=policy)

@@ -173,7 +173,8 @@ class CostDraftLength(DraftLengthPolicy):
         if self.rounds_at_zero >= self.reprobe_after:
             self.rounds_at_zero = 0
             return 1
-        seconds = np.array([verifier.estimate(k + 1) + (drafter.estimate(k) if k else 0.0) for k in range(self.draft_max + 1)])
+        seconds = np.array([verifier.estimate(k + 1) + (drafter.estimate(k) if k else 0.0)
+                            for k in range(self.draft_max + 1)])
         rates = self.acceptance.expected_tokens() / np.maximum(seconds, 1e-12)
         best = int(np.argmax(rates))  # first maximum: ties go to the shorter draft
         self.rounds_at_zero = self.rounds_at_zero + 1 if best == 0 else 0
