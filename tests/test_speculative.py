@@ -379,6 +379,20 @@ def test_ngram_drafter_continues_the_longest_most_recent_match():
     assert NgramDrafter(min_n=2).find_continuation([1, 2, 9, 2, 8, 2], 2) == ([], 0)
 
 
+def test_ngram_drafter_agrees_with_a_brute_force_search():
+    def brute_force(sequence, count, max_n):
+        for n in range(min(max_n, len(sequence) - 1), 0, -1):
+            for start in range(len(sequence) - 1 - n, -1, -1):  # most recent first
+                if sequence[start : start + n] == sequence[len(sequence) - n :]:
+                    return sequence[start + n : start + n + count], n
+        return [], 0
+
+    rng = np.random.default_rng(0)
+    for _ in range(500):
+        sequence = [int(t) for t in rng.integers(0, 3, rng.integers(1, 20))]
+        assert NgramDrafter(max_n=3).find_continuation(sequence, 3) == brute_force(sequence, 3, 3), sequence
+
+
 def test_ngram_drafter_speeds_up_repetitive_text():
     target = target_model()
     cascade = Cascade([NgramDrafter(), target.like()], policy="fixed", draft_max=8)

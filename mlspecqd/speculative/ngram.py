@@ -9,7 +9,6 @@ and falls along the continuation: n / (n + 1 + j) for the j-th proposed token (0
 from __future__ import annotations
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
 
 from mlspecqd.speculative.levels import Decoding, Level, Proposal
 from mlspecqd.speculative.policies import DraftLengthPolicy, PolicyError
@@ -32,15 +31,20 @@ class NgramDrafter(Level):
         """(up to `count` tokens that followed the longest earlier match of a suffix, the match length);
         ([], 0) when no suffix of at least min_n tokens occurred before."""
         tokens = np.asarray(sequence, dtype=np.int64)
-        length = tokens.shape[0]
-        for n in range(min(self.max_n, length - 1), self.min_n - 1, -1):
-            # Windows that end before the last token, so each has at least one token after it.
-            windows = sliding_window_view(tokens[: length - 1], n)
-            matches = np.flatnonzero((windows == tokens[length - n :]).all(axis=1))
-            if matches.size:
-                follow = int(matches[-1]) + n
-                return [int(t) for t in tokens[follow : follow + count]], n
-        return [], 0
+        last = tokens.shape[0] - 1
+        # Earlier positions holding the last token end a match of length 1; keep those whose match still
+        # extends one token further back, while any do: what is left ends the longest matches.
+        ends = np.flatnonzero(tokens[:last] == tokens[last]) if last > 0 else np.empty(0, dtype=np.int64)
+        length = 1
+        while ends.size and length < self.max_n:
+            longer = ends[(ends >= length) & (tokens[np.maximum(ends - length, 0)] == tokens[last - length])]
+            if not longer.size:
+                break
+            ends, length = longer, length + 1
+        if not ends.size or length < self.min_n:
+            return [], 0
+        follow = int(ends[-1]) + 1  # the most recent of the longest matches
+        return [int(t) for t in tokens[follow : follow + count]], length
 
     def propose(self, sequence: list[int], count: int, decoding: Decoding) -> Proposal:
         started = self.clock()
