@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 import time
@@ -171,7 +172,8 @@ def real(args: argparse.Namespace) -> dict:
     return {"target": args.target, "small": f"{args.small}:{args.small_precision}", "policy": args.policy,
             "draft_max": args.draft_max, "prompts": args.prompts, "max_new_tokens": args.max_new_tokens,
             "threads": _native.num_threads(), "isa": _native.active_isa(), "load_seconds": load_seconds,
-            "machine": platform.processor() or platform.machine(), "results": summary}
+            "machine": platform.processor() or platform.machine(), "load_average": os.getloadavg(),
+            "results": summary}
 
 
 def _level_totals(per_prompt: list[list[dict]]) -> list[dict]:
@@ -204,7 +206,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.synthetic:
         rows = synthetic(args)
-        report = {"kind": "synthetic", "vocab": SyntheticTokenizer.vocab_size, "results": rows}
+        report = {"kind": "synthetic", "vocab": SyntheticTokenizer.vocab_size, "max_new_tokens": args.max_new_tokens,
+                  "draft_max": 8, "policy": "fixed", "machine": platform.processor() or platform.machine(),
+                  "cpu_count": os.cpu_count(), "load_average": os.getloadavg(), "results": rows}
         table = ["| mode | configuration | target rounds | cascade overhead per token (us) |", "|---|---|---|---|"]
         table += [f"| {r['mode']} | {r['configuration']} | {r['target_rounds']} | {r['overhead_us_per_token']:.0f} |"
                   for r in rows]
