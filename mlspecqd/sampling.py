@@ -159,6 +159,12 @@ def _descending_order(values: np.ndarray, candidates: np.ndarray) -> np.ndarray:
     return candidates[np.argsort(-values[candidates], kind="stable")]
 
 
+def _top_ids_with_ties(values: np.ndarray, count: int) -> np.ndarray:
+    """Every id valued at least the `count`-th highest value, highest first."""
+    threshold = np.partition(values, values.shape[0] - count)[values.shape[0] - count]
+    return _descending_order(values, np.flatnonzero(values >= threshold))
+
+
 def _top_ids(values: np.ndarray, count: int) -> np.ndarray:
     """The `count` highest-valued ids, highest first; ties go to the lowest ids."""
     return _top_ids_with_ties(values, count)[:count]
@@ -181,12 +187,6 @@ def _head_reaching(scores: np.ndarray, probabilities: np.ndarray, top_p: float) 
         if size >= vocab:  # rounding kept the total just under top_p: everything stays
             return head
         size *= 8
-
-
-def _top_ids_with_ties(values: np.ndarray, count: int) -> np.ndarray:
-    """Every id valued at least the `count`-th highest value, highest first."""
-    threshold = np.partition(values, values.shape[0] - count)[values.shape[0] - count]
-    return _descending_order(values, np.flatnonzero(values >= threshold))
 
 
 class Sampler:
