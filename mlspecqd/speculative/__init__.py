@@ -1,0 +1,47 @@
+"""Multi-level speculative decoding: a cascade of drafters verified level by level up to the target.
+
+    cascade = Cascade([NgramDrafter(), ModelLevel(tiny, tokenizer=t0), ModelLevel(mxfp4, tokenizer=t1),
+                       ModelLevel(bf16, tokenizer=t1)], policy="cost", draft_max=8)
+    result = mlspecqd.generation.generate(cascade, t1, prompt_ids, 128).run()
+
+Greedy output is bit-identical to plain greedy decoding of the target (given batch-invariant models);
+sampled output follows the target's distribution exactly. See levels.py for how a round works,
+policies.py for the draft-length policies, verification.py for the acceptance rule.
+"""
+
+from mlspecqd.speculative.cascade import Cascade, CascadeError, VocabularyMismatchError
+from mlspecqd.speculative.levels import Decoding, LanguageModel, Level, LevelStats, ModelLevel, Proposal
+from mlspecqd.speculative.ngram import NgramDrafter
+from mlspecqd.speculative.policies import (
+    POLICY_NAMES,
+    ConfidenceDraftLength,
+    CostDraftLength,
+    DraftLengthPolicy,
+    FixedDraftLength,
+    HeuristicDraftLength,
+    LinearTimeModel,
+    PolicyError,
+    make_policy,
+)
+
+__all__ = [
+    "POLICY_NAMES",
+    "Cascade",
+    "CascadeError",
+    "ConfidenceDraftLength",
+    "CostDraftLength",
+    "Decoding",
+    "DraftLengthPolicy",
+    "FixedDraftLength",
+    "HeuristicDraftLength",
+    "LanguageModel",
+    "Level",
+    "LevelStats",
+    "LinearTimeModel",
+    "ModelLevel",
+    "NgramDrafter",
+    "PolicyError",
+    "Proposal",
+    "VocabularyMismatchError",
+    "make_policy",
+]

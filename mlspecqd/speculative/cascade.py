@@ -1,0 +1,137 @@
+"""A cascade of levels, smallest first, the target last: the whole speculative decoder.
+
+Level i proposes tokens to level i+1 by running speculative decoding itself with level i-1 as its
+draft; the bottom level decodes plainly (or, model-free, looks its proposal up in the sequence). Every
+level checks that it shares the target's vocabulary when it is built.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable, Sequence
+
+from mlspecqd.speculative.levels import Decoding, LanguageModel, Level, ModelLevel, Proposal
+from mlspecqd.speculative.policies import check_draft_max, check_policy_name, make_policy
+
+
+class CascadeError(ValueError):
+    """A cascade that cannot work as configured (order of levels, sizes, a level reused)."""
+
+
+class VocabularyMismatchError(CascadeError):
+    """A level whose vocabulary differs from the target's: its token ids would mean other text."""
+
+
+_MODEL_ATTRIBUTES = ("forward", "truncate", "vocab_size", "context_length", "n_past")
+
+
+def _as_level(item: Level | LanguageModel, index: int) -> Level:
+    if isinstance(item, Level):
+        return item
+    missing = [name for name in _MODEL_ATTRIBUTES if not hasattr(item, name)]
+    if missing:
+        raise CascadeError(f"level {index}: {type(item).__name__} is neither a Level nor a language model "
+                           f"(missing {', '.join(missing)})")
+    return ModelLevel(item)
+
+
+class Cascade:
+    """Levels smallest first, last = target. Raw models are wrapped in ModelLevel. Levels without a
+    policy of their own get a fresh `policy` (see policies.POLICY_NAMES) with `draft_max`."""
+
+    def __init__(self, levels: Sequence[Level | LanguageModel], *, policy: str = "cost", draft_max: int = 8,
+                 prompt_chunk: int = 256, clock: Callable[[], float] = time.perf_counter) -> None:
+        if len(levels) == 0:
+            raise CascadeError("a cascade needs at least one level (the target model)")
+        check_policy_name(policy)
+        check_draft_max(draft_max)
+        if isinstance(prompt_chunk, bool) or not isinstance(prompt_chunk, int) or prompt_chunk < 1:
+            raise CascadeError(f"prompt_chunk must be an integer >= 1 (got {prompt_chunk!r})")
+        self.levels = [_as_level(item, index) for index, item in enumerate(levels)]
+        target = self.levels[-1]
+        if not isinstance(target, ModelLevel):
+            raise CascadeError(f"the last level (the target) must be a model, "
+                               f"not the {target.kind} level {target.name!r}")
+        self.target: ModelLevel = target
+        for index, level in enumerate(self.levels):
+            if not isinstance(level, ModelLevel) and index != 0:
+                raise CascadeError(f"level {index}: the {level.kind} level cannot verify, "
+                                   "so it must be the bottom level")
+            if getattr(level, "_cascade", None) is not None:
+                raise CascadeError(f"level {index} ({level.name!r}) already belongs to another cascade")
+        models = [id(level.model) for level in self.levels if isinstance(level, ModelLevel)]
+        if len(set(models)) != len(models):
+            raise CascadeError("the same model object appears at two levels: its one KV cache cannot follow both")
+        model_drafters = 0
+        for level in self.levels:
+            model_drafters += isinstance(level, ModelLevel) and level is not target
+            if level.name is None:
+                level.name = "target" if level is target else f"draft{model_drafters}"
+        self._check_vocabularies()
+        self.prompt_chunk = prompt_chunk
+        self.clock = clock
+        for index, level in enumerate(self.levels):
+            level._cascade = self
+            level.clock = clock
+            if isinstance(level, ModelLevel):
+                level.chunk = prompt_chunk
+                level.below = self.levels[index - 1] if index > 0 else None
+            if level is not target and level.policy is None:
+                level.policy = make_policy(policy, draft_max)
+
+    def _check_vocabularies(self) -> None:
+        target = self.target
+        for index, level in enumerate(self.levels[:-1]):
+            if isinstance(level, ModelLevel) and level.vocab_size != target.vocab_size:
+                raise VocabularyMismatchError(f"level {index} ({level.name!r}): {level.vocab_size} logits per token, "
+                                              f"the target has {target.vocab_size}")
+            if level.tokenizer is not None and target.tokenizer is not None:
+                difference = level.tokenizer.same_vocabulary(target.tokenizer)
+                if difference is not None:
+                    raise VocabularyMismatchError(f"level {index} ({level.name!r}): vocabulary differs from the "
+                                                  f"target's: {difference}")
+
+    @property
+    def vocab_size(self) -> int:
+        return self.target.vocab_size
+
+    @property
+    def context_length(self) -> int:
+        return self.target.context_length
+
+    @property
+    def tokenizer(self) -> object | None:
+        return self.target.tokenizer
+
+    def prefill(self, prompt: Sequence[int], chunk: int | None = None) -> int:
+        """Process the prompt, all but its last token (which the first round forwards), in every model
+        level. Returns how many prompt tokens the target had cached already."""
+        reused = 0
+        for level in self.levels:
+            if isinstance(level, ModelLevel):
+                if chunk is not None:
+                    level.chunk = chunk
+                count = level.prefill(list(prompt[:-1]))
+                level.chunk = self.prompt_chunk
+                if level is self.target:
+                    reused = count
+        return reused
+
+    def step(self, sequence: list[int], budget: int, decoding: Decoding) -> Proposal:
+        """One round of the target: 1..budget tokens continuing `sequence`. The caller keeps
+        len(sequence) + budget <= context_length."""
+        return self.target.step(sequence, budget, decoding)
+
+    def sync(self, sequence: Sequence[int]) -> None:
+        """Truncate every level's cache to its common prefix with `sequence` (the accepted text)."""
+        for level in self.levels:
+            level.sync(sequence)
+
+    def reset_stats(self) -> None:
+        for level in self.levels:
+            level.stats = type(level.stats)()
+
+    def stats(self, wall_seconds: float | None = None) -> list[dict]:
+        """Per-level counters, smallest level first; shares of wall time when `wall_seconds` is given."""
+        return [{"level": index, "name": level.name, "kind": level.kind, **level.stats.as_dict(wall_seconds)}
+                for index, level in enumerate(self.levels)]

@@ -1,0 +1,305 @@
+"""Levels of a speculative cascade: what a drafter offers the level above, and the model level.
+
+A model level verifies the drafts of the level below (if any) with one forward pass and emits between
+one and K+1 tokens per round: the accepted drafts, then its own token (the correction on a rejection,
+the bonus when all were accepted). As a drafter for the level above it simply runs such rounds until it
+has the requested number of tokens. The probabilities it computed while verifying are exactly those of
+the tokens it emits, so they go up as the proposal distribution q: nothing is computed twice.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Callable, Protocol, Sequence
+
+import numpy as np
+
+from mlspecqd.sampling import Sampler, TokenDistribution
+from mlspecqd.speculative import verification
+from mlspecqd.speculative.policies import DraftLengthPolicy, LinearTimeModel
+
+
+class LanguageModel(Protocol):
+    """What the cascade needs from a model (mlspecqd.model.Model satisfies it)."""
+
+    vocab_size: int
+    n_past: int
+    context_length: int
+
+    def forward(self, tokens: Sequence[int], start: int, all_logits: bool) -> np.ndarray:
+        """Truncate the KV cache to `start`, append `tokens`; logits (T or 1, vocab) float32."""
+
+    def truncate(self, n: int) -> None: ...
+
+
+@dataclass(frozen=True)
+class Decoding:
+    """Per-generation settings every level reads: the sampler (and its generator) and the ids that end it."""
+
+    sampler: Sampler
+    end_ids: frozenset[int]
+
+
+@dataclass
+class Proposal:
+    """Tokens with, for each, the distribution it was drawn from (None: a point mass on the token, as
+    under greedy decoding or from a model-free drafter) and the logits row it came from (None: no model)."""
+
+    tokens: list[int] = field(default_factory=list)
+    distributions: list[TokenDistribution | None] = field(default_factory=list)
+    logits: list[np.ndarray | None] = field(default_factory=list)
+
+    def append(self, token: int, distribution: TokenDistribution | None, logits: np.ndarray | None) -> None:
+        self.tokens.append(token)
+        self.distributions.append(distribution)
+        self.logits.append(logits)
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+
+def model_confidence(distribution: TokenDistribution | None, logits: np.ndarray) -> float:
+    """Top probability of the distribution a token was drawn from (of softmax(logits) under greedy)."""
+    if distribution is not None:
+        return distribution.top_probability()
+    shifted = logits.astype(np.float64) - float(logits.max())
+    return float(1.0 / np.exp(shifted).sum())
+
+
+def common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
+    """Length of the longest common prefix. Slice comparisons run in C; bisect on the first mismatch."""
+    n = min(len(a), len(b))
+    if a[:n] == b[:n]:
+        return n
+    equal_up_to, differs_by = 0, n  # a[:equal_up_to] == b[:equal_up_to]; a[:differs_by] != b[:differs_by]
+    while differs_by - equal_up_to > 1:
+        middle = (equal_up_to + differs_by) // 2
+        if a[equal_up_to:middle] == b[equal_up_to:middle]:
+            equal_up_to = middle
+        else:
+            differs_by = middle
+    return equal_up_to
+
+
+@dataclass
+class LevelStats:
+    """Counters of one level for one generation (reset by Cascade.reset_stats)."""
+
+    draft_n: int = 0
+    draft_n_accepted: int = 0
+    draft_rounds: int = 0
+    proposed_at: list[int] = field(default_factory=list)
+    accepted_at: list[int] = field(default_factory=list)
+    draft_length_choices: Counter = field(default_factory=Counter)
+    forward_calls: int = 0
+    forward_tokens: int = 0
+    forward_seconds: float = 0.0
+    verify_rounds: int = 0
+    emitted_tokens: int = 0
+
+    def record_round(self, proposed: int, accepted: int) -> None:
+        if proposed == 0:
+            return
+        self.draft_rounds += 1
+        self.draft_n += proposed
+        self.draft_n_accepted += accepted
+        while len(self.proposed_at) < proposed:
+            self.proposed_at.append(0)
+            self.accepted_at.append(0)
+        for position in range(proposed):
+            self.proposed_at[position] += 1
+            self.accepted_at[position] += position < accepted
+
+    def as_dict(self, wall_seconds: float | None) -> dict:
+        return {
+            "draft_n": self.draft_n,
+            "draft_n_accepted": self.draft_n_accepted,
+            "acceptance_rate": self.draft_n_accepted / self.draft_n if self.draft_n else None,
+            # Share of the drafts proposed at position j that were accepted (so were all before them).
+            "acceptance_by_position": [a / p for a, p in zip(self.accepted_at, self.proposed_at)],
+            "mean_accepted_length": self.draft_n_accepted / self.draft_rounds if self.draft_rounds else None,
+            "draft_rounds": self.draft_rounds,
+            "draft_length_choices": dict(sorted(self.draft_length_choices.items())),
+            "verify_rounds": self.verify_rounds,
+            "tokens_per_verify_round": self.emitted_tokens / self.verify_rounds if self.verify_rounds else None,
+            "forward_calls": self.forward_calls,
+            "forward_tokens": self.forward_tokens,
+            "forward_ms": self.forward_seconds * 1e3,
+            "share_of_wall_time": self.forward_seconds / wall_seconds if wall_seconds else None,
+        }
+
+
+class Level:
+    """A member of a cascade. As a drafter it proposes tokens continuing a sequence; the Cascade gives
+    it the draft-length `policy` and the `clock`."""
+
+    kind = "level"
+
+    def __init__(self, name: str | None, tokenizer: object | None = None,
+                 policy: DraftLengthPolicy | None = None) -> None:
+        self.name = name  # None: the cascade names it by its place ("target", "draft1", ...)
+        self.tokenizer = tokenizer
+        self.policy = policy
+        self.clock: Callable[[], float] = time.perf_counter
+        self.stats = LevelStats()
+        self.proposal_timing = LinearTimeModel(extra_token_share=1.0)
+        self._cascade: object | None = None
+
+    def propose(self, sequence: list[int], count: int, decoding: Decoding) -> Proposal:
+        """Up to `count` tokens continuing `sequence`, ending early at an end-of-generation token."""
+        raise NotImplementedError
+
+    def sync(self, sequence: Sequence[int]) -> None:
+        """Drop any cached state past the longest common prefix with `sequence` (model-free: nothing)."""
+
+    def record_round(self, chosen: int, proposed: int, accepted: int) -> None:
+        """The level above chose `chosen` tokens, got `proposed`, accepted `accepted` of them."""
+        self.stats.draft_length_choices[chosen] += 1
+        self.stats.record_round(proposed, accepted)
+        if self.policy is not None:
+            self.policy.record(proposed, accepted)
+
+
+# id(model) -> id(the ModelLevel that last used its cache). One model may serve several cascades in
+# turn (a benchmark, a chat session that changes its drafts); the level that finds another level's
+# mark starts from an empty cache instead of trusting tokens it did not put there.
+_cache_owner: dict[int, int] = {}
+
+
+class ModelLevel(Level):
+    """A model in the cascade, keeping its KV cache in step with the tokens it is asked about."""
+
+    kind = "model"
+
+    def __init__(self, model: LanguageModel, name: str | None = None, tokenizer: object | None = None,
+                 policy: DraftLengthPolicy | None = None) -> None:
+        super().__init__(name, tokenizer, policy)
+        self.model = model
+        self.below: Level | None = None
+        self.chunk = 256
+        self.round_timing = LinearTimeModel()  # a forward of T tokens and the verification of its rows
+        self._cached: list[int] = []  # the tokens whose keys/values the model holds, in order
+
+    @property
+    def vocab_size(self) -> int:
+        return self.model.vocab_size
+
+    @property
+    def context_length(self) -> int:
+        return self.model.context_length
+
+    def sync(self, sequence: Sequence[int]) -> None:
+        self._check_cache()
+        keep = common_prefix_length(self._cached, sequence)
+        if keep < len(self._cached):
+            self.model.truncate(keep)
+            del self._cached[keep:]
+
+    def prefill(self, tokens: Sequence[int]) -> int:
+        """Bring the cache to exactly `tokens`, in chunks; returns how many were already cached.
+        A level whose context cannot hold them is left alone: it will not draft this time."""
+        if len(tokens) > self.context_length:
+            return 0
+        self.sync(tokens)
+        reused = len(self._cached)
+        for start in range(reused, len(tokens), self.chunk):
+            self._forward(tokens[start : start + self.chunk], start, all_logits=False)
+        return reused
+
+    def step(self, sequence: list[int], budget: int, decoding: Decoding) -> Proposal:
+        """One round: draft with the level below, verify with one forward, emit 1..budget tokens.
+
+        The caller guarantees len(sequence) - 1 + (budget - 1) < context_length.
+        """
+        chosen = 0
+        draft = Proposal()
+        if self.below is not None and budget > 1:
+            chosen = min(self.below.policy.choose(self.below.proposal_timing, self.round_timing), budget - 1)
+            if chosen > 0:
+                draft = self.below.propose(sequence, chosen, decoding)
+        started = self.clock()
+        extended = sequence + draft.tokens
+        rows, forwarded = self._evaluate(extended, len(draft) + 1)
+        emitted, accepted = self._verify(sequence, extended, draft, rows, decoding)
+        self.round_timing.record(forwarded, self.clock() - started)
+        if self.below is not None and budget > 1:
+            self.below.record_round(chosen, len(draft), accepted)
+        self.stats.verify_rounds += 1
+        self.stats.emitted_tokens += len(emitted)
+        return emitted
+
+    def _verify(self, sequence: list[int], extended: list[int], draft: Proposal, rows: np.ndarray,
+                decoding: Decoding) -> tuple[Proposal, int]:
+        """The emitted tokens and how many of them are accepted drafts."""
+        sampler = decoding.sampler
+        emitted = Proposal()
+        accepted_drafts = 0
+        for j, row in enumerate(rows):
+            position = len(sequence) + j
+            recent = sampler.recent(extended, position)
+            if sampler.is_greedy:
+                p = None
+                mine = sampler.greedy_token(row, recent)
+            else:
+                p = sampler.distribution(row, recent)
+            if j < len(draft):
+                if sampler.is_greedy:
+                    accepted, token = draft.tokens[j] == mine, mine
+                else:
+                    accepted, token = verification.verify_sampled_token(p, draft.distributions[j], draft.tokens[j],
+                                                                        sampler)
+            else:
+                accepted, token = False, mine if sampler.is_greedy else sampler.sample(p)
+            emitted.append(token, p, row)
+            accepted_drafts += accepted
+            if not accepted or token in decoding.end_ids:
+                break
+        return emitted, accepted_drafts
+
+    def propose(self, sequence: list[int], count: int, decoding: Decoding) -> Proposal:
+        started = self.clock()
+        count = min(count, self.context_length - len(sequence))
+        threshold = None if self.policy is None else self.policy.confidence_threshold
+        proposal = Proposal()
+        finished = False
+        while len(proposal) < count and not finished:
+            emitted = self.step(sequence + proposal.tokens, count - len(proposal), decoding)
+            for token, distribution, logits in zip(emitted.tokens, emitted.distributions, emitted.logits):
+                if threshold is not None and model_confidence(distribution, logits) < threshold:
+                    finished = True
+                    break
+                proposal.append(token, distribution, logits)
+                if token in decoding.end_ids:
+                    finished = True
+                    break
+        self.proposal_timing.record(len(proposal), self.clock() - started)
+        return proposal
+
+    def _check_cache(self) -> None:
+        # Another level (of another cascade) used this model since: its cache holds unknown text.
+        if _cache_owner.get(id(self.model)) != id(self) or self.model.n_past != len(self._cached):
+            self._cached = []
+        _cache_owner[id(self.model)] = id(self)
+
+    def _evaluate(self, tokens: list[int], rows: int) -> tuple[np.ndarray, int]:
+        """Logits for the last `rows` positions of `tokens`, forwarding only what the cache lacks (at least
+        those rows); returns them and the number of tokens in the last forward call."""
+        self._check_cache()
+        start = min(common_prefix_length(self._cached, tokens), len(tokens) - rows)
+        while len(tokens) - start > max(self.chunk, rows):
+            self._forward(tokens[start : start + self.chunk], start, all_logits=False)
+            start += self.chunk
+        logits = self._forward(tokens[start:], start, all_logits=rows > 1)
+        return logits[-rows:], len(tokens) - start
+
+    def _forward(self, tokens: Sequence[int], start: int, all_logits: bool) -> np.ndarray:
+        started = self.clock()
+        logits = self.model.forward(np.asarray(tokens, dtype=np.int32), start, all_logits)
+        self.stats.forward_seconds += self.clock() - started
+        self.stats.forward_calls += 1
+        self.stats.forward_tokens += len(tokens)
+        del self._cached[start:]
+        self._cached.extend(int(t) for t in tokens)
+        return np.asarray(logits)

@@ -1,0 +1,206 @@
+"""Draft-length policies: how many tokens a level proposes to the level above in the next round.
+
+Every policy answers `choose(...)` before a round and learns from `record(proposed, accepted)` after it.
+The `cost` policy (the default) models time and acceptance online and may choose 0: speculation then
+switches itself off where it cannot pay, and probes again now and then.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+import numpy as np
+
+
+class PolicyError(ValueError):
+    """An unknown policy name or a policy argument outside its range."""
+
+
+class LinearTimeModel:
+    """Seconds to process T tokens (a forward and its verification; or a drafter's proposal of T tokens),
+    fitted as a + b*T by least squares over the recent calls.
+
+    Until the recent calls span at least two different sizes, the line goes through their mean with a
+    prior slope: each token beyond the first costs `extra_token_share` of the first. For a verifier
+    that is 1/8 (a memory-bound CPU forward: an 8-token batch costs about 1.9x one token in llama.cpp),
+    for a drafter 1 (a model drafter's time grows with each token it proposes).
+    """
+
+    def __init__(self, extra_token_share: float = 0.125, window: int = 48) -> None:
+        self.extra_token_share = extra_token_share
+        self._samples: deque[tuple[int, float]] = deque(maxlen=window)
+        self._fit: tuple[float, float] | None = None  # (intercept, slope), refitted on demand
+
+    @property
+    def sample_count(self) -> int:
+        return len(self._samples)
+
+    def record(self, tokens: int, seconds: float) -> None:
+        self._samples.append((tokens, seconds))
+        self._fit = None
+
+    def estimate(self, tokens: int) -> float:
+        if self._fit is None:
+            self._fit = self._least_squares()
+        intercept, slope = self._fit
+        return intercept + slope * tokens
+
+    def _least_squares(self) -> tuple[float, float]:
+        count = len(self._samples)
+        mean_tokens = sum(t for t, _ in self._samples) / count
+        mean_seconds = sum(s for _, s in self._samples) / count
+        sizes = [t for t, _ in self._samples]
+        if max(sizes) - min(sizes) >= 2:  # sizes one apart give a slope mostly made of noise
+            spread = sum((t - mean_tokens) ** 2 for t in sizes)
+            slope = max(sum((t - mean_tokens) * (s - mean_seconds) for t, s in self._samples) / spread, 0.0)
+            return max(mean_seconds - slope * mean_tokens, 0.0), slope
+        first_token = mean_seconds / max(1.0 + (mean_tokens - 1.0) * self.extra_token_share, 1e-9)
+        slope = first_token * self.extra_token_share
+        return first_token - slope, slope
+
+
+def check_draft_max(draft_max: object) -> int:
+    if isinstance(draft_max, bool) or not isinstance(draft_max, int) or draft_max < 1:
+        raise PolicyError(f"draft_max must be an integer >= 1 (got {draft_max!r})")
+    return draft_max
+
+
+class DraftLengthPolicy:
+    """Base: a fixed number of tokens. `confidence_threshold`, where set, lets the drafter stop early.
+
+    `choose` gets the measured time models of the drafter's proposals and of the verifier's rounds.
+    """
+
+    confidence_threshold: float | None = None
+
+    def __init__(self, draft_max: int) -> None:
+        self.draft_max = check_draft_max(draft_max)
+
+    def choose(self, drafter: LinearTimeModel, verifier: LinearTimeModel) -> int:
+        return self.draft_max
+
+    def record(self, proposed: int, accepted: int) -> None:
+        """Learn from a round in which `accepted` of `proposed` drafted tokens were accepted."""
+
+
+class FixedDraftLength(DraftLengthPolicy):
+    """Always propose draft_max tokens."""
+
+
+class HeuristicDraftLength(DraftLengthPolicy):
+    """+2 after a round where every draft was accepted, -1 otherwise, within 1..draft_max."""
+
+    def __init__(self, draft_max: int, initial: int = 4) -> None:
+        super().__init__(draft_max)
+        self.current = min(max(initial, 1), draft_max)
+
+    def choose(self, drafter: LinearTimeModel, verifier: LinearTimeModel) -> int:
+        return self.current
+
+    def record(self, proposed: int, accepted: int) -> None:
+        if proposed == 0:
+            return
+        step = 2 if accepted == proposed else -1
+        self.current = min(max(self.current + step, 1), self.draft_max)
+
+
+class ConfidenceDraftLength(DraftLengthPolicy):
+    """SpecDec++-style: draft up to draft_max, stopping at the first token whose draft confidence (top
+    probability, or the n-gram drafter's match-length estimate) falls below the threshold."""
+
+    def __init__(self, draft_max: int, threshold: float = 0.5) -> None:
+        super().__init__(draft_max)
+        if not 0.0 <= threshold <= 1.0:
+            raise PolicyError(f"confidence threshold must be in [0, 1] (got {threshold!r})")
+        self.confidence_threshold = threshold
+
+
+class AcceptanceByPosition:
+    """Online acceptance rate of the j-th drafted token given the ones before it were accepted.
+
+    Starts as a running mean in which the prior counts as `prior_weight` observations (one unlucky
+    first round must not switch a draft off), and becomes an exponential moving average once the
+    observations outweigh 1/smoothing, so the estimate follows the text.
+    """
+
+    def __init__(self, draft_max: int, smoothing: float = 0.1, prior: float = 0.6, prior_weight: float = 2.0) -> None:
+        self.smoothing = smoothing
+        self.prior_weight = prior_weight
+        self.rates = np.full(draft_max, prior, dtype=np.float64)
+        self.observations = np.zeros(draft_max, dtype=np.int64)
+
+    def record(self, proposed: int, accepted: int) -> None:
+        for position in range(min(accepted + 1, proposed)):
+            self.observations[position] += 1
+            weight = max(self.smoothing, 1.0 / (self.observations[position] + self.prior_weight))
+            outcome = 1.0 if position < accepted else 0.0
+            self.rates[position] += weight * (outcome - self.rates[position])
+
+    def expected_tokens(self) -> np.ndarray:
+        """Expected tokens a round yields for K = 0..draft_max: the verifier's own token plus the
+        expected accepted prefix, sum over j <= K of the product of rates up to j. A position never
+        observed (drafts have not been that long yet) is taken to behave like the one before it."""
+        rates = self.rates.copy()
+        for position in range(1, rates.size):
+            if self.observations[position] == 0:
+                rates[position] = rates[position - 1]
+        return 1.0 + np.concatenate(([0.0], np.cumsum(np.cumprod(rates))))
+
+
+class CostDraftLength(DraftLengthPolicy):
+    """Pick K in 0..draft_max maximizing expected tokens per second of the verifying level:
+
+        rate(K) = expected_tokens(K) / (verify_seconds(K + 1) + draft_seconds(K)),   draft_seconds(0) = 0
+
+    Both times are measured online (LinearTimeModel): for a recursive drafter draft_seconds is its whole
+    effective time, levels below included. Until both have `warm_up` measurements it drafts `initial`
+    tokens (one slow call, on a busy machine, must not decide). After `reprobe_after` rounds at K = 0 it
+    drafts one token, so a draft that became useful is noticed.
+    """
+
+    def __init__(self, draft_max: int, initial: int = 4, warm_up: int = 3, reprobe_after: int = 16,
+                 smoothing: float = 0.1) -> None:
+        super().__init__(draft_max)
+        self.initial = min(max(initial, 1), draft_max)
+        self.warm_up = warm_up
+        self.reprobe_after = reprobe_after
+        self.acceptance = AcceptanceByPosition(draft_max, smoothing)
+        self.rounds_at_zero = 0
+
+    def choose(self, drafter: LinearTimeModel, verifier: LinearTimeModel) -> int:
+        if min(drafter.sample_count, verifier.sample_count) < self.warm_up:
+            return self.initial
+        if self.rounds_at_zero >= self.reprobe_after:
+            self.rounds_at_zero = 0
+            return 1
+        seconds = np.array([verifier.estimate(k + 1) + (drafter.estimate(k) if k else 0.0)
+                            for k in range(self.draft_max + 1)])
+        rates = self.acceptance.expected_tokens() / np.maximum(seconds, 1e-12)
+        best = int(np.argmax(rates))  # first maximum: ties go to the shorter draft
+        self.rounds_at_zero = self.rounds_at_zero + 1 if best == 0 else 0
+        return best
+
+    def record(self, proposed: int, accepted: int) -> None:
+        self.acceptance.record(proposed, accepted)
+
+
+POLICY_NAMES = ("cost", "fixed", "heuristic", "confidence")
+
+
+def check_policy_name(name: str) -> str:
+    if name not in POLICY_NAMES:
+        raise PolicyError(f"unknown draft-length policy {name!r}: choose one of {', '.join(POLICY_NAMES)}")
+    return name
+
+
+def make_policy(name: str, draft_max: int) -> DraftLengthPolicy:
+    """A fresh policy by name: one of POLICY_NAMES."""
+    if name == "cost":
+        return CostDraftLength(draft_max)
+    if name == "fixed":
+        return FixedDraftLength(draft_max)
+    if name == "heuristic":
+        return HeuristicDraftLength(draft_max)
+    if name == "confidence":
+        return ConfidenceDraftLength(draft_max)
+    raise PolicyError(f"unknown draft-length policy {name!r}: choose one of {', '.join(POLICY_NAMES)}")

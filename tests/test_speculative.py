@@ -1,0 +1,433 @@
+import dataclasses
+import itertools
+import math
+
+import numpy as np
+import pytest
+
+from fake_models import ByteTokenizer, FakeClock, FakeLanguageModel, reference_greedy
+from mlspecqd.generation import generate
+from mlspecqd.sampling import SamplingParams, token_distribution
+from mlspecqd.speculative import (
+    Cascade,
+    CascadeError,
+    ConfidenceDraftLength,
+    CostDraftLength,
+    FixedDraftLength,
+    HeuristicDraftLength,
+    LinearTimeModel,
+    ModelLevel,
+    NgramDrafter,
+    PolicyError,
+    VocabularyMismatchError,
+    verification,
+)
+
+VOCAB = 64
+PROMPT = [1, 2, 3, 4, 5]
+
+
+def target_model(**changes) -> FakeLanguageModel:
+    return FakeLanguageModel(vocab_size=VOCAB, context_length=400, seed=0, **changes)
+
+
+def cascade_levels(size: int, target: FakeLanguageModel) -> list:
+    """Cascades of 1..4 levels, the n-gram drafter at the bottom from 2 levels on."""
+    models = [target.noisy(2.0, seed=3), target.noisy(1.0, seed=4)][: max(size - 2, 0)]
+    return ([NgramDrafter()] if size >= 2 else []) + models + [target.like()]
+
+
+def assert_caches_match_accepted_text(cascade: Cascade, sequence: list[int]) -> None:
+    for level in cascade.levels:
+        if isinstance(level, ModelLevel):
+            model = level.model
+            assert model.n_past <= len(sequence)
+            assert model.cache == model.fresh_cache(sequence[: model.n_past]), level.name
+
+
+@pytest.mark.parametrize("policy", ["cost", "fixed", "heuristic", "confidence"])
+@pytest.mark.parametrize("size", [1, 2, 3, 4])
+def test_greedy_cascade_is_bit_identical_to_plain_decoding(size, policy):
+    target = target_model()
+    expected = reference_greedy(target, PROMPT, 150)
+    cascade = Cascade(cascade_levels(size, target), policy=policy, draft_max=6)
+    result = generate(cascade, ByteTokenizer(VOCAB), PROMPT, 150).run()
+    assert result.tokens == expected
+    assert result.finish_reason == "length"
+    assert_caches_match_accepted_text(cascade, PROMPT + result.tokens)
+    if size >= 2 and policy != "cost":  # the cost policy may rightly switch drafting off on fake models
+        assert result.timings["levels"][-2]["draft_n_accepted"] > 0
+
+
+def test_greedy_cascade_with_repeat_penalty_matches_plain_decoding():
+    target = target_model()
+    params = SamplingParams.greedy(repeat_penalty=1.5, repeat_last_n=8)
+    expected = reference_greedy(target, PROMPT, 120, params=params)
+    cascade = Cascade(cascade_levels(4, target), policy="fixed", draft_max=5)
+    assert generate(cascade, ByteTokenizer(VOCAB), PROMPT, 120, sampling=params).run().tokens == expected
+
+
+def test_always_wrong_draft_still_gives_the_target_output():
+    target = target_model()
+    cascade = Cascade([target.opposite(), target.like()], policy="fixed", draft_max=4)
+    result = generate(cascade, ByteTokenizer(VOCAB), PROMPT, 60).run()
+    assert result.tokens == reference_greedy(target, PROMPT, 60)
+    draft = result.timings["levels"][0]
+    assert draft["draft_n"] > 0 and draft["draft_n_accepted"] == 0
+    assert_caches_match_accepted_text(cascade, PROMPT + result.tokens)
+
+
+def test_always_right_draft_is_fully_accepted():
+    target = target_model()
+    cascade = Cascade([target.like(), target.like()], policy="fixed", draft_max=4)
+    result = generate(cascade, ByteTokenizer(VOCAB), PROMPT, 61).run()
+    assert result.tokens == reference_greedy(target, PROMPT, 61)
+    draft, top = result.timings["levels"]
+    assert draft["draft_n"] == draft["draft_n_accepted"] == 48
+    assert draft["acceptance_by_position"] == [1.0] * 4
+    assert top["verify_rounds"] == 13 and top["tokens_per_verify_round"] == 61 / 13
+
+
+def test_end_of_generation_inside_a_draft_stops_there():
+    eos = VOCAB - 1
+    target = target_model(eos_id=eos, eos_at=len(PROMPT) + 11)
+    proposals = []
+    draft = ModelLevel(target.like())
+    original_propose = draft.propose
+
+    def spy(sequence, count, decoding):
+        proposal = original_propose(sequence, count, decoding)
+        proposals.append(list(proposal.tokens))
+        return proposal
+
+    draft.propose = spy
+    cascade = Cascade([draft, target.like()], policy="fixed", draft_max=8)
+    rounds = []
+    target_step = cascade.target.step
+
+    def recording_step(*arguments):
+        rounds.append(target_step(*arguments))
+        return rounds[-1]
+
+    cascade.target.step = recording_step
+    result = generate(cascade, ByteTokenizer(VOCAB, eos_id=eos), PROMPT, 100).run()
+    expected = reference_greedy(target, PROMPT, 100, end_ids=[eos])
+    assert result.tokens == expected and expected[-1] == eos and len(expected) == 12
+    assert result.finish_reason == "stop"
+    assert any(eos in proposal[:-1] or proposal[-1] == eos for proposal in proposals)
+    assert all(eos not in proposal[:-1] for proposal in proposals)  # drafting stops at the end token
+    assert rounds[-1].tokens[-1] == eos and rounds[-1].tokens.count(eos) == 1  # verification stops there too
+    assert_caches_match_accepted_text(cascade, PROMPT + result.tokens)
+
+
+def test_draft_with_a_smaller_context_stops_drafting_but_not_the_output():
+    target = target_model()
+    cascade = Cascade([target.like(context_length=40), target.like()], policy="fixed", draft_max=4)
+    result = generate(cascade, ByteTokenizer(VOCAB), PROMPT, 80).run()
+    assert result.tokens == reference_greedy(target, PROMPT, 80)
+    assert cascade.levels[0].model.n_past <= 40
+
+
+def test_models_shared_by_cascades_in_turn_give_the_right_output():
+    target = target_model()
+    shared = target.like()
+    first, second = Cascade([NgramDrafter(), shared]), Cascade([shared])
+    tokenizer = ByteTokenizer(VOCAB)
+    run = generate(first, tokenizer, PROMPT, 10).run()
+    other = generate(second, tokenizer, PROMPT[:-1] + [9], 10).run()
+    # The shared model now holds as many tokens as `first` believes it holds, but other ones.
+    assert shared.n_past == len(first.target._cached) and run.tokens[-3:] != other.tokens[-3:]
+    follow_up = PROMPT + run.tokens
+    assert generate(first, tokenizer, follow_up, 10).run().tokens == reference_greedy(target, follow_up, 10)
+
+
+def test_cache_is_reused_by_a_following_generation():
+    target = target_model()
+    cascade = Cascade(cascade_levels(3, target), policy="fixed", draft_max=4)
+    first = generate(cascade, ByteTokenizer(VOCAB), PROMPT, 30).run()
+    follow_up = PROMPT + first.tokens + [7, 8]
+    second = generate(cascade, ByteTokenizer(VOCAB), follow_up, 30).run()
+    assert second.tokens == reference_greedy(target, follow_up, 30)
+    assert second.timings["cache_n"] >= len(PROMPT) + 20
+    assert second.timings["prompt_n"] == len(follow_up) - second.timings["cache_n"]
+    assert_caches_match_accepted_text(cascade, follow_up + second.tokens)
+
+
+# Sampling: the cascade's output must follow the target's distribution exactly.
+
+SMALL_VOCAB = 4
+SAMPLED_PROMPT = [1, 2, 3, 1, 2]
+SAMPLED_LENGTH = 3
+SAMPLES = 2500
+SAMPLING_CASES = {
+    "softmax": SamplingParams(temperature=1.0, top_k=0, top_p=1.0, min_p=0.0),
+    "truncated": SamplingParams(temperature=0.8, top_k=3, top_p=0.9, min_p=0.1, repeat_penalty=1.3, repeat_last_n=4),
+}
+
+
+def small_models():
+    target = FakeLanguageModel(vocab_size=SMALL_VOCAB, order=2, seed=11, scale=1.5)
+    small = FakeLanguageModel(vocab_size=SMALL_VOCAB, order=1, seed=12, scale=1.5)
+    middle = target.noisy(1.5, seed=13)
+    return target, small, middle
+
+
+def exact_sequence_distribution(model, params):
+    """P(sequence) for every continuation of SAMPLED_LENGTH tokens, by enumeration."""
+    probabilities = {}
+    for continuation in itertools.product(range(SMALL_VOCAB), repeat=SAMPLED_LENGTH):
+        sequence, probability = list(SAMPLED_PROMPT), 1.0
+        for token in continuation:
+            recent = sequence[-params.repeat_last_n :] if params.repeat_last_n else []
+            probability *= token_distribution(model.logits_for(sequence), params, recent).probability(token)
+            sequence.append(token)
+        probabilities[continuation] = probability
+    return probabilities
+
+
+def chi_square_p_value(counts, probabilities, samples):
+    """Pearson's test, cells expected below 5 pooled; p from the Wilson-Hilferty normal approximation."""
+    observed, expected, pooled_observed, pooled_expected = [], [], 0, 0.0
+    for cell, probability in probabilities.items():
+        if probability * samples < 5:
+            pooled_observed += counts.get(cell, 0)
+            pooled_expected += probability * samples
+        else:
+            observed.append(counts.get(cell, 0))
+            expected.append(probability * samples)
+    if pooled_expected > 0:
+        observed.append(pooled_observed)
+        expected.append(pooled_expected)
+    statistic = sum((o - e) ** 2 / e for o, e in zip(observed, expected))
+    freedom = len(observed) - 1
+    z = ((statistic / freedom) ** (1 / 3) - (1 - 2 / (9 * freedom))) / math.sqrt(2 / (9 * freedom))
+    return 0.5 * math.erfc(z / math.sqrt(2))
+
+
+def sampled_counts(levels, params, draft_max=2):
+    """Counts of each sampled continuation, and (drafted, accepted) totals of the level below the target."""
+    cascade = Cascade(levels, policy="fixed", draft_max=draft_max)
+    tokenizer = ByteTokenizer(SMALL_VOCAB)
+    counts, drafted, accepted = {}, 0, 0
+    for seed in range(SAMPLES):
+        sampling = dataclasses.replace(params, seed=seed)
+        result = generate(cascade, tokenizer, SAMPLED_PROMPT, SAMPLED_LENGTH, sampling=sampling).run()
+        counts[tuple(result.tokens)] = counts.get(tuple(result.tokens), 0) + 1
+        drafted += result.timings["draft_n"]
+        accepted += result.timings["draft_n_accepted"]
+    return counts, (drafted, accepted)
+
+
+def sampled_levels(size):
+    target, small, middle = small_models()
+    return [[target], [small, target], [small, middle, target], [NgramDrafter(), small, middle, target]][size - 1]
+
+
+@pytest.mark.parametrize("case", sorted(SAMPLING_CASES))
+@pytest.mark.parametrize("size", [1, 2, 3, 4])
+def test_sampled_sequences_follow_the_target_distribution(size, case):
+    params = SAMPLING_CASES[case]
+    exact = exact_sequence_distribution(small_models()[0], params)
+    counts, (drafted, accepted) = sampled_counts(sampled_levels(size), params)
+    assert sum(counts.values()) == SAMPLES
+    assert chi_square_p_value(counts, exact, SAMPLES) > 1e-3
+    if size >= 2:  # the test means something only if drafts are both accepted and rejected
+        assert 0.2 * drafted < accepted < 0.9 * drafted
+
+
+def test_sampled_runs_are_reproducible_with_a_seed():
+    target, small, _ = small_models()
+    params = SamplingParams(temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, seed=5)
+    runs = [generate(Cascade([small.like(), target.like()], policy="fixed", draft_max=3), ByteTokenizer(SMALL_VOCAB),
+                     SAMPLED_PROMPT, 40, sampling=params).run().tokens for _ in range(2)]
+    assert runs[0] == runs[1]
+
+
+@pytest.mark.parametrize("wrong_residual", [
+    lambda p, q, token: p.dense(),  # resample from p itself: over-weights the draft's favourites
+    lambda p, q, token: np.maximum(q.dense() - p.dense(), 0.0) + 1e-9,  # residual turned around
+])
+def test_negative_control_a_wrong_rejection_rule_is_caught(monkeypatch, wrong_residual):
+    params = SAMPLING_CASES["softmax"]
+    exact = exact_sequence_distribution(small_models()[0], params)
+    monkeypatch.setattr(verification, "residual_distribution", wrong_residual)
+    counts, _ = sampled_counts(sampled_levels(2), params)
+    assert chi_square_p_value(counts, exact, SAMPLES) < 1e-6
+
+
+# Draft-length policies.
+
+def test_cost_policy_switches_off_a_useless_slow_draft():
+    clock = FakeClock()
+    target = target_model(clock=clock, call_seconds=0.010, token_seconds=0.001)
+    draft = target.opposite(call_seconds=0.020, token_seconds=0.001)
+    cascade = Cascade([draft, target.like()], policy="cost", draft_max=8, clock=clock)
+    result = generate(cascade, ByteTokenizer(VOCAB), PROMPT, 150).run()
+    assert result.tokens == reference_greedy(target, PROMPT, 150)
+    choices = result.timings["levels"][0]["draft_length_choices"]
+    rounds = sum(choices.values())
+    assert choices[0] >= 0.85 * rounds  # the rest: the warm-up round and the occasional probe of one token
+    assert set(choices) <= {0, 1, 4}
+
+
+def test_cost_policy_drafts_long_with_a_cheap_accurate_draft():
+    clock = FakeClock()
+    target = target_model(clock=clock, call_seconds=0.010, token_seconds=0.001)
+    draft = target.like(call_seconds=0.0005, token_seconds=0.0001)
+    cascade = Cascade([draft, target.like()], policy="cost", draft_max=8, clock=clock)
+    warm_up = generate(cascade, ByteTokenizer(VOCAB), PROMPT, 150).run()
+    assert min(warm_up.timings["levels"][0]["draft_length_choices"]) >= 3  # never switched off
+    # What the policy learned stays with the cascade for the next request.
+    result = generate(cascade, ByteTokenizer(VOCAB), PROMPT, 150).run()
+    choices = result.timings["levels"][0]["draft_length_choices"]
+    assert choices.get(8, 0) >= 0.8 * sum(choices.values())
+    assert result.timings["levels"][1]["tokens_per_verify_round"] > 6
+
+
+def test_cost_policy_in_a_three_level_cascade_uses_each_useful_level():
+    clock = FakeClock()
+    target = target_model(clock=clock, call_seconds=0.050, token_seconds=0.002)
+    middle = target.noisy(0.3, seed=4, call_seconds=0.010, token_seconds=0.001)
+    small = target.noisy(0.8, seed=5, call_seconds=0.001, token_seconds=0.0001)
+    cascade = Cascade([small, middle, target.like()], policy="cost", draft_max=8, clock=clock)
+    result = generate(cascade, ByteTokenizer(VOCAB), PROMPT, 200).run()
+    assert result.tokens == reference_greedy(target, PROMPT, 200)
+    for level in result.timings["levels"][:2]:
+        assert level["draft_n_accepted"] > 50, level
+    assert_caches_match_accepted_text(cascade, PROMPT + result.tokens)
+
+
+def test_cost_policy_choice_from_measurements():
+    verifier, cheap_drafter, slow_drafter = LinearTimeModel(), LinearTimeModel(1.0), LinearTimeModel(1.0)
+    for tokens in (1, 5, 9):
+        verifier.record(tokens, 0.010 + 0.001 * tokens)
+        cheap_drafter.record(tokens, 0.0005 * tokens)
+        slow_drafter.record(tokens, 0.005 * tokens)
+    assert verifier.estimate(3) == pytest.approx(0.013)
+    accurate, useless = CostDraftLength(8), CostDraftLength(8)
+    for _ in range(30):
+        accurate.record(8, 8)
+        useless.record(4, 0)
+    assert accurate.choose(cheap_drafter, verifier) == 8
+    assert useless.choose(slow_drafter, verifier) == 0
+    zero_rounds = [useless.choose(slow_drafter, verifier) for _ in range(40)]
+    assert 1 in zero_rounds and zero_rounds.count(0) >= 36  # re-probes, now and then
+    assert CostDraftLength(8, initial=3).choose(LinearTimeModel(1.0), verifier) == 3  # not measured: warm-up
+    assert CostDraftLength(8, initial=3, warm_up=4).choose(cheap_drafter, verifier) == 3  # 3 calls: still warming
+    # A half-accurate draft pays only for short drafts when drafting costs about what verifying does.
+    half = CostDraftLength(8)
+    for _ in range(30):
+        half.record(2, 1)
+    assert 1 <= half.choose(cheap_drafter, verifier) <= 3
+
+
+def test_time_model_prior_until_sizes_spread_then_least_squares():
+    verifier = LinearTimeModel()
+    verifier.record(1, 0.016)
+    assert verifier.estimate(1) == pytest.approx(0.016)
+    assert verifier.estimate(9) == pytest.approx(0.016 * 2)  # each extra token 1/8 of the first
+    verifier.record(2, 0.040)  # sizes one apart: still the prior, through the mean
+    assert verifier.estimate(1.5) == pytest.approx(0.028)
+    verifier.record(3, 0.030)
+    assert verifier.estimate(2) == pytest.approx(0.086 / 3)
+    drafter = LinearTimeModel(extra_token_share=1.0)
+    drafter.record(4, 0.008)
+    assert drafter.estimate(2) == pytest.approx(0.004)  # a drafter's time is proportional to its tokens
+
+
+def test_heuristic_policy_grows_by_two_and_shrinks_by_one_within_bounds():
+    policy = HeuristicDraftLength(6, initial=4)
+    unused = LinearTimeModel()
+    policy.record(4, 4)
+    assert policy.choose(unused, unused) == 6
+    policy.record(6, 6)
+    assert policy.choose(unused, unused) == 6
+    for _ in range(10):
+        policy.record(3, 1)
+    assert policy.choose(unused, unused) == 1
+
+
+def test_confidence_policy_stops_an_unsure_draft():
+    target = target_model()
+    unsure = target.like(table=target.table * 0.01)  # nearly flat: top probability ~ 1/64
+    cascade = Cascade([unsure, target.like()], policy="confidence", draft_max=8)
+    result = generate(cascade, ByteTokenizer(VOCAB), PROMPT, 40).run()
+    assert result.tokens == reference_greedy(target, PROMPT, 40)
+    assert result.timings["levels"][0]["draft_n"] == 0
+    sure = Cascade([target.like(), target.like()], policy="confidence", draft_max=8)
+    assert generate(sure, ByteTokenizer(VOCAB), PROMPT, 40).run().timings["levels"][0]["draft_n"] > 20
+
+
+@pytest.mark.parametrize("make", [
+    lambda: FixedDraftLength(0), lambda: CostDraftLength(-1), lambda: ConfidenceDraftLength(4, threshold=1.5),
+    lambda: NgramDrafter(max_n=2, min_n=3), lambda: Cascade([FakeLanguageModel()], policy="fastest"),
+])
+def test_bad_policy_arguments_are_refused(make):
+    with pytest.raises(PolicyError):
+        make()
+
+
+# The n-gram drafter.
+
+def test_ngram_drafter_continues_the_longest_most_recent_match():
+    drafter = NgramDrafter(max_n=3)
+    sequence = [5, 6, 7, 1, 2, 3, 9, 9, 2, 3, 4, 1, 2, 3]
+    assert drafter.find_continuation(sequence, 3) == ([9, 9, 2], 3)
+    assert drafter.find_continuation([1, 2, 9, 2, 8, 2], 2) == ([8, 2], 1)
+    assert drafter.find_continuation([1, 2, 3], 4) == ([], 0)
+    assert drafter.find_continuation([4], 4) == ([], 0)
+    assert NgramDrafter(min_n=2).find_continuation([1, 2, 9, 2, 8, 2], 2) == ([], 0)
+
+
+def test_ngram_drafter_agrees_with_a_brute_force_search():
+    def brute_force(sequence, count, max_n):
+        for n in range(min(max_n, len(sequence) - 1), 0, -1):
+            for start in range(len(sequence) - 1 - n, -1, -1):  # most recent first
+                if sequence[start : start + n] == sequence[len(sequence) - n :]:
+                    return sequence[start + n : start + n + count], n
+        return [], 0
+
+    rng = np.random.default_rng(0)
+    for _ in range(500):
+        sequence = [int(t) for t in rng.integers(0, 3, rng.integers(1, 20))]
+        assert NgramDrafter(max_n=3).find_continuation(sequence, 3) == brute_force(sequence, 3, 3), sequence
+
+
+def test_ngram_drafter_speeds_up_repetitive_text():
+    target = target_model()
+    cascade = Cascade([NgramDrafter(), target.like()], policy="fixed", draft_max=8)
+    result = generate(cascade, ByteTokenizer(VOCAB), PROMPT, 200).run()
+    top = result.timings["levels"][-1]
+    assert top["tokens_per_verify_round"] > 2  # greedy n-gram text falls into a loop the drafter follows
+
+
+# Building cascades.
+
+def test_vocabulary_mismatch_is_refused():
+    with pytest.raises(VocabularyMismatchError, match="65 logits"):
+        Cascade([FakeLanguageModel(vocab_size=65), FakeLanguageModel(vocab_size=64)])
+    draft = ModelLevel(FakeLanguageModel(), tokenizer=ByteTokenizer(64, eos_id=3))
+    target = ModelLevel(FakeLanguageModel(), tokenizer=ByteTokenizer(64, eos_id=4))
+    with pytest.raises(VocabularyMismatchError, match="eos 3 vs 4"):
+        Cascade([draft, target])
+    same = Cascade([ModelLevel(FakeLanguageModel(), tokenizer=ByteTokenizer(64)),
+                    ModelLevel(FakeLanguageModel(), tokenizer=ByteTokenizer(64))])
+    assert [level.name for level in same.levels] == ["draft1", "target"]
+
+
+def test_bad_cascades_are_refused():
+    with pytest.raises(CascadeError, match="at least one level"):
+        Cascade([])
+    with pytest.raises(CascadeError, match="must be a model"):
+        Cascade([FakeLanguageModel(), NgramDrafter()])
+    with pytest.raises(CascadeError, match="bottom level"):
+        Cascade([FakeLanguageModel(), NgramDrafter(), FakeLanguageModel()])
+    with pytest.raises(CascadeError, match="neither a Level nor a language model"):
+        Cascade(["model.gguf"])
+    shared = FakeLanguageModel()
+    with pytest.raises(CascadeError, match="same model object"):
+        Cascade([shared, shared])
+    level = ModelLevel(FakeLanguageModel())
+    Cascade([level])
+    with pytest.raises(CascadeError, match="already belongs"):
+        Cascade([level])
