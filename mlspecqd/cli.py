@@ -3,14 +3,39 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
-from typing import Sequence
+import time
+from pathlib import Path
+from typing import Any, NoReturn, Sequence
 
 from mlspecqd import _native, gguf, hub
+from mlspecqd.generation import MAX_NEW_TOKENS_LIMIT
+from mlspecqd.speculative import POLICY_NAMES
 
 
 class UsageError(Exception):
     """An argument or input the user can fix: printed without a traceback, exit code 2."""
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with its errors on one line (exit code 2, as for every other bad input)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _count(low: int, high: int = MAX_NEW_TOKENS_LIMIT):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be in [{low}, {high}] (got {value})")
+        return value
+
+    return parse
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -44,8 +69,152 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("model and speculation")
+    group.add_argument("-m", "--model", default=hub.DEFAULT_MODEL,
+                       help=f"a GGUF file or a named model ({', '.join(hub.NAMED_MODELS)}); default %(default)s")
+    group.add_argument("--ctx", type=_count(2), default=4096, help="context length in tokens (default %(default)s)")
+    group.add_argument("--threads", type=_count(1, 4096), default=None, help="threads (default: physical cores)")
+    group.add_argument("--precision", choices=("bf16", "mxfp4"), default="bf16",
+                       help="the target's linear weights (default %(default)s)")
+    group.add_argument("--draft", action="append", metavar="SPEC",
+                       help="a draft level, smallest first, repeatable: 'ngram', 'mxfp4' (the target cast to "
+                            "MXFP4) or PATH-OR-NAME[:mxfp4|:bf16]; default: the named model's drafts")
+    group.add_argument("--draft-max", type=_count(1, 64), default=8, help="most tokens per draft (default 8)")
+    group.add_argument("--draft-policy", choices=POLICY_NAMES, default="cost",
+                       help="how many tokens each draft proposes (default %(default)s)")
+    group.add_argument("--no-speculation", action="store_true", help="the target alone, no drafts")
+
+
+def add_sampling_arguments(parser: argparse.ArgumentParser, max_tokens: int | None) -> None:
+    group = parser.add_argument_group("sampling")
+    group.add_argument("-n", "--max-tokens", type=_count(1), default=max_tokens,
+                       help="most tokens to generate" + (f" (default {max_tokens})" if max_tokens else
+                                                         " (default: to the end of the answer)"))
+    group.add_argument("--temp", type=float, default=0.0, help="temperature; 0 is greedy (default)")
+    group.add_argument("--top-k", type=int, default=40, help="keep the k likeliest tokens (0: off; default 40)")
+    group.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling mass (1: off; default 0.95)")
+    group.add_argument("--min-p", type=float, default=0.05, help="drop tokens below min-p x the top one (default 0.05)")
+    group.add_argument("--repeat-penalty", type=float, default=1.0, help="repetition penalty (1: off; default)")
+    group.add_argument("--seed", type=int, default=None, help="seed for sampling (default: fresh entropy)")
+    group.add_argument("--stop", action="append", metavar="TEXT", help="stop before this text (repeatable)")
+
+
+def sampling_from_args(args: argparse.Namespace) -> Any:
+    from mlspecqd.sampling import SamplingParams
+
+    return SamplingParams(temperature=args.temp, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
+                          repeat_penalty=args.repeat_penalty, seed=args.seed)
+
+
+def load_from_args(args: argparse.Namespace) -> Any:
+    """The LLM the model arguments describe; bad ones raise UsageError before the weights are read."""
+    from mlspecqd.loading import load
+
+    if args.no_speculation and args.draft:
+        raise UsageError("--draft and --no-speculation contradict each other: give one")
+    drafts = [] if args.no_speculation else args.draft
+    started = time.perf_counter()
+    try:
+        llm = load(args.model, drafts, threads=args.threads, ctx=args.ctx, draft_policy=args.draft_policy,
+                   draft_max=args.draft_max, precision=args.precision)
+    except (ValueError, OSError) as error:  # every bad-input error of loading is a ValueError subclass
+        raise UsageError(str(error)) from None
+    if getattr(args, "verbose", False):
+        print(f"loaded {llm!r} in {time.perf_counter() - started:.1f} s, {_native.num_threads()} threads",
+              file=sys.stderr)
+    return llm
+
+
+def read_prompt(args: argparse.Namespace) -> str:
+    if args.file is not None:
+        try:
+            prompt = Path(args.file).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as error:
+            raise UsageError(f"-f {args.file}: cannot read it ({getattr(error, 'strerror', None) or error})") from None
+    else:
+        prompt = args.prompt
+    if not prompt.strip():
+        raise UsageError("the prompt is empty" + (f" (file {args.file})" if args.file is not None else ""))
+    return prompt
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from mlspecqd.repl import format_stats
+
+    prompt = read_prompt(args)
+    sampling = _checked(lambda: sampling_from_args(args))
+    with load_from_args(args) as llm:
+        def start() -> Any:
+            tokens = llm.chat_prompt_tokens([{"role": "user", "content": prompt}]) if args.chat else prompt
+            return llm.start(tokens, args.max_tokens, sampling, args.stop)
+
+        generation = _checked(start)
+        if args.json:
+            result = generation.run()
+            print(json.dumps({"model": llm.model_name, "levels": llm.level_names, "text": result.text,
+                              "tokens": result.tokens, "finish_reason": result.finish_reason,
+                              "timings": result.timings}, ensure_ascii=False))
+        else:
+            for piece in generation:
+                sys.stdout.write(piece)
+                sys.stdout.flush()
+            sys.stdout.write("\n")
+            result = generation.result
+        if args.verbose:
+            print("\n".join([f"finish_reason: {result.finish_reason}", *format_stats(result.timings)]),
+                  file=sys.stderr)
+    return 0
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    from mlspecqd.conversation import ChatSession
+    from mlspecqd.repl import ChatLoop
+
+    sampling = _checked(lambda: sampling_from_args(args))
+    with load_from_args(args) as llm:
+        if llm.tokenizer.chat_template is None:
+            raise UsageError(f"-m {args.model}: this model has no chat template; use `mlspecqd generate`")
+        session = ChatSession(llm, system=args.system, max_tokens=args.max_tokens, sampling=sampling, stop=args.stop)
+        interactive = sys.stdin.isatty()
+
+        def read_line() -> str | None:
+            if interactive:
+                try:
+                    return input("> ")
+                except EOFError:
+                    sys.stdout.write("\n")
+                    return None
+            line = sys.stdin.readline()
+            return line or None
+
+        return ChatLoop(session, read_line, sys.stdout, interactive).run()
+
+
+def cmd_batch(args: argparse.Namespace) -> int:
+    from mlspecqd.batch import BatchFileError, run_batch
+
+    if not Path(args.input).is_file():
+        raise UsageError(f"{args.input}: no such input file")
+    with load_from_args(args) as llm:
+        try:
+            summary = run_batch(llm, args.input, args.output, progress=sys.stderr)
+        except BatchFileError as error:
+            raise UsageError(str(error)) from None
+    print(summary.line(), file=sys.stderr)
+    return 0
+
+
+def _checked(make: Any) -> Any:
+    """make(), with bad-input errors (ValueError subclasses) turned into UsageError."""
+    try:
+        return make()
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mlspecqd", description=__doc__)
+    parser = ArgumentParser(prog="mlspecqd", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     info = commands.add_parser("info", help="CPU features and the kernels that will run")
     info.set_defaults(run=cmd_info)
@@ -59,6 +228,31 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("output", metavar="OUT", help="the GGUF to write (written whole, or not at all)")
     convert.add_argument("--type", required=True, choices=sorted(gguf.CASTS), help="type of the 2-D tensors")
     convert.set_defaults(run=cmd_convert)
+
+    generate = commands.add_parser("generate", help="continue a prompt, streaming the text to stdout")
+    source = generate.add_mutually_exclusive_group(required=True)
+    source.add_argument("-p", "--prompt", help="the prompt text")
+    source.add_argument("-f", "--file", help="read the prompt from this file")
+    generate.add_argument("--chat", action="store_true", help="wrap the prompt as a user message in the chat template")
+    generate.add_argument("--json", action="store_true", help="print one JSON object: text, token ids, timings")
+    generate.add_argument("-v", "--verbose", action="store_true", help="timings and per-level stats on stderr")
+    add_sampling_arguments(generate, max_tokens=128)
+    add_model_arguments(generate)
+    generate.set_defaults(run=cmd_generate)
+
+    chat = commands.add_parser("chat", help="talk with a model: /reset, /stats, /exit; Ctrl-C stops an answer")
+    chat.add_argument("--system", help="a system message opening the conversation")
+    chat.add_argument("-v", "--verbose", action="store_true", help="load details on stderr")
+    add_sampling_arguments(chat, max_tokens=None)
+    add_model_arguments(chat)
+    chat.set_defaults(run=cmd_chat)
+
+    batch = commands.add_parser("batch", help="answer an OpenAI batch file (JSONL); a rerun resumes")
+    batch.add_argument("input", metavar="IN.jsonl", help="requests: custom_id, method, url, body per line")
+    batch.add_argument("output", metavar="OUT.jsonl", help="answers, appended one line per request")
+    batch.add_argument("-v", "--verbose", action="store_true", help="load details on stderr")
+    add_model_arguments(batch)
+    batch.set_defaults(run=cmd_batch)
     return parser
 
 
@@ -70,6 +264,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as error:
         print(f"mlspecqd {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

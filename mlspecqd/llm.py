@@ -1,0 +1,184 @@
+"""LLM: a loaded model (with its speculative drafts) and its tokenizer, ready for everyday use.
+
+    with mlspecqd.load() as llm:
+        print(llm.generate("def fib(n):", max_tokens=64).text)
+        for piece in llm.generate("def fib(n):", stream=True):
+            print(piece, end="", flush=True)
+        reply = llm.create_chat_completion([{"role": "user", "content": "Hi"}])
+        print(reply["choices"][0]["message"]["content"], reply["timings"]["predicted_per_second"])
+
+Sampling defaults are greedy (temperature 0): greedy output is exactly the target's own greedy output,
+whatever the drafts. With temperature > 0, top_k / top_p / min_p default to llama.cpp's 40 / 0.95 / 0.05.
+One LLM runs one generation at a time; a stream should be finished (or closed) before the next call.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterator, Sequence
+
+from mlspecqd.chat import ChatTemplateError, render_chat
+from mlspecqd.generation import Generation, GenerationError, GenerationResult, generate
+from mlspecqd.openai_format import ResponseShape
+from mlspecqd.sampling import SamplingParams
+from mlspecqd.speculative import Cascade
+from mlspecqd.tokenizer import Tokenizer
+
+
+class LLM:
+    """A speculative cascade (target last) and the target's tokenizer. Build one with mlspecqd.load().
+
+    `models` are the native models the LLM owns and frees on close() (or at the end of a `with`).
+    """
+
+    def __init__(self, cascade: Cascade, tokenizer: Tokenizer, model_name: str, models: Sequence[Any] = ()) -> None:
+        self.cascade = cascade
+        self.tokenizer = tokenizer
+        self.model_name = model_name
+        self._models = list(models)
+        self._closed = False
+
+    def __repr__(self) -> str:
+        levels = " -> ".join(str(level.name) for level in self.cascade.levels)
+        return f"LLM({self.model_name!r}, levels: {levels}, context {self.context_length})"
+
+    @property
+    def context_length(self) -> int:
+        """Tokens the context holds: prompt plus generated text."""
+        return self.cascade.context_length
+
+    @property
+    def level_names(self) -> list[str]:
+        """The cascade's levels, smallest draft first, the target last."""
+        return [str(level.name) for level in self.cascade.levels]
+
+    # Text and tokens
+
+    def tokenize(self, text: str, add_special: bool = True, parse_special: bool = False) -> list[int]:
+        """Token ids for `text` (add_special: the BOS token where the model wants one)."""
+        return self.tokenizer.encode(text, add_special=add_special, parse_special=parse_special)
+
+    def detokenize(self, tokens: Sequence[int]) -> str:
+        return self.tokenizer.decode(tokens)
+
+    def chat_prompt(self, messages: list[dict[str, Any]]) -> str:
+        """The prompt text the model's chat template makes of `messages`, ready for the answer."""
+        if self.tokenizer.chat_template is None:
+            raise ChatTemplateError(f"model {self.model_name}: its GGUF has no tokenizer.chat_template, so it "
+                                    "cannot chat; use generate() / create_completion() with plain text")
+        return render_chat(self.tokenizer.chat_template, [_plain_message(m, i) for i, m in enumerate(messages)],
+                           add_generation_prompt=True, **self.tokenizer.special_token_texts())
+
+    def chat_prompt_tokens(self, messages: list[dict[str, Any]]) -> list[int]:
+        """Token ids of chat_prompt(messages), special-token texts parsed as those tokens."""
+        return self.prompt_text_tokens(self.chat_prompt(messages))
+
+    def prompt_text_tokens(self, text: str) -> list[int]:
+        """Tokens of a rendered chat prompt: BOS added only where the template did not write it."""
+        bos = self.tokenizer.special_token_texts().get("bos_token")
+        add_bos = not (bos and text.startswith(bos))
+        return self.tokenizer.encode(text, add_special=add_bos, parse_special=True)
+
+    # Generation
+
+    def start(self, prompt: str | Sequence[int], max_tokens: int | None = 128, sampling: SamplingParams | None = None,
+              stop: str | Sequence[str] | None = None) -> Generation:
+        """A validated generation, not yet run: iterate it for text pieces, then read `.result`.
+        `prompt` is text (tokenized with BOS as the model wants) or token ids. max_tokens None: until the
+        context is full. sampling None: greedy."""
+        if self._closed:
+            raise GenerationError(f"this LLM ({self.model_name}) is closed")
+        if isinstance(prompt, str):
+            if not prompt:
+                raise GenerationError("prompt is empty: give some text to continue")
+            tokens = self.tokenize(prompt)
+        else:
+            tokens = list(prompt)
+        if stop is not None and not isinstance(stop, str) and not (
+                isinstance(stop, (list, tuple)) and all(isinstance(text, str) for text in stop)):
+            raise GenerationError(f"stop must be a string or a list of strings (got {stop!r})")
+        if len(tokens) >= self.context_length:
+            raise GenerationError(f"prompt: {len(tokens)} tokens, but the context holds {self.context_length} "
+                                  "(prompt and answer together): shorten it or raise the context length (ctx)")
+        return generate(self.cascade, self.tokenizer, tokens, max_tokens, sampling, () if stop is None else stop)
+
+    def generate(self, prompt: str | Sequence[int], max_tokens: int | None = 128, temperature: float = 0.0,
+                 top_k: int = 40, top_p: float = 0.95, min_p: float = 0.05, repeat_penalty: float = 1.0,
+                 seed: int | None = None, stop: str | Sequence[str] | None = None,
+                 stream: bool = False) -> GenerationResult | Generation:
+        """Continue `prompt` (text or token ids) by up to `max_tokens` tokens.
+
+        Returns a GenerationResult (text, tokens, finish_reason "stop" or "length", timings with
+        per-level speculation stats), or with stream=True the Generation: iterate it for the text
+        as it is decided; its `.result` is set when the iteration ends. Stop strings end the text
+        before them. Bad arguments raise ValueError subclasses before any work.
+        """
+        sampling = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+                                  repeat_penalty=repeat_penalty, seed=seed)
+        generation = self.start(prompt, max_tokens, sampling, stop)
+        return generation if stream else generation.run()
+
+    def create_completion(self, prompt: str, max_tokens: int | None = 128, temperature: float = 0.0,
+                          top_k: int = 40, top_p: float = 0.95, min_p: float = 0.05, repeat_penalty: float = 1.0,
+                          seed: int | None = None, stop: str | Sequence[str] | None = None,
+                          stream: bool = False) -> dict[str, Any] | Iterator[dict[str, Any]]:
+        """An OpenAI completion ("text_completion") dict for `prompt`, with usage and llama.cpp
+        timings; with stream=True an iterator of chunks whose texts concatenate to the same text (the
+        last chunk carries finish_reason, usage and timings)."""
+        if not isinstance(prompt, str):
+            raise GenerationError(f"prompt must be a string (got {type(prompt).__name__})")
+        tokens = self.tokenize(prompt) if prompt else []
+        if not tokens:
+            raise GenerationError("prompt is empty: give some text to continue")
+        return self._respond(ResponseShape(False, self.model_name), tokens, max_tokens, stop, stream,
+                             SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+                                            repeat_penalty=repeat_penalty, seed=seed))
+
+    def create_chat_completion(self, messages: list[dict[str, Any]], max_tokens: int | None = None,
+                               temperature: float = 0.0, top_k: int = 40, top_p: float = 0.95, min_p: float = 0.05,
+                               repeat_penalty: float = 1.0, seed: int | None = None,
+                               stop: str | Sequence[str] | None = None,
+                               stream: bool = False) -> dict[str, Any] | Iterator[dict[str, Any]]:
+        """An OpenAI chat completion for `messages` ([{"role", "content"}, ...]) through the model's
+        chat template; max_tokens None runs to the end of the turn (or of the context). With
+        stream=True an iterator of "chat.completion.chunk" dicts in the delta shape."""
+        tokens = self.chat_prompt_tokens(messages)
+        return self._respond(ResponseShape(True, self.model_name), tokens, max_tokens, stop, stream,
+                             SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+                                            repeat_penalty=repeat_penalty, seed=seed))
+
+    def _respond(self, shape: ResponseShape, tokens: list[int], max_tokens: int | None,
+                 stop: str | Sequence[str] | None, stream: bool,
+                 sampling: SamplingParams) -> dict[str, Any] | Iterator[dict[str, Any]]:
+        generation = self.start(tokens, max_tokens, sampling, stop)
+        if stream:
+            return shape.chunks(generation, len(tokens))
+        return shape.response(generation.run(), len(tokens))
+
+    # Lifetime
+
+    def close(self) -> None:
+        """Free the native models (weights and key/value caches); later calls raise GenerationError."""
+        for model in self._models:
+            model.close()
+        self._models = []
+        self._closed = True
+
+    def __enter__(self) -> LLM:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def _plain_message(message: Any, index: int) -> Any:
+    """A message whose content is OpenAI's list of parts becomes one with the joined text parts
+    (chat templates expect a string); anything else is left for the template's own checks."""
+    if not isinstance(message, dict) or not isinstance(message.get("content"), list):
+        return message
+    texts = []
+    for part in message["content"]:
+        if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
+            raise ChatTemplateError(f"messages[{index}].content: only text parts ({{'type': 'text', 'text': ...}}) "
+                                    f"are supported, got {part!r}")
+        texts.append(part["text"])
+    return {**message, "content": "".join(texts)}

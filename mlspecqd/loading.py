@@ -1,0 +1,162 @@
+"""`load()`: a target model and its drafts, built into a speculative cascade behind an LLM.
+
+    llm = mlspecqd.load()                                   # qwen2.5-coder-1.5b with its default drafts
+    llm = mlspecqd.load("model.gguf", drafts=["ngram", "mxfp4"], threads=2)
+
+A draft spec names one level of the cascade, smallest first:
+    "ngram"                          prompt lookup (no model; only as the first draft)
+    "mxfp4"                          the target's own linear weights cast to MXFP4, sharing its
+                                     embedding, norms and biases (no second read of the file)
+    "PATH-OR-NAME[:mxfp4|:bf16]"     another GGUF (or named model) with the target's vocabulary,
+                                     run in BF16 unless :mxfp4 is given
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from mlspecqd import _native, hub
+from mlspecqd.gguf import open_gguf
+from mlspecqd.llm import LLM
+from mlspecqd.speculative import Cascade, ModelLevel, NgramDrafter
+from mlspecqd.speculative.policies import check_draft_max, check_policy_name
+from mlspecqd.tokenizer import Tokenizer, TokenizerError
+
+PRECISIONS = ("bf16", "mxfp4")
+
+
+class LoadError(ValueError):
+    """A load() argument that cannot work: a bad draft spec, a draft with another vocabulary, a bad
+    thread count or context length. The message names the argument and the file."""
+
+
+@dataclass(frozen=True)
+class DraftSpec:
+    """One parsed draft spec: kind "ngram", "self" (the target cast to `precision`) or "model"."""
+
+    text: str
+    kind: str
+    model: str | None = None
+    precision: str | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> DraftSpec:
+        if not isinstance(text, str) or not text.strip():
+            raise LoadError(f"draft spec {text!r}: expected 'ngram', 'mxfp4' or 'PATH-OR-NAME[:mxfp4|:bf16]'")
+        if text == "ngram":
+            return cls(text, "ngram")
+        if text == "mxfp4":
+            return cls(text, "self", precision="mxfp4")
+        model, precision = text, "bf16"
+        name, _, suffix = text.rpartition(":")
+        if name and suffix in PRECISIONS:
+            model, precision = name, suffix
+        if model not in hub.NAMED_MODELS and not Path(model).expanduser().is_file():
+            known = ", ".join(hub.NAMED_MODELS)
+            raise LoadError(f"draft spec {text!r}: '{model}' is no file and no named model ({known}); "
+                            "other specs: 'ngram', 'mxfp4'")
+        return cls(text, "model", model, precision)
+
+
+def parse_draft_specs(drafts: Sequence[str]) -> list[DraftSpec]:
+    """Parse and order-check a list of draft specs (smallest first; 'ngram' only first)."""
+    if isinstance(drafts, str):
+        raise LoadError(f"drafts must be a list of specs, not the string {drafts!r} (write [{drafts!r}])")
+    specs = [DraftSpec.parse(text) for text in drafts]
+    for index, spec in enumerate(specs):
+        if spec.kind == "ngram" and index != 0:
+            raise LoadError(f"draft spec 'ngram' at position {index + 1}: the n-gram drafter cannot verify "
+                            "another draft, so it must come first (drafts go smallest first)")
+    return specs
+
+
+def check_threads(threads: int | None) -> int:
+    """The thread count to use: `threads`, or the number of physical cores when None."""
+    if threads is None:
+        return _native.default_num_threads()
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise LoadError(f"threads must be a whole number >= 1 (got {threads!r})")
+    return threads
+
+
+def _read_tokenizer(path: Path) -> Tokenizer:
+    with open_gguf(path) as file:
+        metadata = file.metadata
+    try:
+        return Tokenizer.from_gguf_metadata(metadata)
+    except TokenizerError as error:
+        raise TokenizerError(f"{path}: {error}") from None
+
+
+def load(model: str | os.PathLike[str] = hub.DEFAULT_MODEL, drafts: Sequence[str] | None = None,
+         threads: int | None = None, ctx: int = 4096, draft_policy: str = "cost", draft_max: int = 8,
+         precision: str = "bf16") -> LLM:
+    """Load a model (a GGUF path or a named model, pulled if missing) with its drafts as an LLM.
+
+    drafts: None = the named model's default drafts (none for a plain path); [] = no speculation; else
+    a list of draft specs, smallest first (see the module docstring). threads: the one native thread
+    pool every level shares (default: physical cores). ctx: context length in tokens (capped at the
+    model's own). draft_policy: how many tokens each draft proposes per round, one of
+    mlspecqd.speculative.POLICY_NAMES, at most draft_max. precision: the target's linear weights,
+    "bf16" or "mxfp4".
+
+    Bad arguments raise ValueError subclasses (LoadError, hub.ModelNotFoundError, gguf.GGUFError,
+    TokenizerError, ...) before the big weights are read.
+    """
+    from mlspecqd.model import Model  # the native decoder; imported here so the API imports without it
+
+    check_policy_name(draft_policy)
+    check_draft_max(draft_max)
+    thread_count = check_threads(threads)
+    if isinstance(ctx, bool) or not isinstance(ctx, int) or ctx < 2:
+        raise LoadError(f"ctx must be a whole number of tokens >= 2 (got {ctx!r})")
+    if precision not in PRECISIONS:
+        raise LoadError(f"precision must be one of {', '.join(PRECISIONS)} (got {precision!r})")
+    name = os.fspath(model)
+    if drafts is None:
+        drafts = hub.NAMED_MODELS[name].default_drafts if name in hub.NAMED_MODELS else ()
+    specs = parse_draft_specs(drafts)
+    if precision == "mxfp4" and any(spec.kind == "self" for spec in specs):
+        raise LoadError("draft spec 'mxfp4': the target already runs in mxfp4, so its MXFP4 copy would be itself")
+
+    target_path = hub.resolve(name)
+    tokenizer = _read_tokenizer(target_path)
+    draft_paths = {spec.text: hub.resolve(spec.model) for spec in specs if spec.kind == "model"}
+    draft_tokenizers = {}
+    for spec_text, path in draft_paths.items():
+        draft_tokenizers[spec_text] = _read_tokenizer(path)
+        difference = draft_tokenizers[spec_text].same_vocabulary(tokenizer)
+        if difference is not None:
+            raise LoadError(f"draft {spec_text!r} ({path}): its vocabulary differs from the target's "
+                            f"({target_path}): {difference}")
+
+    _native.set_num_threads(thread_count)
+    models: list[Model] = []
+    try:
+        target = Model.load(target_path, precision, ctx)
+        models.append(target)
+        levels = []
+        for spec in specs:
+            if spec.kind == "ngram":
+                levels.append(NgramDrafter())
+                continue
+            if spec.kind == "self":
+                # Model.from_arrays casts only the linear weights and uses every other array in place.
+                draft = Model.from_arrays(target.spec, target.tensors, spec.precision, target.context_length)
+                draft_tokenizer = tokenizer
+            else:
+                draft = Model.load(draft_paths[spec.text], spec.precision, ctx)
+                draft_tokenizer = draft_tokenizers[spec.text]
+            models.append(draft)
+            levels.append(ModelLevel(draft, name=spec.text, tokenizer=draft_tokenizer))
+        levels.append(ModelLevel(target, name=f"target:{precision}", tokenizer=tokenizer))
+        cascade = Cascade(levels, policy=draft_policy, draft_max=draft_max)
+    except BaseException:
+        for loaded in models:
+            loaded.close()
+        raise
+    model_name = name if name in hub.NAMED_MODELS else target_path.name
+    return LLM(cascade, tokenizer, model_name, models)
