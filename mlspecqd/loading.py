@@ -106,8 +106,6 @@ def load(model: str | os.PathLike[str] = hub.DEFAULT_MODEL, drafts: Sequence[str
     Bad arguments raise ValueError subclasses (LoadError, hub.ModelNotFoundError, gguf.GGUFError,
     TokenizerError, ...) before the big weights are read.
     """
-    from mlspecqd.model import Model  # the native decoder; imported here so the API imports without it
-
     check_policy_name(draft_policy)
     check_draft_max(draft_max)
     thread_count = check_threads(threads)
@@ -132,6 +130,8 @@ def load(model: str | os.PathLike[str] = hub.DEFAULT_MODEL, drafts: Sequence[str
         if difference is not None:
             raise LoadError(f"draft {spec_text!r} ({path}): its vocabulary differs from the target's "
                             f"({target_path}): {difference}")
+
+    from mlspecqd.model import Model  # the native decoder, needed only from here on
 
     _native.set_num_threads(thread_count)
     models: list[Model] = []
