@@ -4,13 +4,14 @@
 
 namespace mlspecqd {
 
-enum class WeightType { bf16 };
+enum class WeightType { bf16, mxfp4 };
 
 struct Linear {
     WeightType type = WeightType::bf16;
     int64_t out_features = 0;  // N: rows of W
     int64_t in_features = 0;   // K: the reduction dimension
     const void* data = nullptr;  // BF16: N x K bit patterns, row-major
+                                 // MXFP4: N x (K / 32 * 17) bytes of GGUF blocks (csrc/kernels/mxfp4.h)
 };
 
 // y (M x N, row-major) = x (M x K, row-major) times W transposed. Threads split N, never K, so the

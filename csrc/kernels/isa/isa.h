@@ -17,5 +17,10 @@ const KernelTable& kernel_table();
 void gemm_bf16(const float* x, int64_t M, int64_t K, const uint16_t* w, int64_t n_begin, int64_t n_end,
                float* y, int64_t ldy);
 
+int64_t cast_mxfp4_f32(const float* values, int64_t n_blocks, uint8_t* out);
+int64_t cast_mxfp4_bf16(const uint16_t* values, int64_t n_blocks, uint8_t* out);
+void gemm_mxfp4(const float* x, int64_t M, int64_t K, const uint8_t* w, int64_t n_begin, int64_t n_end,
+                float* y, int64_t ldy);
+
 }  // namespace MLSPECQD_ISA
 }  // namespace mlspecqd

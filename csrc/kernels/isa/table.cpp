@@ -10,6 +10,9 @@ const KernelTable& kernel_table() {
     static const KernelTable table = {
         MLSPECQD_STRINGIFY(MLSPECQD_ISA),
         gemm_bf16,
+        cast_mxfp4_f32,
+        cast_mxfp4_bf16,
+        gemm_mxfp4,
     };
     return table;
 }
