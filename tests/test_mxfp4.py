@@ -274,7 +274,7 @@ def test_vector_gemm_within_tolerance_of_scalar(isa):
     rng = np.random.default_rng(9)
     N, K = 203, 320  # N not a multiple of any row tile
     blocks, dense = random_mxfp4(rng, N, K)
-    x = rng.standard_normal((40, K)).astype(np.float32)  # M spans several row tiles and a remainder
+    x = rng.standard_normal((70, K)).astype(np.float32)  # M spans two chunks, several tiles, remainders
     x[3] *= 1e4
     bound = np.abs(x).astype(np.float64) @ np.abs(dense).astype(np.float64).T
     _native.set_isa("scalar")
