@@ -281,11 +281,18 @@ int cast_one_block(const uint16_t* values, uint8_t* out) {
 }
 
 // Magnitudes of codes 0..7 for every exponent byte; the sign bit is applied after the lookup.
+// Decoding is a lookup of the code's low three bits (vpermps) xor the code shifted to bits 28..31, which
+// puts its sign bit in place; the table holds each magnitude pre-xored with the three bits that
+// shift lands on bits 28..30, so they cancel.
 struct MagnitudeTable {
-    alignas(32) float by_exponent[256][8];
+    alignas(32) uint32_t by_exponent[256][8];
     MagnitudeTable() {
         for (int byte = 0; byte < 256; ++byte)
-            for (int i = 0; i < 8; ++i) by_exponent[byte][i] = mxfp4_value(static_cast<uint8_t>(byte), i);
+            for (uint32_t i = 0; i < 8; ++i) {
+                const float magnitude = mxfp4_value(static_cast<uint8_t>(byte), i);
+                std::memcpy(&by_exponent[byte][i], &magnitude, sizeof magnitude);
+                by_exponent[byte][i] ^= i << 28;
+            }
     }
 };
 const MagnitudeTable kMagnitudes;
@@ -301,9 +308,9 @@ constexpr int kRegistersPerDecodedBlock = 0;
 constexpr int kSpareRegisters = 7;
 constexpr int kMaxTileM = 4;
 
+// Eight weights from codes in the low four bits of each 32-bit lane (higher bits are ignored).
 __m256 decode_eight(__m256 magnitudes, __m256i codes) {
-    const __m256i sign = _mm256_and_si256(_mm256_slli_epi32(codes, 28), _mm256_set1_epi32(static_cast<int>(0x80000000u)));
-    return _mm256_xor_ps(_mm256_permutevar8x32_ps(magnitudes, codes), _mm256_castsi256_ps(sign));
+    return _mm256_xor_ps(_mm256_permutevar8x32_ps(magnitudes, codes), _mm256_castsi256_ps(_mm256_slli_epi32(codes, 28)));
 }
 
 // y[m, r] for m < MT and r < R: one 8-lane accumulator per output taking a block's four products in
@@ -320,7 +327,8 @@ void gemm_tile(const Activation* x, int64_t K, const uint8_t* w, int64_t row_byt
         #pragma GCC unroll 16
         for (int r = 0; r < R; ++r) {
             const uint8_t* block = w + r * row_bytes + b * kMxfp4BlockBytes;
-            const __m256 magnitudes = _mm256_load_ps(kMagnitudes.by_exponent[block[0]]);
+            const __m256 magnitudes = _mm256_castsi256_ps(
+                _mm256_load_si256(reinterpret_cast<const __m256i*>(kMagnitudes.by_exponent[block[0]])));
             const __m128i packed = _mm_loadu_si128(reinterpret_cast<const __m128i*>(block + 1));
             const __m256i low_bytes = _mm256_cvtepu8_epi32(packed), high_bytes = _mm256_cvtepu8_epi32(_mm_srli_si128(packed, 8));
             const __m256 weights[4] = {decode_eight(magnitudes, low_bytes), decode_eight(magnitudes, high_bytes),
