@@ -1,5 +1,13 @@
 // MXFP4 kernels: the cast from float32/BF16 and the GEMM y = x W^T with W in MXFP4 blocks.
 // Block layout and rounding rules: csrc/kernels/mxfp4.h. The scalar path is the reference.
+//
+// GEMM paths. Scalar: float32 products summed in order of k. AVX2: blocks decoded to float32, FMA.
+// AVX-512: blocks decoded to exact BF16 (one vpermw through a table per exponent byte), activations
+// rounded to BF16, one vdpbf16ps per block and activation row. An int8 path (vpdpbusd on activations
+// quantized per block) was measured against it: about 2x slower per block in cache (M = 1..6), since
+// each block's int32 sum then needs its own convert and scale per row, and 3x the error
+// (bench/mxfp4_int8_vs_bf16.cpp). Every path keeps one accumulator per output through the blocks in
+// order, so y[m, n] does not depend on M, the tile shapes or the n range (batch invariance).
 // GCC 12's intrinsics read deliberately undefined registers and warn wherever they are inlined
 // (GCC bug 105593, fixed in 13).
 #pragma GCC diagnostic push
