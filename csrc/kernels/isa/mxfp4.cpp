@@ -8,20 +8,11 @@
 // each block's int32 sum then needs its own convert and scale per row, and 3x the error
 // (bench/mxfp4_int8_vs_bf16.cpp). Every path keeps one accumulator per output through the blocks in
 // order, so y[m, n] does not depend on M, the tile shapes or the n range (batch invariance).
-// GCC 12's intrinsics read deliberately undefined registers and warn wherever they are inlined
-// (GCC bug 105593, fixed in 13).
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#include <immintrin.h>
-#pragma GCC diagnostic pop
-
 #include <algorithm>
 #include <array>
 #include <cmath>
 #include <cstring>
 #include <utility>
-#include <vector>
 
 #include "kernels/bf16.h"
 #include "kernels/isa/isa.h"
@@ -69,6 +60,16 @@ int cast_block(const uint16_t* bf16_values, uint8_t* out) {
     for (int j = 0; j < kMxfp4BlockValues; ++j) values[j] = bf16_to_float(bf16_values[j]);
     return cast_block(values, out);
 }
+
+#if !defined(__AVX512BF16__)
+
+using Activation = float;  // rounded to BF16 like the AVX-512 path's, so every path computes the same sum
+
+void prepare_activations(const float* x, int64_t count, Activation* out) {
+    for (int64_t i = 0; i < count; ++i) out[i] = bf16_to_float(float_to_bf16(x[i]));
+}
+
+#endif
 
 #if defined(__AVX2__)
 
@@ -180,17 +181,13 @@ __m512i decode_block(const uint8_t* block) {
     return _mm512_permutexvar_epi16(_mm512_cvtepu8_epi16(nibbles), _mm512_load_si512(kBf16Values.by_exponent[block[0]]));
 }
 
-using Activation = uint16_t;  // BF16
+using Activation = uint16_t;  // BF16 bits
 
-// Rounds `count` (a multiple of 32) activations to BF16 in a per-thread buffer.
-const Activation* prepare_activations(const float* x, int64_t count) {
-    thread_local std::vector<Activation> buffer;
-    if (static_cast<int64_t>(buffer.size()) < count) buffer.resize(count);
+void prepare_activations(const float* x, int64_t count, Activation* out) {
     for (int64_t i = 0; i < count; i += 32) {
         const __m512bh pair = _mm512_cvtne2ps_pbh(_mm512_loadu_ps(x + i + 16), _mm512_loadu_ps(x + i));
-        _mm512_storeu_si512(buffer.data() + i, reinterpret_cast<const __m512i&>(pair));
+        _mm512_storeu_si512(out + i, reinterpret_cast<const __m512i&>(pair));
     }
-    return buffer.data();
 }
 
 // Tile shapes: a tile of R weight rows by MT activation rows holds R * MT accumulators and R decoded
@@ -305,10 +302,6 @@ struct MagnitudeTable {
 };
 const MagnitudeTable kMagnitudes;
 
-using Activation = float;
-
-const Activation* prepare_activations(const float* x, int64_t) { return x; }
-
 // Rows are decoded one at a time: a row's four weight vectors, activations, the magnitude table and
 // decoding temporaries take the spare registers.
 constexpr int kVectorRegisters = 16;
@@ -356,11 +349,14 @@ void gemm_tile(const Activation* x, int64_t K, const uint8_t* w, int64_t row_byt
         for (int m = 0; m < MT; ++m) y[m * ldy + r] = reduce_add(sum[r][m]);
 }
 
-#else
+#endif
 
-// --- Scalar: the reference. Float32 products of x and the decoded weights, summed in order of k. ---
+#if !defined(__AVX2__)
 
-void gemm_reference(const float* x, int64_t M, int64_t K, const uint8_t* w, int64_t n_begin, int64_t n_end,
+// --- Scalar: the reference. Float32 products of the activations and the decoded weights, summed in
+// order of k. ---
+
+void gemm_reference(const Activation* x, int64_t M, int64_t K, const uint8_t* w, int64_t n_begin, int64_t n_end,
                     float* y, int64_t ldy) {
     const int64_t blocks_per_row = K / kMxfp4BlockValues;
     for (int64_t n = n_begin; n < n_end; ++n) {
@@ -395,7 +391,6 @@ constexpr int row_tile(int activation_rows) {
     return rows;
 }
 constexpr int kRowsPerPass = 8;
-constexpr int64_t kMaxChunkM = 64;  // activation rows prepared at once (bounds the per-thread buffer)
 
 using PassFn = void (*)(const Activation* x, int64_t K, const uint8_t* w, int64_t row_bytes, int rows, float* y,
                         int64_t ldy);
@@ -417,21 +412,16 @@ constexpr std::array<PassFn, kMaxTileM> kPasses = pass_table(std::make_index_seq
 
 // Weight rows outside, activation tiles inside, so a pass's rows are read from memory once and reused
 // from cache by every activation tile.
-void gemm_vector(const float* x, int64_t M, int64_t K, const uint8_t* w, int64_t n_begin, int64_t n_end, float* y,
-                 int64_t ldy) {
+void gemm_vector(const Activation* x, int64_t M, int64_t K, const uint8_t* w, int64_t n_begin, int64_t n_end,
+                 float* y, int64_t ldy) {
     const int64_t row_bytes = K / kMxfp4BlockValues * kMxfp4BlockBytes;
-    for (int64_t chunk = 0; chunk < M; chunk += kMaxChunkM) {
-        const int64_t chunk_rows = std::min(kMaxChunkM, M - chunk);
-        const Activation* activations = prepare_activations(x + chunk * K, chunk_rows * K);
-        for (int64_t n = n_begin; n < n_end; n += kRowsPerPass) {
-            const int rows = static_cast<int>(std::min<int64_t>(kRowsPerPass, n_end - n));
-            // Activation rows split into equal tiles (7 = 4 + 3, not 6 + 1): fewer, fuller tiles.
-            const int64_t tiles = (chunk_rows + kMaxTileM - 1) / kMaxTileM;
-            for (int64_t t = 0; t < tiles; ++t) {
-                const int64_t m = chunk_rows * t / tiles, tile_m = chunk_rows * (t + 1) / tiles - m;
-                kPasses[tile_m - 1](activations + m * K, K, w + n * row_bytes, row_bytes, rows,
-                                    y + (chunk + m) * ldy + n, ldy);
-            }
+    // Activation rows split into equal tiles (7 = 4 + 3, not 6 + 1): fewer, fuller tiles.
+    const int64_t tiles = (M + kMaxTileM - 1) / kMaxTileM;
+    for (int64_t n = n_begin; n < n_end; n += kRowsPerPass) {
+        const int rows = static_cast<int>(std::min<int64_t>(kRowsPerPass, n_end - n));
+        for (int64_t t = 0; t < tiles; ++t) {
+            const int64_t m = M * t / tiles, tile_m = M * (t + 1) / tiles - m;
+            kPasses[tile_m - 1](x + m * K, K, w + n * row_bytes, row_bytes, rows, y + m * ldy + n, ldy);
         }
     }
 }
@@ -461,8 +451,15 @@ int64_t cast_mxfp4_bf16(const uint16_t* values, int64_t n_blocks, uint8_t* out) 
     return cast_blocks(values, n_blocks, out);
 }
 
-void gemm_mxfp4(const float* x, int64_t M, int64_t K, const uint8_t* w, int64_t n_begin, int64_t n_end, float* y,
-                int64_t ldy) {
+int64_t gemm_mxfp4_prepared_row_bytes(int64_t K) { return K * static_cast<int64_t>(sizeof(Activation)); }
+
+void gemm_mxfp4_prepare(const float* x, int64_t M, int64_t K, void* prepared) {
+    prepare_activations(x, M * K, static_cast<Activation*>(prepared));
+}
+
+void gemm_mxfp4(const void* prepared, int64_t M, int64_t K, const uint8_t* w, int64_t n_begin, int64_t n_end,
+                float* y, int64_t ldy) {
+    const Activation* x = static_cast<const Activation*>(prepared);
 #if defined(__AVX2__)
     gemm_vector(x, M, K, w, n_begin, n_end, y, ldy);
 #else
