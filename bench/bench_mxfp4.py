@@ -1,10 +1,11 @@
 """MXFP4 kernels on Qwen2.5-Coder-1.5B shapes: GEMV bandwidth, batch cost time(M)/time(1), cast time.
 
-    python3 bench/bench_mxfp4.py [--threads 1 2] [--repeats 15] [--json bench/results/mxfp4.json]
+    python3 bench/bench_mxfp4.py [--threads 1 2] [--samples 120] [--json bench/results/mxfp4.json]
 
 GEMV bandwidth is MXFP4 bytes read per second at M = 1. Each measurement cycles through enough copies of
-the weights to exceed the last-level cache, so the bytes come from memory, as in decoding. Times are
-the best of --repeats (the machine may be shared; the median is in the JSON too). If the module has
+the weights to exceed the last-level cache, so the bytes come from memory, as in decoding. A time is the
+best of --samples single calls (the machine may be shared with other work; the median is in the
+JSON too). If the module has
 `stream_read` (the gemm branch's streaming-read baseline), GEMV is also given as a share of it.
 """
 
@@ -39,46 +40,37 @@ LM_HEAD = (151936, 1536)
 CACHE_BUSTING_BYTES = 256 << 20  # well above the 32 MiB L3 of the reference machine
 
 
-def best_and_median(run: Callable[[], None], repeats: int) -> tuple[float, float]:
+def call_times(run: Callable[[np.ndarray], object], copies: list[np.ndarray], samples: int) -> list[float]:
+    """Seconds of each of `samples` calls of run(copy), cycling through the copies."""
     times = []
-    for _ in range(repeats):
+    for i in range(samples):
+        blocks = copies[i % len(copies)]
         start = time.perf_counter()
-        run()
+        run(blocks)
         times.append(time.perf_counter() - start)
-    return min(times), statistics.median(times)
+    return times
 
 
 def weight_copies(rng: np.random.Generator, N: int, K: int) -> list[np.ndarray]:
-    blocks = cast_to_mxfp4((rng.standard_normal((N, K)) * 0.02).astype(np.float32))
-    copies = max(1, -(-CACHE_BUSTING_BYTES // blocks.nbytes))
+    blocks = cast_to_mxfp4(rng.standard_normal((N, K), dtype=np.float32) * np.float32(0.02))
+    copies = max(2, -(-CACHE_BUSTING_BYTES // blocks.nbytes))
     return [blocks] + [blocks.copy() for _ in range(copies - 1)]
 
 
-def time_matmul(copies: list[np.ndarray], x: np.ndarray, K: int, repeats: int) -> tuple[float, float]:
-    """Seconds per product, each call on the next copy (one pass over all copies is one sample)."""
-    for blocks in copies:
-        _native.matmul_mxfp4(x, blocks, K)
-
-    def one_pass() -> None:
-        for blocks in copies:
-            _native.matmul_mxfp4(x, blocks, K)
-
-    best, median = best_and_median(one_pass, repeats)
-    return best / len(copies), median / len(copies)
+def time_matmul(copies: list[np.ndarray], x: np.ndarray, K: int, samples: int) -> tuple[float, float]:
+    """Best and median seconds of one product, each call on the next copy of the weights."""
+    call_times(lambda blocks: _native.matmul_mxfp4(x, blocks, K), copies, len(copies))  # warm-up
+    times = call_times(lambda blocks: _native.matmul_mxfp4(x, blocks, K), copies, samples)
+    return min(times), statistics.median(times)
 
 
-def time_stream_read(copies: list[np.ndarray], repeats: int) -> float | None:
+def time_stream_read(copies: list[np.ndarray], samples: int) -> float | None:
     if not hasattr(_native, "stream_read"):
         return None
-
-    def one_pass() -> None:
-        for blocks in copies:
-            _native.stream_read(blocks)
-
-    return best_and_median(one_pass, repeats)[0] / len(copies)
+    return min(call_times(_native.stream_read, copies, samples))
 
 
-def bench_gemm(threads: list[int], repeats: int, max_m: int) -> list[dict]:
+def bench_gemm(threads: list[int], samples: int, max_m: int) -> list[dict]:
     rng = np.random.default_rng(0)
     rows = []
     for name, N, K in SHAPES:
@@ -89,9 +81,9 @@ def bench_gemm(threads: list[int], repeats: int, max_m: int) -> list[dict]:
             times = {}
             for M in range(1, max_m + 1):
                 x = rng.standard_normal((M, K)).astype(np.float32)
-                times[M] = time_matmul(copies, x, K, repeats if M == 1 else max(3, repeats // 3))
+                times[M] = time_matmul(copies, x, K, samples if M == 1 else max(8, samples // 4))
             gemv = times[1][0]
-            stream = time_stream_read(copies, repeats)
+            stream = time_stream_read(copies, samples)
             rows.append({
                 "matrix": name, "N": N, "K": K, "threads": t, "mxfp4_bytes": nbytes,
                 "gemv_s": gemv, "gemv_median_s": times[1][1], "gemv_GBps": nbytes / gemv / 1e9,
@@ -119,16 +111,19 @@ def bench_cast(threads: list[int]) -> list[dict]:
     for t in threads:
         _native.set_num_threads(t)
         cast_to_mxfp4(layer[0])
-        start = time.perf_counter()
-        for _ in range(N_LAYERS):
-            for w in layer:
-                cast_to_mxfp4(w)
-        cast_to_mxfp4(head)
-        seconds = time.perf_counter() - start
-        rows.append({"threads": t, "values": values, "bf16_bytes": 2 * values, "seconds": seconds,
-                     "input_GBps": 2 * values / seconds / 1e9})
-        print(f"cast of all linear weights ({values / 1e9:.2f} G values, BF16 in): {t} thread(s) {seconds:.2f} s "
-              f"({2 * values / seconds / 1e9:.1f} GB/s of BF16 read)")
+        seconds = []
+        for _ in range(3):
+            start = time.perf_counter()
+            for _ in range(N_LAYERS):
+                for w in layer:
+                    cast_to_mxfp4(w)
+            cast_to_mxfp4(head)
+            seconds.append(time.perf_counter() - start)
+        best = min(seconds)
+        rows.append({"threads": t, "values": values, "bf16_bytes": 2 * values, "seconds": best,
+                     "median_seconds": statistics.median(seconds), "input_GBps": 2 * values / best / 1e9})
+        print(f"cast of all linear weights ({values / 1e9:.2f} G values, BF16 in): {t} thread(s) {best:.2f} s "
+              f"({2 * values / best / 1e9:.1f} GB/s of BF16 read)")
     return rows
 
 
@@ -142,15 +137,18 @@ def print_gemm_row(row: dict, max_m: int) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--samples", type=int, default=120, help="calls timed at M = 1 (a quarter for M > 1)")
     parser.add_argument("--max-m", type=int, default=16)
     parser.add_argument("--skip-cast", action="store_true")
     parser.add_argument("--json", type=Path, default=Path(__file__).parent / "results" / "mxfp4.json")
     args = parser.parse_args()
-    print(f"isa {_native.active_isa()}, cpu count {os.cpu_count()}")
+    load = os.getloadavg()
+    print(f"isa {_native.active_isa()}, cpu count {os.cpu_count()}, load average {load[0]:.1f} (others share the cores)")
     results = {
         "isa": _native.active_isa(),
-        "gemm": bench_gemm(args.threads, args.repeats, args.max_m),
+        "cpu_count": os.cpu_count(),
+        "load_average_at_start": load[0],
+        "gemm": bench_gemm(args.threads, args.samples, args.max_m),
         "cast": [] if args.skip_cast else bench_cast(args.threads),
     }
     args.json.parent.mkdir(parents=True, exist_ok=True)

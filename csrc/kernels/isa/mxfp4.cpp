@@ -1,9 +1,10 @@
 // MXFP4 kernels: the cast from float32/BF16 and the GEMM y = x W^T with W in MXFP4 blocks.
 // Block layout and rounding rules: csrc/kernels/mxfp4.h. The scalar path is the reference.
 //
-// GEMM paths. Scalar: float32 products summed in order of k. AVX2: blocks decoded to float32, FMA.
-// AVX-512: blocks decoded to exact BF16 (one vpermw through a table per exponent byte), activations
-// rounded to BF16, one vdpbf16ps per block and activation row. An int8 path (vpdpbusd on activations
+// GEMM paths. All take activations rounded to BF16 (gemm_mxfp4_prepare), so the products are exact in
+// float32 and the paths differ only in the order of the sums. Scalar: summed in order of k. AVX2:
+// blocks decoded to float32, FMA. AVX-512: blocks decoded to exact BF16 (one vpermw through a table per
+// exponent byte), one vdpbf16ps per block and activation row. An int8 path (vpdpbusd on activations
 // quantized per block) was measured against it: about 2x slower per block in cache (M = 1..6), since
 // each block's int32 sum then needs its own convert and scale per row, and 3x the error
 // (bench/mxfp4_int8_vs_bf16.cpp). Every path keeps one accumulator per output through the blocks in
@@ -203,28 +204,25 @@ constexpr int kMaxTileM = 6;
 template <int R, int MT>
 void gemm_tile(const Activation* x, int64_t K, const uint8_t* w, int64_t row_bytes, float* y, int64_t ldy) {
     __m512 sum[R][MT];
-    #pragma GCC unroll 16
     for (int r = 0; r < R; ++r)
-        #pragma GCC unroll 16
         for (int m = 0; m < MT; ++m) sum[r][m] = _mm512_setzero_ps();
     const int64_t blocks = K / kMxfp4BlockValues;
+    // The loops over r and m are unrolled in full so the accumulators stay in registers.
     for (int64_t b = 0; b < blocks; ++b) {
+        prefetch_next_rows<R>(w, row_bytes, b);
         __m512i weights[R];
-                prefetch_next_rows<R>(w, row_bytes, b);
-#pragma GCC unroll 16
+#pragma GCC unroll 8
         for (int r = 0; r < R; ++r) weights[r] = decode_block(w + r * row_bytes + b * kMxfp4BlockBytes);
-        #pragma GCC unroll 16
+#pragma GCC unroll 8
         for (int m = 0; m < MT; ++m) {
             const __m512i activations = _mm512_loadu_si512(x + m * K + b * kMxfp4BlockValues);
-            #pragma GCC unroll 16
+#pragma GCC unroll 8
             for (int r = 0; r < R; ++r)
                 sum[r][m] = _mm512_dpbf16_ps(sum[r][m], reinterpret_cast<const __m512bh&>(weights[r]),
                                              reinterpret_cast<const __m512bh&>(activations));
         }
     }
-    #pragma GCC unroll 16
     for (int r = 0; r < R; ++r)
-        #pragma GCC unroll 16
         for (int m = 0; m < MT; ++m) y[m * ldy + r] = reduce_add(sum[r][m]);
 }
 
@@ -319,33 +317,32 @@ __m256 decode_eight(__m256 magnitudes, __m256i codes) {
 template <int R, int MT>
 void gemm_tile(const Activation* x, int64_t K, const uint8_t* w, int64_t row_bytes, float* y, int64_t ldy) {
     __m256 sum[R][MT];
-    #pragma GCC unroll 16
     for (int r = 0; r < R; ++r)
-        #pragma GCC unroll 16
         for (int m = 0; m < MT; ++m) sum[r][m] = _mm256_setzero_ps();
     const int64_t blocks = K / kMxfp4BlockValues;
+    // The loops over r, m and q are unrolled in full so the accumulators stay in registers.
     for (int64_t b = 0; b < blocks; ++b) {
-        #pragma GCC unroll 16
+        prefetch_next_rows<R>(w, row_bytes, b);
+#pragma GCC unroll 8
         for (int r = 0; r < R; ++r) {
             const uint8_t* block = w + r * row_bytes + b * kMxfp4BlockBytes;
             const __m256 magnitudes = _mm256_castsi256_ps(
                 _mm256_load_si256(reinterpret_cast<const __m256i*>(kMagnitudes.by_exponent[block[0]])));
             const __m128i packed = _mm_loadu_si128(reinterpret_cast<const __m128i*>(block + 1));
-            const __m256i low_bytes = _mm256_cvtepu8_epi32(packed), high_bytes = _mm256_cvtepu8_epi32(_mm_srli_si128(packed, 8));
+            const __m256i low_bytes = _mm256_cvtepu8_epi32(packed);
+            const __m256i high_bytes = _mm256_cvtepu8_epi32(_mm_srli_si128(packed, 8));
             const __m256 weights[4] = {decode_eight(magnitudes, low_bytes), decode_eight(magnitudes, high_bytes),
                                        decode_eight(magnitudes, _mm256_srli_epi32(low_bytes, 4)),
                                        decode_eight(magnitudes, _mm256_srli_epi32(high_bytes, 4))};
-            #pragma GCC unroll 16
+#pragma GCC unroll 8
             for (int m = 0; m < MT; ++m) {
                 const float* xb = x + m * K + b * kMxfp4BlockValues;
-                #pragma GCC unroll 16
+#pragma GCC unroll 4
                 for (int q = 0; q < 4; ++q) sum[r][m] = _mm256_fmadd_ps(weights[q], _mm256_loadu_ps(xb + 8 * q), sum[r][m]);
             }
         }
     }
-    #pragma GCC unroll 16
     for (int r = 0; r < R; ++r)
-        #pragma GCC unroll 16
         for (int m = 0; m < MT; ++m) y[m * ldy + r] = reduce_add(sum[r][m]);
 }
 
