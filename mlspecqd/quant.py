@@ -90,3 +90,25 @@ def mxfp4_to_float32(blocks: np.ndarray, K: int, name: str = "blocks") -> np.nda
     with np.errstate(over="ignore"):  # bytes 253..255 with large codes are infinite, as in gguf
         values = _DOUBLED_E2M1[codes] * half_scale[:, None]
     return values.reshape(*blocks.shape[:-1], K)
+
+
+# GGUF names of the weights a decoder multiplies activations by (Linear layers): the ones an MXFP4
+# copy of a model stores as MXFP4. Norms, biases, embeddings and the MoE router stay as they are.
+_LINEAR_WEIGHT_SUFFIXES = tuple(
+    f".{name}.weight"
+    for name in (
+        "attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down",
+        "ffn_gate_exps", "ffn_up_exps", "ffn_down_exps", "ffn_gate_shexp", "ffn_up_shexp", "ffn_down_shexp",
+    )
+)
+
+
+def is_linear_weight(name: str) -> bool:
+    """True for the GGUF tensors that are Linear weights: blk.N.attn_*/ffn_* matrices and output.weight."""
+    return name == "output.weight" or (name.startswith("blk.") and name.endswith(_LINEAR_WEIGHT_SUFFIXES))
+
+
+def cast_linear_weights_to_mxfp4(weights: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The MXFP4 recipe: a new dict with every Linear weight (float32 or BF16, see is_linear_weight) cast
+    to MXFP4 blocks, named as before, and every other array passed through unchanged."""
+    return {name: cast_to_mxfp4(array, name) if is_linear_weight(name) else array for name, array in weights.items()}

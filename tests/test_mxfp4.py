@@ -9,7 +9,7 @@ import pytest
 from gguf.quants import MXFP4 as GGUF_MXFP4
 
 from mlspecqd import _native
-from mlspecqd.quant import QuantizationError, cast_to_mxfp4, mxfp4_to_float32
+from mlspecqd.quant import QuantizationError, cast_linear_weights_to_mxfp4, cast_to_mxfp4, mxfp4_to_float32
 
 E2M1_MAGNITUDES = np.array([0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0])
 
@@ -338,3 +338,29 @@ def test_gemm_refuses_bad_arguments():
         _native.matmul_mxfp4(np.zeros((2, 64), np.float32), blocks.astype(np.int16), 64)
     with pytest.raises(ValueError, match="K=50"):
         _native.matmul_mxfp4(np.zeros((2, 50), np.float32), blocks, 50)
+
+
+def test_recipe_casts_linear_weights_only():
+    rng = np.random.default_rng(12)
+
+    def bf16(shape: tuple[int, ...]) -> np.ndarray:
+        return rng.integers(0x3C00, 0x3F00, size=shape, dtype=np.uint16)
+
+    weights = {
+        "token_embd.weight": bf16((10, 64)),
+        "blk.0.attn_norm.weight": np.ones(64, np.float32),
+        "blk.0.attn_q.weight": bf16((64, 64)),
+        "blk.0.attn_q.bias": np.zeros(64, np.float32),
+        "blk.0.ffn_down.weight": bf16((64, 128)),
+        "blk.0.ffn_gate_exps.weight": bf16((4, 128, 64)),
+        "blk.0.ffn_gate_inp.weight": np.ones((4, 64), np.float32),
+        "output.weight": bf16((10, 64)),
+    }
+    cast = cast_linear_weights_to_mxfp4(weights)
+    assert {name for name, array in cast.items() if array.dtype == np.uint8} == {
+        "blk.0.attn_q.weight", "blk.0.ffn_down.weight", "blk.0.ffn_gate_exps.weight", "output.weight"}
+    assert cast["blk.0.ffn_gate_exps.weight"].shape == (4, 128, 34)
+    np.testing.assert_array_equal(cast["blk.0.ffn_down.weight"], cast_to_mxfp4(weights["blk.0.ffn_down.weight"]))
+    assert all(cast[name] is weights[name] for name in ("token_embd.weight", "blk.0.ffn_gate_inp.weight"))
+    with pytest.raises(QuantizationError, match=r"blk\.0\.attn_k\.weight \(2, 48\): K=48"):
+        cast_linear_weights_to_mxfp4({"blk.0.attn_k.weight": np.ones((2, 48), np.float32)})
