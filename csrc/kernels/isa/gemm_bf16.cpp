@@ -14,32 +14,97 @@
 #include "kernels/bf16.h"
 #include "kernels/isa/isa.h"
 
+#ifndef PF_STEPS
+#define PF_STEPS 32
+#endif
+#ifndef PF_M1
+#define PF_M1 1
+#endif
+
 namespace mlspecqd {
 namespace MLSPECQD_ISA {
 
 namespace {
-
-constexpr int64_t round_up(int64_t value, int64_t multiple) { return (value + multiple - 1) / multiple * multiple; }
 
 #if defined(__AVX512BF16__)
 
 // One zmm holds 32 BF16 values; vdpbf16ps adds their pairwise products into 16 float lanes.
 using Prepared = uint16_t;  // activations as BF16 bits
 constexpr int64_t kStep = 32;
-constexpr int kMaxTileRows = 4;
-constexpr int kMaxTileCols = 4;
+constexpr int kMaxAccumulators = 24;  // of 32 registers: the rest hold weights and an activation
+constexpr int kMaxTileRows = 12;
+constexpr int kMaxTileCols = 3;
 
-int64_t prepared_row_elements(int64_t K) { return round_up(K, kStep); }
+#elif defined(__AVX2__)
 
-void prepare_row(const float* x, int64_t K, Prepared* out) {
-    for (int64_t k = 0; k < K; k += kStep) {
-        const int64_t left = std::min<int64_t>(K - k, kStep);
-        const __mmask16 low_mask = left >= 16 ? __mmask16(0xffff) : __mmask16((1u << left) - 1);
-        const __mmask16 high_mask = left >= 32 ? __mmask16(0xffff) : left <= 16 ? 0 : __mmask16((1u << (left - 16)) - 1);
-        const __m512 low = _mm512_maskz_loadu_ps(low_mask, x + k);
-        const __m512 high = _mm512_maskz_loadu_ps(high_mask, x + k + 16);
-        _mm512_storeu_si512(out + k, (__m512i)_mm512_cvtne2ps_pbh(high, low));
-    }
+// A 256-bit load holds 16 BF16 weights. Shifting each 32-bit lane left by 16 gives the even ones as
+// floats, masking off the low half gives the odd ones; the prepared activations are stored in that
+// order (per 16: the 8 even-index values, then the 8 odd-index ones) so no shuffles are needed.
+using Prepared = float;  // activations rounded to BF16, held as float
+constexpr int64_t kStep = 16;
+constexpr int kMaxAccumulators = 12;  // of 16 registers: the rest hold weights and a constant
+constexpr int kMaxTileRows = 6;
+constexpr int kMaxTileCols = 3;
+
+#else
+
+// The reference: activations rounded to BF16 (held as float), one sequential float32 sum per output.
+using Prepared = float;
+constexpr int64_t kStep = 1;
+
+#endif
+
+// Prepared activations are step-major: the kStep values of step s of row m are at (s * M + m) *
+// kStep, zero-padded past K. A tile then reaches all its rows from one pointer, and a step of
+// every row is one contiguous run.
+int64_t steps_of(int64_t K) { return (K + kStep - 1) / kStep; }
+
+#if defined(__AVX2__)
+
+// One tile's work: Rows activation rows times Cols weight rows over all of K.
+struct TileWork {
+    const Prepared* x;      // step 0 of the tile's first row; the next step is x_step_stride further
+    int64_t x_step_stride;  // M * kStep
+    const uint16_t* w;      // first weight row; rows are K apart
+    int64_t K;
+    float* y;  // y[r * ldy + c]
+    int64_t ldy;
+    // Weights fetched while this tile computes, so the memory stream never waits: `prefetch_steps`
+    // steps ahead in this group of weight rows, then in the next group (`next_w`, `next_cols`
+    // rows). When a group is computed in several passes (one per tile of activation rows), the
+    // next group is the target and pass p fetches the steps s with s % passes == p: the fetch is
+    // spread over the whole group and each line is fetched once.
+    int64_t cols, prefetch_steps;
+    const uint16_t* next_w;
+    int64_t next_cols, pass, passes;
+};
+
+// Fetches the weights that step `s` of this tile looks ahead to. Inlined by hand: GCC drops a
+// call whose only effect is a prefetch.
+#define MLSPECQD_PREFETCH_AHEAD(work, s, steps, countdown)                                              \
+    do {                                                                                                \
+        if (countdown-- == 0) {                                                                         \
+            countdown = (work).passes - 1;                                                              \
+            const int64_t target_ = (s) + (work).prefetch_steps;                                        \
+            const bool same_group_ = target_ < (steps);                                                 \
+            const uint16_t* rows_ = same_group_ ? (work).w + target_ * kStep                            \
+                                                : (work).next_w + (target_ - (steps)) * kStep;         \
+            const int64_t count_ = same_group_ ? (work).cols : (work).next_cols;                       \
+            for (int64_t c_ = 0; c_ < count_; ++c_)                                                     \
+                _mm_prefetch(reinterpret_cast<const char*>(rows_ + c_ * (work).K), _MM_HINT_T0);       \
+        }                                                                                               \
+    } while (0)
+
+#endif
+
+#if defined(__AVX512BF16__)
+
+void prepare_step(const float* x, int64_t count, Prepared* out) {
+    const __mmask16 low_mask = count >= 16 ? __mmask16(0xffff) : __mmask16((1u << count) - 1);
+    const __mmask16 high_mask = count >= 32 ? __mmask16(0xffff) : count <= 16 ? 0 : __mmask16((1u << (count - 16)) - 1);
+    const __m512 low = _mm512_maskz_loadu_ps(low_mask, x);
+    const __m512 high = _mm512_maskz_loadu_ps(high_mask, x + 16);
+    _mm512_storeu_si512(out, (__m512i)_mm512_cvtne2ps_pbh(high, low));
 }
 
 float sum_lanes(__m512 v) {
@@ -49,46 +114,40 @@ float sum_lanes(__m512 v) {
     return _mm_cvtss_f32(_mm_add_ss(eighth, _mm_movehdup_ps(eighth)));
 }
 
-// Rows x Cols outputs: x rows r (stride x_stride) against weight rows c (stride K).
 template <int Rows, int Cols>
-void tile(const Prepared* x, int64_t x_stride, const uint16_t* w, int64_t K, float* y, int64_t ldy) {
+void tile(const TileWork& work) {
+    const int64_t K = work.K, steps = steps_of(K), full_steps = K / kStep;
+    const uint16_t* w = work.w;
+    const Prepared* x = work.x;
     __m512 acc[Rows][Cols];
     for (auto& row : acc)
         for (auto& a : row) a = _mm512_setzero_ps();
-    const auto accumulate = [&](int64_t k, const __m512i (&weights)[Cols]) {
+    const auto accumulate = [&](const __m512i (&weights)[Cols]) {
         for (int r = 0; r < Rows; ++r) {
-            const __m512i xv = _mm512_loadu_si512(x + r * x_stride + k);
+            const __m512i xv = _mm512_load_si512(x + r * kStep);
             for (int c = 0; c < Cols; ++c)
                 acc[r][c] = _mm512_dpbf16_ps(acc[r][c], (__m512bh)xv, (__m512bh)weights[c]);
         }
+        x += work.x_step_stride;
     };
-    const int64_t full = K - K % kStep;
-    for (int64_t k = 0; k < full; k += kStep) {
+    int64_t countdown = work.pass;
+    for (int64_t s = 0; s < full_steps; ++s) {
         __m512i weights[Cols];
-        for (int c = 0; c < Cols; ++c) weights[c] = _mm512_loadu_si512(w + c * K + k);
-        accumulate(k, weights);
+        for (int c = 0; c < Cols; ++c) weights[c] = _mm512_loadu_si512(w + c * K + s * kStep);
+        MLSPECQD_PREFETCH_AHEAD(work, s, steps, countdown);
+        accumulate(weights);
     }
-    if (full < K) {  // masked: never read past a row, zeros add nothing (prepared x is zero-padded)
-        const __mmask32 mask = (__mmask32{1} << (K - full)) - 1;
+    if (full_steps < steps) {  // masked: never read past a row, zeros add nothing (x is zero-padded)
+        const __mmask32 mask = (__mmask32{1} << (K - full_steps * kStep)) - 1;
         __m512i weights[Cols];
-        for (int c = 0; c < Cols; ++c) weights[c] = _mm512_maskz_loadu_epi16(mask, w + c * K + full);
-        accumulate(full, weights);
+        for (int c = 0; c < Cols; ++c) weights[c] = _mm512_maskz_loadu_epi16(mask, w + c * K + full_steps * kStep);
+        accumulate(weights);
     }
     for (int r = 0; r < Rows; ++r)
-        for (int c = 0; c < Cols; ++c) y[r * ldy + c] = sum_lanes(acc[r][c]);
+        for (int c = 0; c < Cols; ++c) work.y[r * work.ldy + c] = sum_lanes(acc[r][c]);
 }
 
 #elif defined(__AVX2__)
-
-// A 256-bit load holds 16 BF16 weights. Shifting each 32-bit lane left by 16 gives the even ones as
-// floats, masking off the low half gives the odd ones; the prepared activations are stored in that
-// order (per 16: the 8 even-index values, then the 8 odd-index ones) so no shuffles are needed.
-using Prepared = float;  // activations rounded to BF16, held as float
-constexpr int64_t kStep = 16;
-constexpr int kMaxTileRows = 4;
-constexpr int kMaxTileCols = 3;
-
-int64_t prepared_row_elements(int64_t K) { return round_up(K, kStep); }
 
 __m256 round_to_bf16(__m256 v) {
     const __m256i bits = _mm256_castps_si256(v);
@@ -100,19 +159,17 @@ __m256 round_to_bf16(__m256 v) {
     return _mm256_and_ps(chosen, _mm256_castsi256_ps(_mm256_set1_epi32(int32_t(0xffff0000u))));
 }
 
-void prepare_row(const float* x, int64_t K, Prepared* out) {
-    for (int64_t k = 0; k < K; k += kStep) {
-        float chunk[kStep] = {};
-        std::memcpy(chunk, x + k, sizeof(float) * std::min<int64_t>(K - k, kStep));
-        const __m256 a = round_to_bf16(_mm256_loadu_ps(chunk));      // x0 .. x7
-        const __m256 b = round_to_bf16(_mm256_loadu_ps(chunk + 8));  // x8 .. x15
-        // Within 128-bit lanes: even = a0 a2 b0 b2 | a4 a6 b4 b6; the permute restores k order.
-        const __m256 even = _mm256_shuffle_ps(a, b, _MM_SHUFFLE(2, 0, 2, 0));
-        const __m256 odd = _mm256_shuffle_ps(a, b, _MM_SHUFFLE(3, 1, 3, 1));
-        const __m256i order = _mm256_setr_epi32(0, 1, 4, 5, 2, 3, 6, 7);
-        _mm256_storeu_ps(out + k, _mm256_permutevar8x32_ps(even, order));
-        _mm256_storeu_ps(out + k + 8, _mm256_permutevar8x32_ps(odd, order));
-    }
+void prepare_step(const float* x, int64_t count, Prepared* out) {
+    float chunk[kStep] = {};
+    std::memcpy(chunk, x, sizeof(float) * count);
+    const __m256 a = round_to_bf16(_mm256_loadu_ps(chunk));      // x0 .. x7
+    const __m256 b = round_to_bf16(_mm256_loadu_ps(chunk + 8));  // x8 .. x15
+    // Within 128-bit lanes: even = a0 a2 b0 b2 | a4 a6 b4 b6; the permute restores k order.
+    const __m256 even = _mm256_shuffle_ps(a, b, _MM_SHUFFLE(2, 0, 2, 0));
+    const __m256 odd = _mm256_shuffle_ps(a, b, _MM_SHUFFLE(3, 1, 3, 1));
+    const __m256i order = _mm256_setr_epi32(0, 1, 4, 5, 2, 3, 6, 7);
+    _mm256_storeu_ps(out, _mm256_permutevar8x32_ps(even, order));
+    _mm256_storeu_ps(out + 8, _mm256_permutevar8x32_ps(odd, order));
 }
 
 float sum_lanes(__m256 v) {
@@ -122,54 +179,63 @@ float sum_lanes(__m256 v) {
 }
 
 template <int Rows, int Cols>
-void tile(const Prepared* x, int64_t x_stride, const uint16_t* w, int64_t K, float* y, int64_t ldy) {
+void tile(const TileWork& work) {
+    const int64_t K = work.K, steps = steps_of(K), full_steps = K / kStep;
+    const uint16_t* w = work.w;
+    const Prepared* x = work.x;
     __m256 acc[Rows][Cols];
     for (auto& row : acc)
         for (auto& a : row) a = _mm256_setzero_ps();
     const __m256i high_halves = _mm256_set1_epi32(int32_t(0xffff0000u));
-    const auto accumulate = [&](int64_t k, int c, __m256i weights) {
-        const __m256 even = _mm256_castsi256_ps(_mm256_slli_epi32(weights, 16));
-        const __m256 odd = _mm256_castsi256_ps(_mm256_and_si256(weights, high_halves));
-        for (int r = 0; r < Rows; ++r) {
-            acc[r][c] = _mm256_fmadd_ps(_mm256_loadu_ps(x + r * x_stride + k), even, acc[r][c]);
-            acc[r][c] = _mm256_fmadd_ps(_mm256_loadu_ps(x + r * x_stride + k + 8), odd, acc[r][c]);
+    const auto accumulate = [&](const __m256i (&weights)[Cols]) {
+        for (int c = 0; c < Cols; ++c) {
+            const __m256 even = _mm256_castsi256_ps(_mm256_slli_epi32(weights[c], 16));
+            const __m256 odd = _mm256_castsi256_ps(_mm256_and_si256(weights[c], high_halves));
+            for (int r = 0; r < Rows; ++r) {
+                acc[r][c] = _mm256_fmadd_ps(_mm256_load_ps(x + r * kStep), even, acc[r][c]);
+                acc[r][c] = _mm256_fmadd_ps(_mm256_load_ps(x + r * kStep + 8), odd, acc[r][c]);
+            }
         }
+        x += work.x_step_stride;
     };
-    const int64_t full = K - K % kStep;
-    for (int64_t k = 0; k < full; k += kStep)
+    int64_t countdown = work.pass;
+    for (int64_t s = 0; s < full_steps; ++s) {
+        __m256i weights[Cols];
         for (int c = 0; c < Cols; ++c)
-            accumulate(k, c, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + c * K + k)));
-    if (full < K) {  // copy the tail so no load reads past a row; zeros add nothing
+            weights[c] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + c * K + s * kStep));
+        MLSPECQD_PREFETCH_AHEAD(work, s, steps, countdown);
+        accumulate(weights);
+    }
+    if (full_steps < steps) {  // copy the tail so no load reads past a row; zeros add nothing
+        __m256i weights[Cols];
         for (int c = 0; c < Cols; ++c) {
             uint16_t tail[kStep] = {};
-            std::memcpy(tail, w + c * K + full, sizeof(uint16_t) * (K - full));
-            accumulate(full, c, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(tail)));
+            std::memcpy(tail, w + c * K + full_steps * kStep, sizeof(uint16_t) * (K - full_steps * kStep));
+            weights[c] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(tail));
         }
+        accumulate(weights);
     }
     for (int r = 0; r < Rows; ++r)
-        for (int c = 0; c < Cols; ++c) y[r * ldy + c] = sum_lanes(acc[r][c]);
+        for (int c = 0; c < Cols; ++c) work.y[r * work.ldy + c] = sum_lanes(acc[r][c]);
 }
 
 #else
 
-// The reference: activations rounded to BF16 (held as float), one sequential float32 sum per output.
-using Prepared = float;
-
-int64_t prepared_row_elements(int64_t K) { return K; }
-
-void prepare_row(const float* x, int64_t K, Prepared* out) {
-    for (int64_t k = 0; k < K; ++k) out[k] = bf16_to_float(float_to_bf16(x[k]));
+void prepare_step(const float* x, int64_t count, Prepared* out) {
+    for (int64_t k = 0; k < count; ++k) out[k] = bf16_to_float(float_to_bf16(x[k]));
 }
 
 #endif
 
 #if defined(__AVX2__)
 
-using TileKernel = void (*)(const Prepared*, int64_t, const uint16_t*, int64_t, float*, int64_t);
+using TileKernel = void (*)(const TileWork&);
 
 template <int Rows, int... Cols>
 constexpr std::array<TileKernel, sizeof...(Cols)> tiles_of_rows(std::integer_sequence<int, Cols...>) {
-    return {&tile<Rows, Cols + 1>...};
+    // Shapes that would not fit the registers are never chosen (see gemm_chunk) nor compiled.
+    return {(Rows * (Cols + 1) <= kMaxAccumulators ? &tile<Rows, std::min(Cols + 1, kMaxAccumulators / Rows)>
+                                                    : nullptr)...};
 }
 
 template <int... Rows>
@@ -181,28 +247,58 @@ constexpr std::array<std::array<TileKernel, kMaxTileCols>, sizeof...(Rows)> tile
 // kTiles[rows - 1][cols - 1]: edge tiles of M and N run the same per-output code as full ones.
 constexpr auto kTiles = tile_table(std::make_integer_sequence<int, kMaxTileRows>());
 
-void gemm_rows(const Prepared* x, int64_t x_stride, int64_t M, int64_t K, const uint16_t* w, int64_t n_begin,
-               int64_t n_end, float* y, int64_t ldy) {
-    // Each group of weight rows is read from memory once; the row tiles of x re-read it from cache.
-    for (int64_t n = n_begin; n < n_end; n += kMaxTileCols) {
-        const int64_t cols = std::min<int64_t>(kMaxTileCols, n_end - n);
-        for (int64_t m = 0; m < M; m += kMaxTileRows) {
-            const int64_t rows = std::min<int64_t>(kMaxTileRows, M - m);
-            kTiles[rows - 1][cols - 1](x + m * x_stride, x_stride, w + n * K, K, y + m * ldy + n, ldy);
+constexpr int64_t kRowsPerChunk = 64;  // activation rows that share one read of the weights
+
+// Rows [m_begin, m_begin + M) of the prepared activations (step stride x_step_stride).
+void gemm_chunk(const Prepared* x, int64_t x_step_stride, int64_t M, int64_t K, const uint16_t* w,
+                int64_t n_begin, int64_t n_end, float* y, int64_t ldy) {
+    // Balanced row tiles (13 rows: 7 + 6, not 12 + 1), as many weight rows as the registers allow.
+    const int64_t passes = (M + kMaxTileRows - 1) / kMaxTileRows;
+    const int64_t rows_per_pass = (M + passes - 1) / passes;
+    const int64_t group = std::min<int64_t>(kMaxTileCols, kMaxAccumulators / rows_per_pass);
+    const int64_t steps = steps_of(K);
+    TileWork work{};
+    work.x_step_stride = x_step_stride;
+    work.K = K;
+    work.ldy = ldy;
+    work.passes = passes;
+    // One pass reads a group as it streams in: look a fixed distance ahead. Several passes read it
+    // from cache after the first: the next group is what the memory stream must bring meanwhile.
+    const bool prefetch = PF_M1 || M > 1;
+    work.prefetch_steps = passes == 1 ? std::min<int64_t>(PF_STEPS, steps) : steps;
+    // Each group of weight rows is read from memory once; the passes re-read it from cache.
+    for (int64_t n = n_begin; n < n_end; n += group) {
+        work.cols = std::min(group, n_end - n);
+        work.w = w + n * K;
+        work.next_w = w + (n + work.cols) * K;
+        work.next_cols = prefetch ? std::min(group, n_end - n - work.cols) : 0;
+        if (!prefetch) work.cols = 0;
+        const int64_t cols = std::min(group, n_end - n);
+        for (int64_t m = 0, pass = 0; m < M; m += rows_per_pass, ++pass) {
+            const int64_t rows = std::min(rows_per_pass, M - m);
+            work.x = x + m * kStep;
+            work.y = y + m * ldy + n;
+            work.pass = pass;
+            kTiles[rows - 1][cols - 1](work);
         }
     }
 }
 
+void gemm_rows(const Prepared* x, int64_t M, int64_t K, const uint16_t* w, int64_t n_begin, int64_t n_end, float* y,
+               int64_t ldy) {
+    for (int64_t m = 0; m < M; m += kRowsPerChunk)
+        gemm_chunk(x + m * kStep, M * kStep, std::min(kRowsPerChunk, M - m), K, w, n_begin, n_end, y + m * ldy, ldy);
+}
+
 #else
 
-void gemm_rows(const Prepared* x, int64_t x_stride, int64_t M, int64_t K, const uint16_t* w, int64_t n_begin,
-               int64_t n_end, float* y, int64_t ldy) {
+void gemm_rows(const Prepared* x, int64_t M, int64_t K, const uint16_t* w, int64_t n_begin, int64_t n_end, float* y,
+               int64_t ldy) {
     for (int64_t n = n_begin; n < n_end; ++n) {
         const uint16_t* row = w + n * K;
         for (int64_t m = 0; m < M; ++m) {
-            const Prepared* xm = x + m * x_stride;
             float sum = 0.0f;
-            for (int64_t k = 0; k < K; ++k) sum += xm[k] * bf16_to_float(row[k]);
+            for (int64_t k = 0; k < K; ++k) sum += x[k * M + m] * bf16_to_float(row[k]);
             y[m * ldy + n] = sum;
         }
     }
@@ -212,22 +308,19 @@ void gemm_rows(const Prepared* x, int64_t x_stride, int64_t M, int64_t K, const 
 
 }  // namespace
 
-int64_t gemm_bf16_prepared_row_bytes(int64_t K) {
-    // Whole 64-byte lines, so every prepared row starts cache-line aligned.
-    return round_up(prepared_row_elements(K) * int64_t(sizeof(Prepared)), 64);
-}
+int64_t gemm_bf16_prepared_bytes(int64_t M, int64_t K) { return M * steps_of(K) * kStep * int64_t(sizeof(Prepared)); }
 
 void gemm_bf16_prepare(const float* x, int64_t M, int64_t K, void* prepared) {
-    const int64_t row_bytes = gemm_bf16_prepared_row_bytes(K);
-    for (int64_t m = 0; m < M; ++m) {
-        prepare_row(x + m * K, K, reinterpret_cast<Prepared*>(static_cast<char*>(prepared) + m * row_bytes));
-    }
+    auto* out = static_cast<Prepared*>(prepared);
+    const int64_t steps = steps_of(K);
+    for (int64_t m = 0; m < M; ++m)
+        for (int64_t s = 0; s < steps; ++s)
+            prepare_step(x + m * K + s * kStep, std::min(kStep, K - s * kStep), out + (s * M + m) * kStep);
 }
 
 void gemm_bf16(const void* prepared, int64_t M, int64_t K, const uint16_t* w, int64_t n_begin, int64_t n_end,
                float* y, int64_t ldy) {
-    const int64_t x_stride = gemm_bf16_prepared_row_bytes(K) / int64_t(sizeof(Prepared));
-    gemm_rows(static_cast<const Prepared*>(prepared), x_stride, M, K, w, n_begin, n_end, y, ldy);
+    gemm_rows(static_cast<const Prepared*>(prepared), M, K, w, n_begin, n_end, y, ldy);
 }
 
 }  // namespace MLSPECQD_ISA
