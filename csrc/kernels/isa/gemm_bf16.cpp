@@ -15,7 +15,13 @@
 #include "kernels/isa/isa.h"
 
 #ifndef PF_STEPS
-#define PF_STEPS 32
+#define PF_STEPS 48
+#endif
+#ifndef X_BUDGET
+#define X_BUDGET 16384
+#endif
+#ifndef P_BUDGET
+#define P_BUDGET 8192
 #endif
 #ifndef PF_M1
 #define PF_M1 1
@@ -30,6 +36,7 @@ namespace {
 
 // One zmm holds 32 BF16 values; vdpbf16ps adds their pairwise products into 16 float lanes.
 using Prepared = uint16_t;  // activations as BF16 bits
+using Accumulator = __m512;
 constexpr int64_t kStep = 32;
 constexpr int kMaxAccumulators = 24;  // of 32 registers: the rest hold weights and an activation
 constexpr int kMaxTileRows = 12;
@@ -41,6 +48,7 @@ constexpr int kMaxTileCols = 3;
 // floats, masking off the low half gives the odd ones; the prepared activations are stored in that
 // order (per 16: the 8 even-index values, then the 8 odd-index ones) so no shuffles are needed.
 using Prepared = float;  // activations rounded to BF16, held as float
+using Accumulator = __m256;
 constexpr int64_t kStep = 16;
 constexpr int kMaxAccumulators = 12;  // of 16 registers: the rest hold weights and a constant
 constexpr int kMaxTileRows = 6;
@@ -61,38 +69,43 @@ int64_t steps_of(int64_t K) { return (K + kStep - 1) / kStep; }
 
 #if defined(__AVX2__)
 
-// One tile's work: Rows activation rows times Cols weight rows over all of K.
+// One tile's work: Rows activation rows times Cols weight rows over the K block [k_begin, k_end).
+// Between blocks the accumulators wait in `partial`; the first block starts them at zero and the
+// last one finishes them into y.
 struct TileWork {
-    const Prepared* x;      // step 0 of the tile's first row; the next step is x_step_stride further
+    const Prepared* x;      // the tile's first row at step k_begin / kStep; x_step_stride to the next step
     int64_t x_step_stride;  // M * kStep
-    const uint16_t* w;      // first weight row; rows are K apart
-    int64_t K;
-    float* y;  // y[r * ldy + c]
+    const uint16_t* w;      // first weight row, at k = 0; rows are K apart
+    int64_t K, k_begin, k_end;
+    Accumulator* partial;  // Rows x Cols
+    float* y;              // y[r * ldy + c]
     int64_t ldy;
     // Weights fetched while this tile computes, so the memory stream never waits: `prefetch_steps`
-    // steps ahead in this group of weight rows, then in the next group (`next_w`, `next_cols`
-    // rows). When a group is computed in several passes (one per tile of activation rows), the
-    // next group is the target and pass p fetches the steps s with s % passes == p: the fetch is
-    // spread over the whole group and each line is fetched once.
-    int64_t cols, prefetch_steps;
-    const uint16_t* next_w;
-    int64_t next_cols, pass, passes;
+    // steps ahead, in this block (`rows` weight rows) then in the next block to be computed
+    // (`ahead`: its first row at its first step, `ahead_rows` rows, `ahead_steps` long). When a block
+    // is computed in several passes (one per tile of activation rows), the next block is the target
+    // and pass p fetches the steps s with s % passes == p: the fetch is spread over the whole block
+    // and each line is fetched once.
+    int64_t rows, prefetch_steps;
+    const uint16_t* ahead;
+    int64_t ahead_rows, ahead_steps, pass, passes;
 };
 
-// Fetches the weights that step `s` of this tile looks ahead to. Inlined by hand: GCC drops a
-// call whose only effect is a prefetch.
-#define MLSPECQD_PREFETCH_AHEAD(work, s, steps, countdown)                                              \
-    do {                                                                                                \
-        if (countdown-- == 0) {                                                                         \
-            countdown = (work).passes - 1;                                                              \
-            const int64_t target_ = (s) + (work).prefetch_steps;                                        \
-            const bool same_group_ = target_ < (steps);                                                 \
-            const uint16_t* rows_ = same_group_ ? (work).w + target_ * kStep                            \
-                                                : (work).next_w + (target_ - (steps)) * kStep;         \
-            const int64_t count_ = same_group_ ? (work).cols : (work).next_cols;                       \
-            for (int64_t c_ = 0; c_ < count_; ++c_)                                                     \
-                _mm_prefetch(reinterpret_cast<const char*>(rows_ + c_ * (work).K), _MM_HINT_T0);       \
-        }                                                                                               \
+// Fetches what step `s` (counted from k_begin) of a block of `steps` steps looks ahead to. Inlined
+// by hand: GCC drops a call whose only effect is a prefetch.
+#define MLSPECQD_PREFETCH_AHEAD(work, s, steps, countdown)                                          \
+    do {                                                                                            \
+        if (countdown-- == 0) {                                                                     \
+            countdown = (work).passes - 1;                                                          \
+            const int64_t target_ = (s) + (work).prefetch_steps;                                    \
+            const bool here_ = target_ < (steps);                                                   \
+            const uint16_t* at_ = here_ ? (work).w + (work).k_begin + target_ * kStep               \
+                                        : (work).ahead + (target_ - (steps)) * kStep;              \
+            const int64_t count_ = here_ ? (work).rows                                              \
+                                         : target_ - (steps) < (work).ahead_steps ? (work).ahead_rows : 0; \
+            for (int64_t c_ = 0; c_ < count_; ++c_)                                                 \
+                _mm_prefetch(reinterpret_cast<const char*>(at_ + c_ * (work).K), _MM_HINT_T0);     \
+        }                                                                                           \
     } while (0)
 
 #endif
@@ -116,12 +129,13 @@ float sum_lanes(__m512 v) {
 
 template <int Rows, int Cols>
 void tile(const TileWork& work) {
-    const int64_t K = work.K, steps = steps_of(K), full_steps = K / kStep;
-    const uint16_t* w = work.w;
+    const int64_t K = work.K, steps = steps_of(work.k_end - work.k_begin);
+    const int64_t full_steps = (work.k_end - work.k_begin) / kStep;
+    const uint16_t* w = work.w + work.k_begin;
     const Prepared* x = work.x;
     __m512 acc[Rows][Cols];
-    for (auto& row : acc)
-        for (auto& a : row) a = _mm512_setzero_ps();
+    for (int r = 0; r < Rows; ++r)
+        for (int c = 0; c < Cols; ++c) acc[r][c] = work.k_begin == 0 ? _mm512_setzero_ps() : work.partial[r * Cols + c];
     const auto accumulate = [&](const __m512i (&weights)[Cols]) {
         for (int r = 0; r < Rows; ++r) {
             const __m512i xv = _mm512_load_si512(x + r * kStep);
@@ -138,13 +152,18 @@ void tile(const TileWork& work) {
         accumulate(weights);
     }
     if (full_steps < steps) {  // masked: never read past a row, zeros add nothing (x is zero-padded)
-        const __mmask32 mask = (__mmask32{1} << (K - full_steps * kStep)) - 1;
+        const __mmask32 mask = (__mmask32{1} << (work.k_end - work.k_begin - full_steps * kStep)) - 1;
         __m512i weights[Cols];
         for (int c = 0; c < Cols; ++c) weights[c] = _mm512_maskz_loadu_epi16(mask, w + c * K + full_steps * kStep);
         accumulate(weights);
     }
     for (int r = 0; r < Rows; ++r)
-        for (int c = 0; c < Cols; ++c) work.y[r * work.ldy + c] = sum_lanes(acc[r][c]);
+        for (int c = 0; c < Cols; ++c) {
+            if (work.k_end == K)
+                work.y[r * work.ldy + c] = sum_lanes(acc[r][c]);
+            else
+                work.partial[r * Cols + c] = acc[r][c];
+        }
 }
 
 #elif defined(__AVX2__)
@@ -180,12 +199,13 @@ float sum_lanes(__m256 v) {
 
 template <int Rows, int Cols>
 void tile(const TileWork& work) {
-    const int64_t K = work.K, steps = steps_of(K), full_steps = K / kStep;
-    const uint16_t* w = work.w;
+    const int64_t K = work.K, steps = steps_of(work.k_end - work.k_begin);
+    const int64_t full_steps = (work.k_end - work.k_begin) / kStep;
+    const uint16_t* w = work.w + work.k_begin;
     const Prepared* x = work.x;
     __m256 acc[Rows][Cols];
-    for (auto& row : acc)
-        for (auto& a : row) a = _mm256_setzero_ps();
+    for (int r = 0; r < Rows; ++r)
+        for (int c = 0; c < Cols; ++c) acc[r][c] = work.k_begin == 0 ? _mm256_setzero_ps() : work.partial[r * Cols + c];
     const __m256i high_halves = _mm256_set1_epi32(int32_t(0xffff0000u));
     const auto accumulate = [&](const __m256i (&weights)[Cols]) {
         for (int c = 0; c < Cols; ++c) {
@@ -210,13 +230,19 @@ void tile(const TileWork& work) {
         __m256i weights[Cols];
         for (int c = 0; c < Cols; ++c) {
             uint16_t tail[kStep] = {};
-            std::memcpy(tail, w + c * K + full_steps * kStep, sizeof(uint16_t) * (K - full_steps * kStep));
+            std::memcpy(tail, w + c * K + full_steps * kStep,
+                        sizeof(uint16_t) * (work.k_end - work.k_begin - full_steps * kStep));
             weights[c] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(tail));
         }
         accumulate(weights);
     }
     for (int r = 0; r < Rows; ++r)
-        for (int c = 0; c < Cols; ++c) work.y[r * work.ldy + c] = sum_lanes(acc[r][c]);
+        for (int c = 0; c < Cols; ++c) {
+            if (work.k_end == K)
+                work.y[r * work.ldy + c] = sum_lanes(acc[r][c]);
+            else
+                work.partial[r * Cols + c] = acc[r][c];
+        }
 }
 
 #else
@@ -249,37 +275,72 @@ constexpr auto kTiles = tile_table(std::make_integer_sequence<int, kMaxTileRows>
 
 constexpr int64_t kRowsPerChunk = 64;  // activation rows that share one read of the weights
 
-// Rows [m_begin, m_begin + M) of the prepared activations (step stride x_step_stride).
+// How a chunk of M activation rows meets the weights. Rows are cut into `passes` balanced tiles
+// (13 rows: 7 + 6, not 12 + 1) of at most `rows` rows; weight rows go `cols` at a time (a group),
+// as many as the registers allow. When the activations do not fit in L1, K is cut into blocks whose
+// activations do, and `groups` groups share each block of activations before the next block.
+struct Tiling {
+    int64_t passes, rows, cols, block, blocks, groups;
+};
+
+Tiling choose_tiling(int64_t M, int64_t K) {
+    constexpr int64_t kActivationBlockBytes = X_BUDGET;
+    constexpr int64_t kPartialBytes = P_BUDGET;
+    Tiling t;
+    t.passes = (M + kMaxTileRows - 1) / kMaxTileRows;
+    t.rows = (M + t.passes - 1) / t.passes;
+    t.cols = std::min<int64_t>(kMaxTileCols, kMaxAccumulators / t.rows);
+    const int64_t fitting_steps = std::max<int64_t>(4, kActivationBlockBytes / (M * kStep * int64_t(sizeof(Prepared))));
+    t.blocks = (steps_of(K) + fitting_steps - 1) / fitting_steps;
+    t.block = (steps_of(K) + t.blocks - 1) / t.blocks * kStep;  // equal blocks: the prefetch keeps pace
+    t.groups = t.blocks == 1 ? 1 : std::max<int64_t>(1, kPartialBytes / (M * t.cols * int64_t(sizeof(Accumulator))));
+    return t;
+}
+
 void gemm_chunk(const Prepared* x, int64_t x_step_stride, int64_t M, int64_t K, const uint16_t* w,
                 int64_t n_begin, int64_t n_end, float* y, int64_t ldy) {
-    // Balanced row tiles (13 rows: 7 + 6, not 12 + 1), as many weight rows as the registers allow.
-    const int64_t passes = (M + kMaxTileRows - 1) / kMaxTileRows;
-    const int64_t rows_per_pass = (M + passes - 1) / passes;
-    const int64_t group = std::min<int64_t>(kMaxTileCols, kMaxAccumulators / rows_per_pass);
-    const int64_t steps = steps_of(K);
+    const Tiling t = choose_tiling(M, K);
+    constexpr int64_t kMaxPartials = P_BUDGET / int64_t(sizeof(Accumulator)) + kRowsPerChunk * kMaxTileCols;
+    alignas(64) Accumulator partial[kMaxPartials];
+    const bool prefetch = PF_M1 || M > 1;
     TileWork work{};
     work.x_step_stride = x_step_stride;
     work.K = K;
     work.ldy = ldy;
-    work.passes = passes;
-    // One pass reads a group as it streams in: look a fixed distance ahead. Several passes read it
-    // from cache after the first: the next group is what the memory stream must bring meanwhile.
-    const bool prefetch = PF_M1 || M > 1;
-    work.prefetch_steps = passes == 1 ? std::min<int64_t>(PF_STEPS, steps) : steps;
-    // Each group of weight rows is read from memory once; the passes re-read it from cache.
-    for (int64_t n = n_begin; n < n_end; n += group) {
-        work.cols = std::min(group, n_end - n);
-        work.w = w + n * K;
-        work.next_w = w + (n + work.cols) * K;
-        work.next_cols = prefetch ? std::min(group, n_end - n - work.cols) : 0;
-        if (!prefetch) work.cols = 0;
-        const int64_t cols = std::min(group, n_end - n);
-        for (int64_t m = 0, pass = 0; m < M; m += rows_per_pass, ++pass) {
-            const int64_t rows = std::min(rows_per_pass, M - m);
-            work.x = x + m * kStep;
-            work.y = y + m * ldy + n;
-            work.pass = pass;
-            kTiles[rows - 1][cols - 1](work);
+    work.passes = t.passes;
+    const int64_t block_steps = t.block / kStep;
+    // One pass reads a block as it streams in: look a fixed distance ahead. Several passes read it
+    // from cache after the first: the next block is what the memory stream must bring meanwhile.
+    work.prefetch_steps = t.passes == 1 ? std::min<int64_t>(PF_STEPS, block_steps) : block_steps;
+    const int64_t span = t.groups * t.cols;  // weight rows sharing each block of activations
+    for (int64_t n_first = n_begin; n_first < n_end; n_first += span) {
+        const int64_t n_last = std::min(n_end, n_first + span);
+        for (int64_t k = 0; k < K; k += t.block) {
+            work.k_begin = k;
+            work.k_end = std::min(K, k + t.block);
+            for (int64_t n = n_first; n < n_last; n += t.cols) {
+                const int64_t cols = std::min(t.cols, n_last - n);
+                // The block computed next: the next group here, else the first group at the next
+                // block, else the first group of the next span.
+                int64_t ahead_n = n + cols, ahead_k = k, ahead_end = n_last;
+                if (ahead_n == n_last) {
+                    ahead_n = n_first, ahead_k = k + t.block;
+                    if (ahead_k >= K) ahead_n = n_last, ahead_k = 0, ahead_end = std::min(n_end, n_last + span);
+                }
+                work.w = w + n * K;
+                work.rows = prefetch ? cols : 0;
+                work.ahead = w + ahead_n * K + ahead_k;
+                work.ahead_rows = prefetch ? std::min(t.cols, ahead_end - ahead_n) : 0;
+                work.ahead_steps = steps_of(std::min(K, ahead_k + t.block) - ahead_k);
+                for (int64_t m = 0, pass = 0; m < M; m += t.rows, ++pass) {
+                    const int64_t rows = std::min(t.rows, M - m);
+                    work.x = x + (k / kStep) * x_step_stride + m * kStep;
+                    work.y = y + m * ldy + n;
+                    work.partial = partial + ((n - n_first) * M + m * cols);
+                    work.pass = pass;
+                    kTiles[rows - 1][cols - 1](work);
+                }
+            }
         }
     }
 }
