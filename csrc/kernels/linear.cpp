@@ -1,6 +1,5 @@
 #include "kernels/linear.h"
 
-#include <algorithm>
 #include <cstddef>
 #include <memory>
 #include <vector>
@@ -23,25 +22,18 @@ std::byte* activation_scratch(size_t bytes) {
     return static_cast<std::byte*>(std::align(kAlignment, bytes, start, space));
 }
 
-// Activations are prepared once, by the calling thread, in the layout the kernel reads; then passes of
-// up to 64 activation rows run the kernel on slices of N across the pool.
+// Activations are prepared once, by the calling thread, in the layout the kernel reads; then the kernel
+// runs on slices of N across the pool.
 template <class Weight>
-void matmul_prepared(int64_t (*prepared_row_bytes)(int64_t K),
+void matmul_prepared(int64_t (*prepared_bytes)(int64_t M, int64_t K),
                      void (*prepare)(const float* x, int64_t M, int64_t K, void* prepared),
                      void (*gemm)(const void* prepared, int64_t M, int64_t K, const Weight* w, int64_t n_begin,
                                   int64_t n_end, float* y, int64_t ldy),
                      const Weight* w, int64_t N, int64_t K, const float* x, int64_t M, float* y) {
-    const int64_t row_bytes = prepared_row_bytes(K);
-    std::byte* prepared = activation_scratch(static_cast<size_t>(M * row_bytes));
+    std::byte* prepared = activation_scratch(static_cast<size_t>(prepared_bytes(M, K)));
     prepare(x, M, K, prepared);
-    constexpr int64_t kRowsPerPass = 64;          // activation rows sharing one read of W
     constexpr int64_t kWeightRowsPerChunk = 64;  // thread slices of N never share a cache line of y
-    for (int64_t m = 0; m < M; m += kRowsPerPass) {
-        const int64_t rows = std::min(kRowsPerPass, M - m);
-        parallel_for(N, kWeightRowsPerChunk, [&](int64_t begin, int64_t end) {
-            gemm(prepared + m * row_bytes, rows, K, w, begin, end, y + m * N, N);
-        });
-    }
+    parallel_for(N, kWeightRowsPerChunk, [&](int64_t begin, int64_t end) { gemm(prepared, M, K, w, begin, end, y, N); });
 }
 
 }  // namespace
@@ -52,11 +44,11 @@ void matmul(const Linear& w, const float* x, int64_t M, float* y) {
     const int64_t N = w.out_features, K = w.in_features;
     switch (w.type) {
         case WeightType::bf16:
-            matmul_prepared(k.gemm_bf16_prepared_row_bytes, k.gemm_bf16_prepare, k.gemm_bf16,
+            matmul_prepared(k.gemm_bf16_prepared_bytes, k.gemm_bf16_prepare, k.gemm_bf16,
                             static_cast<const uint16_t*>(w.data), N, K, x, M, y);
             return;
         case WeightType::mxfp4:
-            matmul_prepared(k.gemm_mxfp4_prepared_row_bytes, k.gemm_mxfp4_prepare, k.gemm_mxfp4,
+            matmul_prepared(k.gemm_mxfp4_prepared_bytes, k.gemm_mxfp4_prepare, k.gemm_mxfp4,
                             static_cast<const uint8_t*>(w.data), N, K, x, M, y);
             return;
     }

@@ -16,8 +16,8 @@ struct Linear {
 
 // y (M x N, row-major) = x (M x K, row-major) times W transposed, for any M >= 0. Threads split N,
 // never K, so the bits of each output are the same for every M and every thread count. Activations
-// are rounded to BF16 for every weight type. The kernels are tuned for M up to 64; larger M runs as
-// several passes over W, 64 rows each.
+// are rounded to BF16 for every weight type. The kernels are tuned for M up to 64; larger M reads W
+// once per 64 rows.
 void matmul(const Linear& w, const float* x, int64_t M, float* y);
 
 }  // namespace mlspecqd

@@ -388,6 +388,8 @@ constexpr int row_tile(int activation_rows) {
     return rows;
 }
 constexpr int kRowsPerPass = 8;
+// Activation rows that share one read of W: their BF16 copy stays in L2 while W streams past.
+constexpr int64_t kRowsPerChunkM = 64;
 
 using PassFn = void (*)(const Activation* x, int64_t K, const uint8_t* w, int64_t row_bytes, int rows, float* y,
                         int64_t ldy);
@@ -412,13 +414,16 @@ constexpr std::array<PassFn, kMaxTileM> kPasses = pass_table(std::make_index_seq
 void gemm_vector(const Activation* x, int64_t M, int64_t K, const uint8_t* w, int64_t n_begin, int64_t n_end,
                  float* y, int64_t ldy) {
     const int64_t row_bytes = K / kMxfp4BlockValues * kMxfp4BlockBytes;
-    // Activation rows split into equal tiles (7 = 4 + 3, not 6 + 1): fewer, fuller tiles.
-    const int64_t tiles = (M + kMaxTileM - 1) / kMaxTileM;
-    for (int64_t n = n_begin; n < n_end; n += kRowsPerPass) {
-        const int rows = static_cast<int>(std::min<int64_t>(kRowsPerPass, n_end - n));
-        for (int64_t t = 0; t < tiles; ++t) {
-            const int64_t m = M * t / tiles, tile_m = M * (t + 1) / tiles - m;
-            kPasses[tile_m - 1](x + m * K, K, w + n * row_bytes, row_bytes, rows, y + m * ldy + n, ldy);
+    for (int64_t chunk = 0; chunk < M; chunk += kRowsPerChunkM) {
+        const int64_t chunk_rows = std::min(kRowsPerChunkM, M - chunk);
+        // Activation rows split into equal tiles (7 = 4 + 3, not 6 + 1): fewer, fuller tiles.
+        const int64_t tiles = (chunk_rows + kMaxTileM - 1) / kMaxTileM;
+        for (int64_t n = n_begin; n < n_end; n += kRowsPerPass) {
+            const int rows = static_cast<int>(std::min<int64_t>(kRowsPerPass, n_end - n));
+            for (int64_t t = 0; t < tiles; ++t) {
+                const int64_t m = chunk + chunk_rows * t / tiles, tile_m = chunk + chunk_rows * (t + 1) / tiles - m;
+                kPasses[tile_m - 1](x + m * K, K, w + n * row_bytes, row_bytes, rows, y + m * ldy + n, ldy);
+            }
         }
     }
 }
@@ -448,7 +453,7 @@ int64_t cast_mxfp4_bf16(const uint16_t* values, int64_t n_blocks, uint8_t* out) 
     return cast_blocks(values, n_blocks, out);
 }
 
-int64_t gemm_mxfp4_prepared_row_bytes(int64_t K) { return K * static_cast<int64_t>(sizeof(Activation)); }
+int64_t gemm_mxfp4_prepared_bytes(int64_t M, int64_t K) { return M * K * static_cast<int64_t>(sizeof(Activation)); }
 
 void gemm_mxfp4_prepare(const float* x, int64_t M, int64_t K, void* prepared) {
     prepare_activations(x, M * K, static_cast<Activation*>(prepared));
