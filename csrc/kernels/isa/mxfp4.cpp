@@ -89,13 +89,14 @@ uint32_t reduce_max_unsigned(__m256i v) {
     return static_cast<uint32_t>(_mm256_cvtsi256_si32(v));
 }
 
-// The R rows after a tile's own (contiguous in memory) are requested while the tile runs: block b of
-// the tile is matched by block-sized stretch b of them. Short rows (816 bytes at K = 1536) end before
-// the hardware prefetcher has learned their stream; this keeps memory busy. (Prefetching past the
-// array's end is harmless: prefetches never fault.)
+// While a tile runs, the tile after next (rows are contiguous, so R * row_bytes further on) is requested
+// at the pace the tile reads its own rows. Short rows (816 bytes at K = 1536) end before the hardware
+// prefetcher has learned their stream; this keeps enough reads in flight to cover memory latency (one
+// tile ahead is too close at K = 1536). Prefetching past the array's end is harmless: prefetches never
+// fault.
 template <int R>
 void prefetch_next_rows(const uint8_t* w, int64_t row_bytes, int64_t b) {
-    const uint8_t* ahead = w + R * row_bytes + b * R * kMxfp4BlockBytes;
+    const uint8_t* ahead = w + 2 * R * row_bytes + b * R * kMxfp4BlockBytes;
     for (int i = 0; i < R * kMxfp4BlockBytes; i += 64) _mm_prefetch(reinterpret_cast<const char*>(ahead + i), _MM_HINT_T0);
 }
 
