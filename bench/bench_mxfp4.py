@@ -1,11 +1,11 @@
 """MXFP4 kernels on Qwen2.5-Coder-1.5B shapes: GEMV bandwidth, batch cost time(M)/time(1), cast time.
 
-    python3 bench/bench_mxfp4.py [--threads 1 2] [--samples 120] [--json bench/results/mxfp4.json]
+    python3 bench/bench_mxfp4.py [--threads 1 2] [--rounds 40] [--json bench/results/mxfp4.json]
 
 GEMV bandwidth is MXFP4 bytes read per second at M = 1. Each measurement cycles through enough copies of
 the weights to exceed the last-level cache, so the bytes come from memory, as in decoding. A time is the
-best of --samples single calls (the machine may be shared with other work; the median is in the
-JSON too). If the module has
+best of --rounds single calls, the calls of every M and of the baseline interleaved so that they meet
+the same conditions (the machine may be shared with other work; medians are in the JSON too). If the module has
 `stream_read` (the gemm branch's streaming-read baseline), GEMV is also given as a share of it.
 """
 
@@ -40,56 +40,54 @@ LM_HEAD = (151936, 1536)
 CACHE_BUSTING_BYTES = 256 << 20  # well above the 32 MiB L3 of the reference machine
 
 
-def call_times(run: Callable[[np.ndarray], object], copies: list[np.ndarray], samples: int) -> list[float]:
-    """Seconds of each of `samples` calls of run(copy), cycling through the copies."""
-    times = []
-    for i in range(samples):
-        blocks = copies[i % len(copies)]
-        start = time.perf_counter()
-        run(blocks)
-        times.append(time.perf_counter() - start)
-    return times
-
-
 def weight_copies(rng: np.random.Generator, N: int, K: int) -> list[np.ndarray]:
     blocks = cast_to_mxfp4(rng.standard_normal((N, K), dtype=np.float32) * np.float32(0.02))
     copies = max(2, -(-CACHE_BUSTING_BYTES // blocks.nbytes))
     return [blocks] + [blocks.copy() for _ in range(copies - 1)]
 
 
-def time_matmul(copies: list[np.ndarray], x: np.ndarray, K: int, samples: int) -> tuple[float, float]:
-    """Best and median seconds of one product, each call on the next copy of the weights."""
-    call_times(lambda blocks: _native.matmul_mxfp4(x, blocks, K), copies, len(copies))  # warm-up
-    times = call_times(lambda blocks: _native.matmul_mxfp4(x, blocks, K), copies, samples)
-    return min(times), statistics.median(times)
+def interleaved_times(runs: dict[str, Callable[[np.ndarray], object]], copies: list[np.ndarray],
+                      rounds: int) -> dict[str, tuple[float, float]]:
+    """Best and median seconds of each run. Every round calls each run once, each call on the next copy
+    of the weights, so all runs see the same conditions on a shared machine."""
+    times: dict[str, list[float]] = {key: [] for key in runs}
+    calls = 0
+    for round_index in range(rounds + 1):  # round 0 warms up: pages, allocations
+        for key, run in runs.items():
+            blocks = copies[calls % len(copies)]
+            calls += 1
+            start = time.perf_counter()
+            run(blocks)
+            if round_index:
+                times[key].append(time.perf_counter() - start)
+    return {key: (min(values), statistics.median(values)) for key, values in times.items()}
 
 
-def time_stream_read(copies: list[np.ndarray], samples: int) -> float | None:
-    if not hasattr(_native, "stream_read"):
-        return None
-    return min(call_times(_native.stream_read, copies, samples))
+def product(x: np.ndarray, K: int) -> Callable[[np.ndarray], object]:
+    return lambda blocks: _native.matmul_mxfp4(x, blocks, K)
 
 
-def bench_gemm(threads: list[int], samples: int, max_m: int) -> list[dict]:
+def bench_gemm(threads: list[int], rounds: int, max_m: int) -> list[dict]:
     rng = np.random.default_rng(0)
     rows = []
     for name, N, K in SHAPES:
         copies = weight_copies(rng, N, K)
         nbytes = copies[0].nbytes
+        runs = {f"M={M}": product(rng.standard_normal((M, K), dtype=np.float32), K) for M in range(1, max_m + 1)}
+        if hasattr(_native, "stream_read"):
+            runs["stream_read"] = _native.stream_read
         for t in threads:
             _native.set_num_threads(t)
-            times = {}
-            for M in range(1, max_m + 1):
-                x = rng.standard_normal((M, K)).astype(np.float32)
-                times[M] = time_matmul(copies, x, K, samples if M == 1 else max(8, samples // 4))
-            gemv = times[1][0]
-            stream = time_stream_read(copies, samples)
+            times = interleaved_times(runs, copies, rounds)
+            gemv = times["M=1"][0]
+            stream = times["stream_read"][0] if "stream_read" in times else None
             rows.append({
                 "matrix": name, "N": N, "K": K, "threads": t, "mxfp4_bytes": nbytes,
-                "gemv_s": gemv, "gemv_median_s": times[1][1], "gemv_GBps": nbytes / gemv / 1e9,
+                "gemv_s": gemv, "gemv_median_s": times["M=1"][1], "gemv_GBps": nbytes / gemv / 1e9,
                 "stream_read_GBps": None if stream is None else nbytes / stream / 1e9,
                 "share_of_stream_read": None if stream is None else stream / gemv,
-                "time_ratio_by_M": {M: times[M][0] / gemv for M in times},
+                "time_ratio_by_M": {M: times[f"M={M}"][0] / gemv for M in range(1, max_m + 1)},
+                "median_time_ratio_by_M": {M: times[f"M={M}"][1] / times["M=1"][1] for M in range(1, max_m + 1)},
             })
             print_gemm_row(rows[-1], max_m)
         del copies
@@ -137,7 +135,7 @@ def print_gemm_row(row: dict, max_m: int) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--samples", type=int, default=120, help="calls timed at M = 1 (a quarter for M > 1)")
+    parser.add_argument("--rounds", type=int, default=40, help="timed calls of each product and of stream_read")
     parser.add_argument("--max-m", type=int, default=16)
     parser.add_argument("--skip-cast", action="store_true")
     parser.add_argument("--json", type=Path, default=Path(__file__).parent / "results" / "mxfp4.json")
@@ -148,7 +146,7 @@ def main() -> int:
         "isa": _native.active_isa(),
         "cpu_count": os.cpu_count(),
         "load_average_at_start": load[0],
-        "gemm": bench_gemm(args.threads, args.samples, args.max_m),
+        "gemm": bench_gemm(args.threads, args.rounds, args.max_m),
         "cast": [] if args.skip_cast else bench_cast(args.threads),
     }
     args.json.parent.mkdir(parents=True, exist_ok=True)
