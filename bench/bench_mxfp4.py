@@ -141,7 +141,8 @@ def main() -> int:
     parser.add_argument("--json", type=Path, default=Path(__file__).parent / "results" / "mxfp4.json")
     args = parser.parse_args()
     load = os.getloadavg()
-    print(f"isa {_native.active_isa()}, cpu count {os.cpu_count()}, load average {load[0]:.1f} (others share the cores)")
+    print(f"isa {_native.active_isa()}, cpu count {os.cpu_count()}, load average {load[0]:.1f} "
+          "(other work shares the cores)")
     results = {
         "isa": _native.active_isa(),
         "cpu_count": os.cpu_count(),

@@ -117,7 +117,8 @@ py::array_t<uint8_t> cast_mxfp4(const py::array& weights, const std::string& nam
             index = std::to_string(bad % weights.shape(d)) + (index.empty() ? "" : ", ") + index;
             bad /= weights.shape(d);
         }
-        throw std::invalid_argument(name + ": element [" + index + "] is " + std::string(py::str(py::float_(bad_value))) +
+        throw std::invalid_argument(name + ": element [" + index + "] is " +
+                                    std::string(py::str(py::float_(bad_value))) +
                                     "; MXFP4 cannot encode NaN or infinity");
     }
     return blocks;
@@ -129,8 +130,9 @@ FloatArray matmul_mxfp4(const FloatArray& x, const py::array& blocks, int64_t K)
                                     std::string(py::str(blocks.dtype())) + " " + shape_text(blocks));
     const int64_t row_bytes = mxfp4_row_bytes(K, "matmul_mxfp4");
     if (blocks.shape(1) != row_bytes)
-        throw std::invalid_argument("matmul_mxfp4: blocks " + shape_text(blocks) + " do not hold K=" + std::to_string(K) +
-                                    " values per row (expected " + std::to_string(row_bytes) + " bytes)");
+        throw std::invalid_argument("matmul_mxfp4: blocks " + shape_text(blocks) + " do not hold K=" +
+                                    std::to_string(K) + " values per row (expected " + std::to_string(row_bytes) +
+                                    " bytes)");
     if (x.ndim() != 2 || x.shape(1) != K)
         throw std::invalid_argument("matmul_mxfp4: x " + shape_text(x) + " is not (M, K=" + std::to_string(K) + ")");
     const auto w = py::array_t<uint8_t, py::array::c_style | py::array::forcecast>::ensure(blocks);

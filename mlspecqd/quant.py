@@ -55,7 +55,9 @@ def cast_to_mxfp4(weights: np.ndarray, name: str = "weights") -> np.ndarray:
     """
     weights = np.asarray(weights)
     if weights.dtype not in (np.float32, np.uint16):
-        raise QuantizationError(f"{name}: cannot cast dtype {weights.dtype} to MXFP4 (expected float32, or uint16 holding BF16)")
+        raise QuantizationError(
+            f"{name}: cannot cast dtype {weights.dtype} to MXFP4 (expected float32, or uint16 holding BF16)"
+        )
     if weights.ndim < 1:
         raise QuantizationError(f"{name}: cannot cast a 0-d array to MXFP4")
     K = weights.shape[-1]

@@ -229,7 +229,8 @@ def test_gguf_gives_positive_zero_code_for_negative_values_rounding_to_zero():
     values = np.array([-0.1, -0.0] + [4.0] * 30, np.float32)[None, :]
     assert cast_to_mxfp4(values)[0, 1] & 0x0F == 8 and cast_to_mxfp4(values)[0, 2] & 0x0F == 8
     assert gguf_quantize(values)[0, 1] & 0x0F == 0 and gguf_quantize(values)[0, 2] & 0x0F == 0
-    np.testing.assert_array_equal(mxfp4_to_float32(cast_to_mxfp4(values), 32), mxfp4_to_float32(gguf_quantize(values), 32))
+    ours, theirs = mxfp4_to_float32(cast_to_mxfp4(values), 32), mxfp4_to_float32(gguf_quantize(values), 32)
+    np.testing.assert_array_equal(ours, theirs)
 
 
 def test_gguf_exponent_rounds_up_just_below_a_power_of_two():

@@ -95,9 +95,10 @@ uint32_t reduce_max_unsigned(__m256i v) {
 // tile ahead is too close at K = 1536). Prefetching past the array's end is harmless: prefetches never
 // fault.
 template <int R>
-void prefetch_next_rows(const uint8_t* w, int64_t row_bytes, int64_t b) {
+void prefetch_ahead(const uint8_t* w, int64_t row_bytes, int64_t b) {
     const uint8_t* ahead = w + 2 * R * row_bytes + b * R * kMxfp4BlockBytes;
-    for (int i = 0; i < R * kMxfp4BlockBytes; i += 64) _mm_prefetch(reinterpret_cast<const char*>(ahead + i), _MM_HINT_T0);
+    for (int i = 0; i < R * kMxfp4BlockBytes; i += 64)
+        _mm_prefetch(reinterpret_cast<const char*>(ahead + i), _MM_HINT_T0);
 }
 
 #endif
@@ -105,7 +106,8 @@ void prefetch_next_rows(const uint8_t* w, int64_t row_bytes, int64_t b) {
 #if defined(__AVX512BF16__)
 
 float reduce_add(__m512 v) {
-    return reduce_add(_mm256_add_ps(_mm512_castps512_ps256(v), _mm512_castps512_ps256(_mm512_shuffle_f32x4(v, v, 0xEE))));
+    const __m256 high = _mm512_castps512_ps256(_mm512_shuffle_f32x4(v, v, 0xEE));
+    return reduce_add(_mm256_add_ps(_mm512_castps512_ps256(v), high));
 }
 
 uint32_t reduce_max_unsigned(__m512i v) {
@@ -170,17 +172,20 @@ struct Bf16ValueTable {
     alignas(64) uint16_t by_exponent[256][32];
     Bf16ValueTable() {
         for (int byte = 0; byte < 256; ++byte)
-            for (int i = 0; i < 32; ++i) by_exponent[byte][i] = float_to_bf16(mxfp4_value(static_cast<uint8_t>(byte), i & 15));
+            for (int i = 0; i < 32; ++i)
+                by_exponent[byte][i] = float_to_bf16(mxfp4_value(static_cast<uint8_t>(byte), i & 15));
     }
 };
 const Bf16ValueTable kBf16Values;
 
 // The 32 values of a block as BF16, in element order.
 __m512i decode_block(const uint8_t* block) {
-    const __m256i packed_twice = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(block + 1)));
+    const __m256i packed_twice =
+        _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(block + 1)));
     // Shifting the upper copy's 16-bit words right by 4 brings each byte's high nibble to its low four bits.
     const __m256i nibbles = _mm256_mask_srli_epi16(packed_twice, 0xFF00, packed_twice, 4);
-    return _mm512_permutexvar_epi16(_mm512_cvtepu8_epi16(nibbles), _mm512_load_si512(kBf16Values.by_exponent[block[0]]));
+    const __m512i values = _mm512_load_si512(kBf16Values.by_exponent[block[0]]);
+    return _mm512_permutexvar_epi16(_mm512_cvtepu8_epi16(nibbles), values);
 }
 
 using Activation = uint16_t;  // BF16 bits
@@ -210,7 +215,7 @@ void gemm_tile(const Activation* x, int64_t K, const uint8_t* w, int64_t row_byt
     const int64_t blocks = K / kMxfp4BlockValues;
     // The loops over r and m are unrolled in full so the accumulators stay in registers.
     for (int64_t b = 0; b < blocks; ++b) {
-        prefetch_next_rows<R>(w, row_bytes, b);
+        prefetch_ahead<R>(w, row_bytes, b);
         __m512i weights[R];
 #pragma GCC unroll 8
         for (int r = 0; r < R; ++r) weights[r] = decode_block(w + r * row_bytes + b * kMxfp4BlockBytes);
@@ -259,8 +264,11 @@ bool encode_block(const __m256i bits[4], uint8_t* out) {
     if (absmax_bits >= 0x7f800000u) return false;
     const uint8_t exponent_byte = mxfp4_exponent_byte(absmax_bits);
     const __m256 inverse_scale = _mm256_set1_ps(mxfp4_inverse_scale(exponent_byte));
-    const __m256i low = _mm256_or_si256(e2m1_codes(bits[0], inverse_scale), _mm256_slli_epi32(e2m1_codes(bits[2], inverse_scale), 4));
-    const __m256i high = _mm256_or_si256(e2m1_codes(bits[1], inverse_scale), _mm256_slli_epi32(e2m1_codes(bits[3], inverse_scale), 4));
+    const auto packed = [&](int first, int second) {  // a code from each in the low and high nibbles
+        return _mm256_or_si256(e2m1_codes(bits[first], inverse_scale),
+                               _mm256_slli_epi32(e2m1_codes(bits[second], inverse_scale), 4));
+    };
+    const __m256i low = packed(0, 2), high = packed(1, 3);  // bytes 0..7 and 8..15
     // 16-bit packing interleaves the 128-bit lanes; the permute puts bytes 0..7 before 8..15 again.
     const __m256i words = _mm256_permute4x64_epi64(_mm256_packus_epi32(low, high), 0xD8);
     out[0] = exponent_byte;
@@ -279,7 +287,8 @@ int cast_one_block(const float* values, uint8_t* out) {
 int cast_one_block(const uint16_t* values, uint8_t* out) {
     __m256i bits[4];
     for (int q = 0; q < 4; ++q)
-        bits[q] = _mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(values + 8 * q))), 16);
+        bits[q] = _mm256_slli_epi32(
+            _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(values + 8 * q))), 16);
     if (encode_block(bits, out)) return -1;
     return cast_block(values, out);
 }
@@ -310,7 +319,8 @@ constexpr int kMaxTileM = 4;
 
 // Eight weights from codes in the low four bits of each 32-bit lane (higher bits are ignored).
 __m256 decode_eight(__m256 magnitudes, __m256i codes) {
-    return _mm256_xor_ps(_mm256_permutevar8x32_ps(magnitudes, codes), _mm256_castsi256_ps(_mm256_slli_epi32(codes, 28)));
+    const __m256 sign_and_table_bits = _mm256_castsi256_ps(_mm256_slli_epi32(codes, 28));
+    return _mm256_xor_ps(_mm256_permutevar8x32_ps(magnitudes, codes), sign_and_table_bits);
 }
 
 // y[m, r] for m < MT and r < R: one 8-lane accumulator per output taking a block's four products in
@@ -323,7 +333,7 @@ void gemm_tile(const Activation* x, int64_t K, const uint8_t* w, int64_t row_byt
     const int64_t blocks = K / kMxfp4BlockValues;
     // The loops over r, m and q are unrolled in full so the accumulators stay in registers.
     for (int64_t b = 0; b < blocks; ++b) {
-        prefetch_next_rows<R>(w, row_bytes, b);
+        prefetch_ahead<R>(w, row_bytes, b);
 #pragma GCC unroll 8
         for (int r = 0; r < R; ++r) {
             const uint8_t* block = w + r * row_bytes + b * kMxfp4BlockBytes;
@@ -339,7 +349,8 @@ void gemm_tile(const Activation* x, int64_t K, const uint8_t* w, int64_t row_byt
             for (int m = 0; m < MT; ++m) {
                 const float* xb = x + m * K + b * kMxfp4BlockValues;
 #pragma GCC unroll 4
-                for (int q = 0; q < 4; ++q) sum[r][m] = _mm256_fmadd_ps(weights[q], _mm256_loadu_ps(xb + 8 * q), sum[r][m]);
+                for (int q = 0; q < 4; ++q)
+                    sum[r][m] = _mm256_fmadd_ps(weights[q], _mm256_loadu_ps(xb + 8 * q), sum[r][m]);
             }
         }
     }
