@@ -198,12 +198,14 @@ void prepare_activations(const float* x, int64_t count, Activation* out) {
 }
 
 // Tile shapes: a tile of R weight rows by MT activation rows holds R * MT accumulators and R decoded
-// blocks in registers. At most 6 activation rows per tile: x is then re-read from cache at a rate the
-// core sustains next to the vdpbf16ps (24 per 6 loads at MT = 6, R = 4).
+// blocks in registers, and reads its MT activation rows once per R weight rows. Up to 8 activation
+// rows (R = 3) while those rows stay in L1; beyond that (K = 8960) the re-reads come from L2, and
+// at most 6 (R = 4) is faster (measured at M = 7 and 8).
 constexpr int kVectorRegisters = 32;
 constexpr int kRegistersPerDecodedBlock = 1;
 constexpr int kSpareRegisters = 4;  // activations, decoding temporaries
-constexpr int kMaxTileM = 6;
+constexpr int kMaxTileM = 8;
+constexpr int kMaxTileMFromL2 = 6;
 
 // y[m, r] for m < MT and r < R: one 16-lane accumulator per output, one vdpbf16ps per block, blocks in
 // order, then a fixed reduction. Nothing here depends on R or MT, which keeps the batch invariance.
@@ -316,6 +318,7 @@ constexpr int kVectorRegisters = 16;
 constexpr int kRegistersPerDecodedBlock = 0;
 constexpr int kSpareRegisters = 7;
 constexpr int kMaxTileM = 4;
+constexpr int kMaxTileMFromL2 = 4;
 
 // Eight weights from codes in the low four bits of each 32-bit lane (higher bits are ignored).
 __m256 decode_eight(__m256 magnitudes, __m256i codes) {
@@ -391,17 +394,18 @@ void gemm_reference(const Activation* x, int64_t M, int64_t K, const uint8_t* w,
 
 // --- The GEMM driver both vector paths share: tiles of MT activation rows by R weight rows. ---
 
-// Weight rows a tile of MT activation rows takes: the most (a power of two up to 8, so every choice
-// divides kRowsPerPass) whose accumulators and decoded blocks fit in the registers beside the spare ones.
+// Weight rows a tile of MT activation rows takes: the most, of 8, 4, 3, 2 and 1 (each divides
+// kRowsPerPass), whose accumulators and decoded blocks fit in the registers beside the spare ones.
 constexpr int row_tile(int activation_rows) {
-    int rows = 8;
-    while (rows > 1 && rows * (activation_rows + kRegistersPerDecodedBlock) + kSpareRegisters > kVectorRegisters)
-        rows /= 2;
-    return rows;
+    for (int rows : {8, 4, 3, 2})
+        if (rows * (activation_rows + kRegistersPerDecodedBlock) + kSpareRegisters <= kVectorRegisters) return rows;
+    return 1;
 }
-constexpr int kRowsPerPass = 8;
+constexpr int kRowsPerPass = 24;
 // Activation rows that share one read of W: their BF16 copy stays in L2 while W streams past.
 constexpr int64_t kRowsPerChunkM = 64;
+// Activation bytes of a tile that L1 (48 KiB on the reference machine) keeps beside the weight rows.
+constexpr int64_t kL1ActivationBytes = 32 << 10;
 
 using PassFn = void (*)(const Activation* x, int64_t K, const uint8_t* w, int64_t row_bytes, int rows, float* y,
                         int64_t ldy);
@@ -429,7 +433,10 @@ void gemm_vector(const Activation* x, int64_t M, int64_t K, const uint8_t* w, in
     for (int64_t chunk = 0; chunk < M; chunk += kRowsPerChunkM) {
         const int64_t chunk_rows = std::min(kRowsPerChunkM, M - chunk);
         // Activation rows split into equal tiles (7 = 4 + 3, not 6 + 1): fewer, fuller tiles.
-        const int64_t tiles = (chunk_rows + kMaxTileM - 1) / kMaxTileM;
+        const int64_t max_tile_m = kMaxTileM * K * static_cast<int64_t>(sizeof(Activation)) <= kL1ActivationBytes
+                                       ? kMaxTileM
+                                       : kMaxTileMFromL2;
+        const int64_t tiles = (chunk_rows + max_tile_m - 1) / max_tile_m;
         for (int64_t n = n_begin; n < n_end; n += kRowsPerPass) {
             const int rows = static_cast<int>(std::min<int64_t>(kRowsPerPass, n_end - n));
             for (int64_t t = 0; t < tiles; ++t) {
