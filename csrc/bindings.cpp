@@ -30,6 +30,17 @@ std::map<std::string, bool> features_dict() {
             {"avx512_vnni", f.avx512_vnni}, {"avx512_vbmi", f.avx512_vbmi}};
 }
 
+// A new float32 (M, N) array, or `out` checked to be a writeable C-contiguous one of that shape.
+py::array output_array(const py::object& out, int64_t M, int64_t N, const std::string& where) {
+    if (out.is_none()) return FloatArray({M, N});
+    py::array y = py::array::ensure(out);
+    if (!y || !y.dtype().is(py::dtype::of<float>()) || y.ndim() != 2 || y.shape(0) != M || y.shape(1) != N ||
+        !(y.flags() & py::array::c_style) || !y.writeable())
+        throw std::invalid_argument(where + ": out must be a writeable C-contiguous float32 array of shape (" +
+                                    std::to_string(M) + ", " + std::to_string(N) + ")");
+    return y;
+}
+
 // BF16 GEMM and the streaming-read baseline
 // Matrix product against BF16 weights, for tests and benchmarks of the kernel itself. `out`, when
 // given, must be a C-contiguous float32 (M, N) array; it is written in place and returned.
@@ -45,13 +56,7 @@ py::array matmul_bf16(const FloatArray& x, const py::array& w, const py::object&
         throw std::invalid_argument("matmul_bf16: x has K=" + std::to_string(K) + " but w has K=" +
                                     std::to_string(w.shape(1)));
     if (K == 0 || N == 0) throw std::invalid_argument("matmul_bf16: w is empty (N=" + std::to_string(N) + ", K=" + std::to_string(K) + ")");
-    py::array y = out.is_none() ? py::array(FloatArray({M, N})) : py::array::ensure(out);
-    if (!out.is_none()) {
-        if (!y || !y.dtype().is(py::dtype::of<float>()) || y.ndim() != 2 || y.shape(0) != M || y.shape(1) != N ||
-            !(y.flags() & py::array::c_style) || !y.writeable())
-            throw std::invalid_argument("matmul_bf16: out must be a writeable C-contiguous float32 array of shape (" +
-                                        std::to_string(M) + ", " + std::to_string(N) + ")");
-    }
+    py::array y = output_array(out, M, N, "matmul_bf16");
     Linear linear{WeightType::bf16, N, K, w.data()};
     float* y_data = static_cast<float*>(y.mutable_data());
     {
@@ -124,7 +129,7 @@ py::array_t<uint8_t> cast_mxfp4(const py::array& weights, const std::string& nam
     return blocks;
 }
 
-FloatArray matmul_mxfp4(const FloatArray& x, const py::array& blocks, int64_t K) {
+py::array matmul_mxfp4(const FloatArray& x, const py::array& blocks, int64_t K, const py::object& out) {
     if (!blocks.dtype().is(py::dtype::of<uint8_t>()) || blocks.ndim() != 2)
         throw std::invalid_argument("matmul_mxfp4: blocks must be a 2-D uint8 array, got " +
                                     std::string(py::str(blocks.dtype())) + " " + shape_text(blocks));
@@ -137,11 +142,12 @@ FloatArray matmul_mxfp4(const FloatArray& x, const py::array& blocks, int64_t K)
         throw std::invalid_argument("matmul_mxfp4: x " + shape_text(x) + " is not (M, K=" + std::to_string(K) + ")");
     const auto w = py::array_t<uint8_t, py::array::c_style | py::array::forcecast>::ensure(blocks);
     const int64_t M = x.shape(0), N = w.shape(0);
+    py::array y = output_array(out, M, N, "matmul_mxfp4");
     Linear linear{WeightType::mxfp4, N, K, w.data()};
-    FloatArray y({M, N});
+    float* y_data = static_cast<float*>(y.mutable_data());
     {
         py::gil_scoped_release release;
-        matmul(linear, x.data(), M, y.mutable_data());
+        matmul(linear, x.data(), M, y_data);
     }
     return y;
 }
@@ -174,6 +180,6 @@ PYBIND11_MODULE(_native, m) {
     // MXFP4 weights
     m.def("cast_mxfp4", &cast_mxfp4, py::arg("weights"), py::arg("name") = "weights",
           "float32 or BF16 (uint16) weights (..., K) -> MXFP4 blocks (..., K / 32 * 17), GGUF layout");
-    m.def("matmul_mxfp4", &matmul_mxfp4, py::arg("x"), py::arg("blocks"), py::arg("K"),
-          "y = x W^T with W given as MXFP4 blocks (N, K / 32 * 17)");
+    m.def("matmul_mxfp4", &matmul_mxfp4, py::arg("x"), py::arg("blocks"), py::arg("K"), py::arg("out") = py::none(),
+          "y = bf16(x) W^T with W given as MXFP4 blocks (N, K / 32 * 17); out as for matmul_bf16.");
 }

@@ -329,6 +329,17 @@ def test_gemm_is_batch_invariant(isa):
         assert np.array_equal(rows, alone[:, 7:100]), f"{isa}: n range, {threads} threads"
 
 
+def test_gemm_writes_into_out():
+    rng = np.random.default_rng(13)
+    blocks, _ = random_mxfp4(rng, 10, 64)
+    x = rng.standard_normal((3, 64)).astype(np.float32)
+    out = np.full((3, 10), np.nan, np.float32)
+    assert _native.matmul_mxfp4(x, blocks, 64, out=out) is out
+    assert np.array_equal(out, _native.matmul_mxfp4(x, blocks, 64))
+    with pytest.raises(ValueError, match=r"out must be .* shape \(3, 10\)"):
+        _native.matmul_mxfp4(x, blocks, 64, out=np.zeros((3, 11), np.float32))
+
+
 def test_gemm_refuses_bad_arguments():
     blocks = np.zeros((4, 34), np.uint8)
     with pytest.raises(ValueError, match=r"x \(2, 32\) is not \(M, K=64\)"):
