@@ -9,7 +9,10 @@
 
 #include "cpu.h"
 #include "gguf/dequantize.h"
+#include "kernels/bf16.h"
 #include "kernels/linear.h"
+#include "kernels/mxfp4.h"
+#include "kernels/stream_read.h"
 #include "threads.h"
 
 namespace py = pybind11;
@@ -18,7 +21,6 @@ using namespace mlspecqd;
 namespace {
 
 using FloatArray = py::array_t<float, py::array::c_style | py::array::forcecast>;
-using Bf16Array = py::array_t<uint16_t, py::array::c_style>;
 
 std::map<std::string, bool> features_dict() {
     const CpuFeatures& f = cpu_features();
@@ -29,18 +31,124 @@ std::map<std::string, bool> features_dict() {
             {"avx512_vnni", f.avx512_vnni}, {"avx512_vbmi", f.avx512_vbmi}};
 }
 
-// Matrix product against BF16 weights, for tests and benchmarks of the kernel itself.
-FloatArray matmul_bf16(const FloatArray& x, const Bf16Array& w) {
-    if (x.ndim() != 2 || w.ndim() != 2) throw std::invalid_argument("matmul_bf16 wants 2-D x (M x K) and w (N x K)");
-    if (x.shape(1) != w.shape(1))
-        throw std::invalid_argument("matmul_bf16: x has K=" + std::to_string(x.shape(1)) + " but w has K=" +
-                                    std::to_string(w.shape(1)));
+// A new float32 (M, N) array, or `out` checked to be a writeable C-contiguous one of that shape.
+py::array output_array(const py::object& out, int64_t M, int64_t N, const std::string& where) {
+    if (out.is_none()) return FloatArray({M, N});
+    py::array y = py::array::ensure(out);
+    if (!y || !y.dtype().is(py::dtype::of<float>()) || y.ndim() != 2 || y.shape(0) != M || y.shape(1) != N ||
+        !(y.flags() & py::array::c_style) || !y.writeable())
+        throw std::invalid_argument(where + ": out must be a writeable C-contiguous float32 array of shape (" +
+                                    std::to_string(M) + ", " + std::to_string(N) + ")");
+    return y;
+}
+
+// BF16 GEMM and the streaming-read baseline
+// Matrix product against BF16 weights, for tests and benchmarks of the kernel itself. `out`, when
+// given, must be a C-contiguous float32 (M, N) array; it is written in place and returned.
+py::array matmul_bf16(const FloatArray& x, const py::array& w, const py::object& out) {
+    if (x.ndim() != 2) throw std::invalid_argument("matmul_bf16: x must be 2-D (M x K), got " + std::to_string(x.ndim()) + "-D");
+    if (w.ndim() != 2) throw std::invalid_argument("matmul_bf16: w must be 2-D (N x K), got " + std::to_string(w.ndim()) + "-D");
+    if (!w.dtype().is(py::dtype::of<uint16_t>()))
+        throw std::invalid_argument("matmul_bf16: w must hold BF16 bit patterns as uint16, got " +
+                                    std::string(py::str(w.dtype())));
+    if (!(w.flags() & py::array::c_style)) throw std::invalid_argument("matmul_bf16: w must be C-contiguous");
     const int64_t M = x.shape(0), K = x.shape(1), N = w.shape(0);
+    if (w.shape(1) != K)
+        throw std::invalid_argument("matmul_bf16: x has K=" + std::to_string(K) + " but w has K=" +
+                                    std::to_string(w.shape(1)));
+    if (K == 0 || N == 0) throw std::invalid_argument("matmul_bf16: w is empty (N=" + std::to_string(N) + ", K=" + std::to_string(K) + ")");
+    py::array y = output_array(out, M, N, "matmul_bf16");
     Linear linear{WeightType::bf16, N, K, w.data()};
-    FloatArray y({M, N});
+    float* y_data = static_cast<float*>(y.mutable_data());
     {
         py::gil_scoped_release release;
-        matmul(linear, x.data(), M, y.mutable_data());
+        matmul(linear, x.data(), M, y_data);
+    }
+    return y;
+}
+
+uint64_t stream_read_array(const py::array& buffer) {
+    if (!(buffer.flags() & py::array::c_style)) throw std::invalid_argument("stream_read: buffer must be C-contiguous");
+    if (buffer.nbytes() % 8 != 0 || reinterpret_cast<uintptr_t>(buffer.data()) % 8 != 0)
+        throw std::invalid_argument("stream_read: buffer must be 8-byte aligned and a whole number of 64-bit words");
+    const auto* words = static_cast<const uint64_t*>(buffer.data());
+    const int64_t count = buffer.nbytes() / 8;
+    py::gil_scoped_release release;
+    return stream_read(words, count);
+}
+
+// MXFP4 weights: the cast and the matrix product, for quant.py, tests and benchmarks.
+
+std::string shape_text(const py::array& a) {
+    std::string text = "(";
+    for (py::ssize_t d = 0; d < a.ndim(); ++d) text += (d ? ", " : "") + std::to_string(a.shape(d));
+    return text + (a.ndim() == 1 ? ",)" : ")");
+}
+
+int64_t mxfp4_row_bytes(int64_t K, const std::string& where) {
+    if (K <= 0 || K % kMxfp4BlockValues != 0)
+        throw std::invalid_argument(where + ": K=" + std::to_string(K) + " is not a positive multiple of " +
+                                    std::to_string(kMxfp4BlockValues) + " (the MXFP4 block size)");
+    return K / kMxfp4BlockValues * kMxfp4BlockBytes;
+}
+
+// weights: float32 or BF16 bit patterns (uint16), shape (..., K) -> uint8 blocks, shape (..., K / 32 * 17).
+py::array_t<uint8_t> cast_mxfp4(const py::array& weights, const std::string& name) {
+    const bool is_f32 = weights.dtype().is(py::dtype::of<float>());
+    if (!is_f32 && !weights.dtype().is(py::dtype::of<uint16_t>()))
+        throw std::invalid_argument(name + ": cannot cast dtype " + std::string(py::str(weights.dtype())) +
+                                    " to MXFP4 (expected float32, or uint16 holding BF16)");
+    if (weights.ndim() < 1) throw std::invalid_argument(name + ": cannot cast a 0-d array to MXFP4");
+    const int64_t K = weights.shape(weights.ndim() - 1);
+    std::vector<py::ssize_t> shape(weights.shape(), weights.shape() + weights.ndim());
+    shape.back() = mxfp4_row_bytes(K, name + " " + shape_text(weights));
+    py::array_t<uint8_t> blocks(shape);
+    const int64_t n_blocks = weights.size() / kMxfp4BlockValues;
+    int64_t bad;
+    float bad_value;
+    if (is_f32) {
+        const auto values = py::array_t<float, py::array::c_style | py::array::forcecast>::ensure(weights);
+        py::gil_scoped_release release;
+        bad = cast_to_mxfp4(values.data(), n_blocks, blocks.mutable_data());
+        bad_value = bad >= 0 ? values.data()[bad] : 0.0f;
+    } else {
+        const auto values = py::array_t<uint16_t, py::array::c_style | py::array::forcecast>::ensure(weights);
+        py::gil_scoped_release release;
+        bad = cast_to_mxfp4(values.data(), n_blocks, blocks.mutable_data());
+        bad_value = bad >= 0 ? bf16_to_float(values.data()[bad]) : 0.0f;
+    }
+    if (bad >= 0) {
+        std::string index;
+        for (py::ssize_t d = weights.ndim() - 1; d >= 0; --d) {
+            index = std::to_string(bad % weights.shape(d)) + (index.empty() ? "" : ", ") + index;
+            bad /= weights.shape(d);
+        }
+        throw std::invalid_argument(name + ": element [" + index + "] is " +
+                                    std::string(py::str(py::float_(bad_value))) +
+                                    "; MXFP4 cannot encode NaN or infinity");
+    }
+    return blocks;
+}
+
+py::array matmul_mxfp4(const FloatArray& x, const py::array& blocks, int64_t K, const py::object& out) {
+    if (!blocks.dtype().is(py::dtype::of<uint8_t>()) || blocks.ndim() != 2)
+        throw std::invalid_argument("matmul_mxfp4: blocks must be a 2-D uint8 array, got " +
+                                    std::string(py::str(blocks.dtype())) + " " + shape_text(blocks));
+    const int64_t row_bytes = mxfp4_row_bytes(K, "matmul_mxfp4");
+    if (blocks.shape(1) != row_bytes)
+        throw std::invalid_argument("matmul_mxfp4: blocks " + shape_text(blocks) + " do not hold K=" +
+                                    std::to_string(K) + " values per row (expected " + std::to_string(row_bytes) +
+                                    " bytes)");
+    if (x.ndim() != 2 || x.shape(1) != K)
+        throw std::invalid_argument("matmul_mxfp4: x " + shape_text(x) + " is not (M, K=" + std::to_string(K) + ")");
+    const auto w = py::array_t<uint8_t, py::array::c_style | py::array::forcecast>::ensure(blocks);
+    const int64_t M = x.shape(0), N = w.shape(0);
+    py::array y = output_array(out, M, N, "matmul_mxfp4");
+    Linear linear{WeightType::mxfp4, N, K, w.data()};
+    float* y_data = static_cast<float*>(y.mutable_data());
+    {
+        py::gil_scoped_release release;
+        matmul(linear, x.data(), M, y_data);
     }
     return y;
 }
@@ -58,7 +166,7 @@ py::array dequantize(const py::array_t<uint8_t, py::array::c_style>& raw, int gg
                                     std::to_string(ggml_type) + " take " + std::to_string(expected_bytes) +
                                     " bytes, got " + std::to_string(raw.size()));
     if (to_bf16) {
-        Bf16Array out(n_elements);
+        py::array_t<uint16_t> out(n_elements);
         {
             py::gil_scoped_release release;
             dequantize_to_bf16(ggml_type, raw.data(), n_elements, out.mutable_data());
@@ -92,7 +200,17 @@ PYBIND11_MODULE(_native, m) {
     m.def("num_threads", &num_threads);
     m.def("set_num_threads", &set_num_threads, py::arg("n"));
 
-    m.def("matmul_bf16", &matmul_bf16, py::arg("x"), py::arg("w"));
+    // BF16 GEMM and the streaming-read baseline
+    m.def("matmul_bf16", &matmul_bf16, py::arg("x"), py::arg("w"), py::arg("out") = py::none(),
+          "y = bf16(x) @ w.T with w (N, K) uint16 BF16 bits; float32 sums, batch-invariant bits.");
+    m.def("stream_read", &stream_read_array, py::arg("buffer"),
+          "Read a buffer once on every thread; returns the wrapping sum of its 64-bit words.");
+
+    // MXFP4 weights
+    m.def("cast_mxfp4", &cast_mxfp4, py::arg("weights"), py::arg("name") = "weights",
+          "float32 or BF16 (uint16) weights (..., K) -> MXFP4 blocks (..., K / 32 * 17), GGUF layout");
+    m.def("matmul_mxfp4", &matmul_mxfp4, py::arg("x"), py::arg("blocks"), py::arg("K"), py::arg("out") = py::none(),
+          "y = bf16(x) W^T with W given as MXFP4 blocks (N, K / 32 * 17); out as for matmul_bf16.");
 
     // GGUF dequantization
     m.def("dequantize", &dequantize, py::arg("raw"), py::arg("ggml_type"), py::arg("n_elements"),

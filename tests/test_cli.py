@@ -39,3 +39,14 @@ def test_pull_unknown_name_exits_2():
     result = run_cli("pull", "no-such-model")
     assert result.returncode == 2
     assert "unknown model 'no-such-model'" in result.stderr
+
+
+def test_convert_to_mxfp4_casts_linear_weights_only(tmp_path):
+    source = tmp_path / "tiny.gguf"
+    write_model_gguf(source, "llama")
+    out = tmp_path / "tiny-mxfp4.gguf"
+    result = run_cli("convert", str(source), str(out), "--type", "mxfp4")
+    assert result.returncode == 0, result.stderr
+    with open_gguf(out) as converted:
+        assert converted.tensors["blk.0.ffn_up.weight"].ggml_type.name == "MXFP4"
+        assert converted.tensors["token_embd.weight"].ggml_type.name == "BF16"

@@ -17,7 +17,7 @@ from typing import BinaryIO, Callable, Sequence
 import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType, LlamaFileType
 
-from mlspecqd import _native
+from mlspecqd import _native, quant
 from mlspecqd.gguf.file import DEQUANTIZABLE_TYPES, GGUFFile, open_gguf
 from mlspecqd.gguf.format import MAGIC, GGUFError
 
@@ -40,8 +40,14 @@ def cast_to_f32(matrix: np.ndarray) -> tuple[np.ndarray, GGMLQuantizationType]:
     return np.ascontiguousarray(matrix, dtype=np.float32).reshape(-1).view(np.uint8), GGMLQuantizationType.F32
 
 
-# convert() targets. The mxfp4 branch adds "mxfp4" here (a cast returning MXFP4 blocks).
-CASTS: dict[str, Cast] = {"bf16": cast_to_bf16, "f32": cast_to_f32}
+def cast_to_mxfp4(matrix: np.ndarray) -> tuple[np.ndarray, GGMLQuantizationType]:
+    return quant.cast_to_mxfp4(np.ascontiguousarray(matrix, dtype=np.float32)).reshape(-1), GGMLQuantizationType.MXFP4
+
+
+# convert() targets.
+CASTS: dict[str, Cast] = {"bf16": cast_to_bf16, "f32": cast_to_f32, "mxfp4": cast_to_mxfp4}
+# Targets meant for the linear layers only: the other matrices (token embeddings, a row lookup) become BF16.
+LINEAR_ONLY_TARGETS = frozenset({"mxfp4"})
 
 # general.file_type of a converted file, from the type of its matrices.
 _FILE_TYPES = {
@@ -165,16 +171,17 @@ def _pad(out: BinaryIO, alignment: int) -> None:
 
 
 def conversion_plan(
-    source: GGUFFile, cast: Cast, out_path: Path
+    source: GGUFFile, cast: Cast, out_path: Path, linear_only: bool = False
 ) -> tuple[list[OutputTensor], GGMLQuantizationType | None]:
     """The tensors of `source` converted by `cast`: every tensor of two or more dimensions goes through
     the cast (token_embd and output included; llama.cpp reads any type for them), 1-D tensors (norms,
-    biases, rope factors) become F32. Also returns the type of the largest converted tensor."""
-    row_types: dict[int, GGMLQuantizationType] = {}
+    biases, rope factors) become F32. With linear_only, only linear-layer weights (quant.is_linear_weight)
+    take the cast and the other matrices become BF16. Also returns the type of the largest converted tensor."""
+    row_types: dict[tuple[Cast, int], GGMLQuantizationType] = {}
 
-    def row_type(name: str, row_length: int) -> GGMLQuantizationType:
+    def row_type(name: str, cast: Cast, row_length: int) -> GGMLQuantizationType:
         """The type the cast gives rows of this length, found by casting a row of zeros."""
-        if row_length not in row_types:
+        if (cast, row_length) not in row_types:
             try:
                 raw, ggml_type = cast(np.zeros((1, row_length), dtype=np.float32))
             except ValueError as error:
@@ -184,8 +191,8 @@ def conversion_plan(
                 problem = f"the cast gives {raw.nbytes} bytes for a row of {row_length}, {probe.ggml_type.name}"
                 problem += f" needs {probe.n_bytes}"
                 raise GGUFError(out_path, f"tensor {name}", problem)
-            row_types[row_length] = probe.ggml_type
-        return row_types[row_length]
+            row_types[cast, row_length] = probe.ggml_type
+        return row_types[cast, row_length]
 
     plan: list[OutputTensor] = []
     largest: tuple[int, GGMLQuantizationType] | None = None
@@ -195,8 +202,9 @@ def conversion_plan(
         if len(info.shape) == 1:
             plan.append(OutputTensor(name, GGMLQuantizationType.F32, info.shape, _f32_bytes(source, name)))
             continue
-        ggml_type = row_type(name, info.shape[-1])
-        plan.append(OutputTensor(name, ggml_type, info.shape, _cast_bytes(source, name, cast, ggml_type, out_path)))
+        tensor_cast = cast if not linear_only or quant.is_linear_weight(name) else cast_to_bf16
+        ggml_type = row_type(name, tensor_cast, info.shape[-1])
+        plan.append(OutputTensor(name, ggml_type, info.shape, _cast_bytes(source, name, tensor_cast, ggml_type, out_path)))
         if largest is None or info.n_elements > largest[0]:
             largest = (info.n_elements, ggml_type)
     return plan, (largest[1] if largest else None)
@@ -228,7 +236,7 @@ def convert(in_path: str | os.PathLike[str], out_path: str | os.PathLike[str], t
     if cast is None:
         raise GGUFError(out_path, "target", f"unknown target {target!r} (choose from {', '.join(sorted(CASTS))})")
     with open_gguf(in_path) as source:
-        plan, main_type = conversion_plan(source, cast, out_path)
+        plan, main_type = conversion_plan(source, cast, out_path, linear_only=target in LINEAR_ONLY_TARGETS)
         file_type = _FILE_TYPES.get(main_type)
         write_gguf(out_path, source, plan, None if file_type is None else int(file_type))
 

@@ -9,7 +9,15 @@ namespace MLSPECQD_ISA {
 const KernelTable& kernel_table() {
     static const KernelTable table = {
         MLSPECQD_STRINGIFY(MLSPECQD_ISA),
+        gemm_bf16_prepared_bytes,
+        gemm_bf16_prepare,
         gemm_bf16,
+        stream_read,
+        cast_mxfp4_f32,
+        cast_mxfp4_bf16,
+        gemm_mxfp4_prepared_bytes,
+        gemm_mxfp4_prepare,
+        gemm_mxfp4,
     };
     return table;
 }
