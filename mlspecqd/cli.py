@@ -10,7 +10,13 @@ from pathlib import Path
 from typing import Any, NoReturn, Sequence
 
 from mlspecqd import _native, gguf, hub
+from mlspecqd.batch import BatchFileError, run_batch
+from mlspecqd.conversation import ChatSession
 from mlspecqd.generation import MAX_NEW_TOKENS_LIMIT
+from mlspecqd.llm import LLM
+from mlspecqd.loading import load
+from mlspecqd.repl import ChatLoop, format_stats
+from mlspecqd.sampling import SamplingParams
 from mlspecqd.speculative import POLICY_NAMES
 
 
@@ -100,17 +106,13 @@ def add_sampling_arguments(parser: argparse.ArgumentParser, max_tokens: int | No
     group.add_argument("--stop", action="append", metavar="TEXT", help="stop before this text (repeatable)")
 
 
-def sampling_from_args(args: argparse.Namespace) -> Any:
-    from mlspecqd.sampling import SamplingParams
-
+def sampling_from_args(args: argparse.Namespace) -> SamplingParams:
     return SamplingParams(temperature=args.temp, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
                           repeat_penalty=args.repeat_penalty, seed=args.seed)
 
 
-def load_from_args(args: argparse.Namespace) -> Any:
+def load_from_args(args: argparse.Namespace) -> LLM:
     """The LLM the model arguments describe; bad ones raise UsageError before the weights are read."""
-    from mlspecqd.loading import load
-
     if args.no_speculation and args.draft:
         raise UsageError("--draft and --no-speculation contradict each other: give one")
     drafts = [] if args.no_speculation else args.draft
@@ -140,16 +142,14 @@ def read_prompt(args: argparse.Namespace) -> str:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from mlspecqd.repl import format_stats
-
     prompt = read_prompt(args)
     sampling = _checked(lambda: sampling_from_args(args))
     with load_from_args(args) as llm:
-        def start() -> Any:
-            tokens = llm.chat_prompt_tokens([{"role": "user", "content": prompt}]) if args.chat else prompt
-            return llm.start(tokens, args.max_tokens, sampling, args.stop)
-
-        generation = _checked(start)
+        if args.chat:
+            prompt_or_tokens = _checked(lambda: llm.chat_prompt_tokens([{"role": "user", "content": prompt}]))
+        else:
+            prompt_or_tokens = prompt
+        generation = _checked(lambda: llm.start(prompt_or_tokens, args.max_tokens, sampling, args.stop))
         if args.json:
             result = generation.run()
             print(json.dumps({"model": llm.model_name, "levels": llm.level_names, "text": result.text,
@@ -168,9 +168,6 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
-    from mlspecqd.conversation import ChatSession
-    from mlspecqd.repl import ChatLoop
-
     sampling = _checked(lambda: sampling_from_args(args))
     with load_from_args(args) as llm:
         if llm.tokenizer.chat_template is None:
@@ -192,8 +189,6 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
 
 def cmd_batch(args: argparse.Namespace) -> int:
-    from mlspecqd.batch import BatchFileError, run_batch
-
     if not Path(args.input).is_file():
         raise UsageError(f"{args.input}: no such input file")
     with load_from_args(args) as llm:
