@@ -5,6 +5,22 @@
 
 namespace mlspecqd {
 
+// One causal attention problem: T query rows at positions first_position .. first_position + T - 1 against
+// one layer's key/value cache, which already holds positions 0 .. first_position + T - 1.
+struct AttentionProblem {
+    const float* q;        // T x (n_heads * head_dim), RoPE applied
+    const float* k_cache;  // n_kv_heads x capacity x head_dim
+    const float* v_cache;  // n_kv_heads x capacity x head_dim
+    float* out;            // T x (n_heads * head_dim)
+    int64_t T = 0;
+    int64_t n_heads = 0;
+    int64_t n_kv_heads = 0;  // divides n_heads; query head h reads key/value head h / (n_heads / n_kv_heads)
+    int64_t head_dim = 0;
+    int64_t capacity = 0;  // positions each cache head has room for
+    int64_t first_position = 0;
+    float scale = 1.0f;  // multiplies every q . k
+};
+
 struct KernelTable {
     const char* isa;
     // y[m * ldy + n] = sum_k x[m * K + k] * W[n * K + k] for m < M and n in [n_begin, n_end).
@@ -12,6 +28,10 @@ struct KernelTable {
     // neither M nor the n range, so a row's result is the same bits in any batch (batch invariance).
     void (*gemm_bf16)(const float* x, int64_t M, int64_t K, const uint16_t* w, int64_t n_begin,
                       int64_t n_end, float* y, int64_t ldy);
+    // Softmax attention for the work items [item_begin, item_end) of `p`; item = head * T + row.
+    // `scores` has room for first_position + T floats. Each item visits its keys in position order and
+    // sums in an order fixed by the row's position alone, so a row's output is the same bits in any batch.
+    void (*causal_attention)(const AttentionProblem& p, int64_t item_begin, int64_t item_end, float* scores);
 };
 
 }  // namespace mlspecqd

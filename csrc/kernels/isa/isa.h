@@ -17,5 +17,7 @@ const KernelTable& kernel_table();
 void gemm_bf16(const float* x, int64_t M, int64_t K, const uint16_t* w, int64_t n_begin, int64_t n_end,
                float* y, int64_t ldy);
 
+void causal_attention(const AttentionProblem& p, int64_t item_begin, int64_t item_end, float* scores);
+
 }  // namespace MLSPECQD_ISA
 }  // namespace mlspecqd

@@ -10,6 +10,7 @@ const KernelTable& kernel_table() {
     static const KernelTable table = {
         MLSPECQD_STRINGIFY(MLSPECQD_ISA),
         gemm_bf16,
+        causal_attention,
     };
     return table;
 }

@@ -1,0 +1,144 @@
+"""A language model ready to run: native weights plus its key/value cache.
+
+`Model.forward(tokens, start)` runs all T tokens through every layer in one native call (the GIL is
+released meanwhile) and returns float32 logits. Activations are float32; linear weights are BF16 (or
+MXFP4 for precision="mxfp4"); the cache holds float32 keys and values for `context_length` positions.
+The logits of a position are the same bits whether it is computed alone, in a verification batch or in
+a prompt chunk, which is what lets speculative decoding be lossless.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
+
+import numpy as np
+
+from mlspecqd import _native
+
+if TYPE_CHECKING:
+    from mlspecqd.gguf import GGUFFile, ModelSpec
+
+SUPPORTED_ARCHITECTURES = ("llama", "qwen2", "qwen3")
+PRECISIONS = ("bf16", "mxfp4")
+
+# Linear-layer weights: the matrices precision="mxfp4" casts. The token embedding stays BF16 (rows are
+# looked up, not multiplied) and is shared between precisions, as are the float32 norms and biases.
+_LINEAR_WEIGHT = re.compile(r"^(output|blk\.\d+\.(attn_q|attn_k|attn_v|attn_output|ffn_gate|ffn_up|ffn_down))\.weight$")
+
+
+class Model:
+    """A dense transformer (llama, qwen2, qwen3) with its key/value cache; see the module docstring."""
+
+    def __init__(self, spec: ModelSpec, tensors: Mapping[str, np.ndarray], precision: str, context_length: int,
+                 gguf_file: GGUFFile | None = None) -> None:
+        self.spec = spec
+        self.precision = precision
+        self.tensors = dict(tensors)  # what the native model points into; shared by sibling precisions
+        self._native = _native.Model(native_config(spec), self.tensors, context_length)
+        self._gguf_file = gguf_file
+
+    @classmethod
+    def from_arrays(cls, spec: ModelSpec, tensors: Mapping[str, np.ndarray], precision: str = "bf16",
+                    context_length: int = 4096) -> Model:
+        """A model over `tensors` (by GGUF name): 2-D arrays are BF16 bit patterns (uint16), 1-D arrays
+        float32. The arrays are used in place. For precision="mxfp4" the linear weights are cast and every
+        other array (embedding, norms, biases) is shared with `tensors`."""
+        check_supported(spec, precision)
+        if precision == "mxfp4":
+            tensors = _cast_linear_weights_to_mxfp4(tensors)
+        return cls(spec, tensors, precision, _capped_context(spec, context_length))
+
+    @classmethod
+    def load(cls, path_or_file: str | Path | GGUFFile, precision: str = "bf16", context_length: int = 4096) -> Model:
+        """Read a GGUF checkpoint, upcasting every matrix to BF16 (and to MXFP4 for precision="mxfp4").
+        `context_length` is capped at the model's trained context."""
+        from mlspecqd.gguf import GGUFFile, open_gguf
+
+        opened_here = not isinstance(path_or_file, GGUFFile)
+        gguf_file = open_gguf(path_or_file) if opened_here else path_or_file
+        try:
+            spec = gguf_file.spec
+            check_supported(spec, precision, where=str(gguf_file.path))
+            tensors = {
+                name: gguf_file.tensor_bf16(name) if len(info.shape) == 2 else gguf_file.tensor_f32(name)
+                for name, info in gguf_file.tensors.items()
+            }
+            if precision == "mxfp4":
+                tensors = _cast_linear_weights_to_mxfp4(tensors)
+            return cls(spec, tensors, precision, _capped_context(spec, context_length),
+                       gguf_file if opened_here else None)
+        except BaseException:
+            if opened_here:
+                gguf_file.close()
+            raise
+
+    @property
+    def vocab_size(self) -> int:
+        return self._native.vocab_size
+
+    @property
+    def context_length(self) -> int:
+        return self._native.max_context
+
+    @property
+    def n_past(self) -> int:
+        return self._native.n_past
+
+    def forward(self, tokens: Sequence[int] | np.ndarray, start: int, all_logits: bool = False) -> np.ndarray:
+        """Truncate the cache to `start` (<= n_past), append `tokens`, and return float32 logits:
+        (len(tokens), vocab) if all_logits, else (1, vocab) for the last token."""
+        ids = np.asarray(tokens)
+        if ids.size == 0:
+            ids = ids.astype(np.int64)
+        if ids.dtype.kind not in "iu":
+            raise ValueError(f"forward: tokens must be integers, got dtype {ids.dtype}")
+        if ids.dtype.kind == "u" and ids.size and ids.max() > np.iinfo(np.int64).max:
+            raise ValueError(f"forward: token id {ids.max()} is outside the vocabulary [0, {self.vocab_size})")
+        return self._native.forward(ids.astype(np.int64, copy=False), int(start), bool(all_logits))
+
+    def truncate(self, n: int) -> None:
+        """Forget cached positions n .. n_past - 1."""
+        self._native.truncate(int(n))
+
+    def close(self) -> None:
+        """Release the GGUF file this model opened (weights upcast at load stay valid)."""
+        if self._gguf_file is not None:
+            self._gguf_file.close()
+            self._gguf_file = None
+
+    def __enter__(self) -> Model:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def check_supported(spec: ModelSpec, precision: str, where: str = "model") -> None:
+    if spec.architecture not in SUPPORTED_ARCHITECTURES:
+        raise ValueError(f"{where}: architecture '{spec.architecture}' is not supported by the dense decoder "
+                         f"(supported: {', '.join(SUPPORTED_ARCHITECTURES)})")
+    if precision not in PRECISIONS:
+        raise ValueError(f"{where}: precision '{precision}' is not one of {', '.join(PRECISIONS)}")
+
+
+def native_config(spec: ModelSpec) -> dict[str, Any]:
+    """The hyper-parameters _native.Model reads, from a ModelSpec (the RopeScaling becomes a dict)."""
+    return dataclasses.asdict(spec)
+
+
+def _capped_context(spec: ModelSpec, context_length: int) -> int:
+    if context_length < 1:
+        raise ValueError(f"context_length must be at least 1, got {context_length}")
+    return min(int(context_length), int(spec.context_length))
+
+
+def _cast_linear_weights_to_mxfp4(tensors: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    try:
+        from mlspecqd.quant import cast_to_mxfp4
+    except ImportError as error:
+        raise ValueError("precision='mxfp4' needs mlspecqd.quant.cast_to_mxfp4 (the mxfp4 branch), "
+                         "which this build does not have") from error
+    return {name: cast_to_mxfp4(array) if _LINEAR_WEIGHT.match(name) else array for name, array in tensors.items()}
