@@ -13,6 +13,7 @@
 #include "cpu.h"
 #include "kernels/linear.h"
 #include "model/decoder.h"
+#include "kernels/stream_read.h"
 #include "threads.h"
 
 namespace py = pybind11;
@@ -21,7 +22,6 @@ using namespace mlspecqd;
 namespace {
 
 using FloatArray = py::array_t<float, py::array::c_style | py::array::forcecast>;
-using Bf16Array = py::array_t<uint16_t, py::array::c_style>;
 
 std::map<std::string, bool> features_dict() {
     const CpuFeatures& f = cpu_features();
@@ -32,18 +32,33 @@ std::map<std::string, bool> features_dict() {
             {"avx512_vnni", f.avx512_vnni}, {"avx512_vbmi", f.avx512_vbmi}};
 }
 
-// Matrix product against BF16 weights, for tests and benchmarks of the kernel itself.
-FloatArray matmul_bf16(const FloatArray& x, const Bf16Array& w) {
-    if (x.ndim() != 2 || w.ndim() != 2) throw std::invalid_argument("matmul_bf16 wants 2-D x (M x K) and w (N x K)");
-    if (x.shape(1) != w.shape(1))
-        throw std::invalid_argument("matmul_bf16: x has K=" + std::to_string(x.shape(1)) + " but w has K=" +
-                                    std::to_string(w.shape(1)));
+// BF16 GEMM and the streaming-read baseline
+// Matrix product against BF16 weights, for tests and benchmarks of the kernel itself. `out`, when
+// given, must be a C-contiguous float32 (M, N) array; it is written in place and returned.
+py::array matmul_bf16(const FloatArray& x, const py::array& w, const py::object& out) {
+    if (x.ndim() != 2) throw std::invalid_argument("matmul_bf16: x must be 2-D (M x K), got " + std::to_string(x.ndim()) + "-D");
+    if (w.ndim() != 2) throw std::invalid_argument("matmul_bf16: w must be 2-D (N x K), got " + std::to_string(w.ndim()) + "-D");
+    if (!w.dtype().is(py::dtype::of<uint16_t>()))
+        throw std::invalid_argument("matmul_bf16: w must hold BF16 bit patterns as uint16, got " +
+                                    std::string(py::str(w.dtype())));
+    if (!(w.flags() & py::array::c_style)) throw std::invalid_argument("matmul_bf16: w must be C-contiguous");
     const int64_t M = x.shape(0), K = x.shape(1), N = w.shape(0);
+    if (w.shape(1) != K)
+        throw std::invalid_argument("matmul_bf16: x has K=" + std::to_string(K) + " but w has K=" +
+                                    std::to_string(w.shape(1)));
+    if (K == 0 || N == 0) throw std::invalid_argument("matmul_bf16: w is empty (N=" + std::to_string(N) + ", K=" + std::to_string(K) + ")");
+    py::array y = out.is_none() ? py::array(FloatArray({M, N})) : py::array::ensure(out);
+    if (!out.is_none()) {
+        if (!y || !y.dtype().is(py::dtype::of<float>()) || y.ndim() != 2 || y.shape(0) != M || y.shape(1) != N ||
+            !(y.flags() & py::array::c_style) || !y.writeable())
+            throw std::invalid_argument("matmul_bf16: out must be a writeable C-contiguous float32 array of shape (" +
+                                        std::to_string(M) + ", " + std::to_string(N) + ")");
+    }
     Linear linear{WeightType::bf16, N, K, w.data()};
-    FloatArray y({M, N});
+    float* y_data = static_cast<float*>(y.mutable_data());
     {
         py::gil_scoped_release release;
-        matmul(linear, x.data(), M, y.mutable_data());
+        matmul(linear, x.data(), M, y_data);
     }
     return y;
 }
@@ -226,6 +241,16 @@ FloatArray causal_attention(const FloatArray& q, const FloatArray& k, const Floa
     return out;
 }
 
+uint64_t stream_read_array(const py::array& buffer) {
+    if (!(buffer.flags() & py::array::c_style)) throw std::invalid_argument("stream_read: buffer must be C-contiguous");
+    if (buffer.nbytes() % 8 != 0 || reinterpret_cast<uintptr_t>(buffer.data()) % 8 != 0)
+        throw std::invalid_argument("stream_read: buffer must be 8-byte aligned and a whole number of 64-bit words");
+    const auto* words = static_cast<const uint64_t*>(buffer.data());
+    const int64_t count = buffer.nbytes() / 8;
+    py::gil_scoped_release release;
+    return stream_read(words, count);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_native, m) {
@@ -245,7 +270,11 @@ PYBIND11_MODULE(_native, m) {
     m.def("num_threads", &num_threads);
     m.def("set_num_threads", &set_num_threads, py::arg("n"));
 
-    m.def("matmul_bf16", &matmul_bf16, py::arg("x"), py::arg("w"));
+    // BF16 GEMM and the streaming-read baseline
+    m.def("matmul_bf16", &matmul_bf16, py::arg("x"), py::arg("w"), py::arg("out") = py::none(),
+          "y = bf16(x) @ w.T with w (N, K) uint16 BF16 bits; float32 sums, batch-invariant bits.");
+    m.def("stream_read", &stream_read_array, py::arg("buffer"),
+          "Read a buffer once on every thread; returns the wrapping sum of its 64-bit words.");
 
     // Decoder
     py::class_<NativeModel>(m, "Model", "A dense transformer (llama, qwen2, qwen3) with its key/value cache")

@@ -1,5 +1,5 @@
 // The table of kernels one instruction set provides. Every entry is single-threaded over the range it
-// is given; csrc/kernels/linear.cpp splits work across the thread pool.
+// is given; csrc/kernels/linear.cpp and csrc/kernels/stream_read.cpp split work across the thread pool.
 #pragma once
 #include <cstdint>
 
@@ -23,11 +23,23 @@ struct AttentionProblem {
 
 struct KernelTable {
     const char* isa;
-    // y[m * ldy + n] = sum_k x[m * K + k] * W[n * K + k] for m < M and n in [n_begin, n_end).
-    // W holds BF16 bit patterns, N x K row-major. The reduction order of each output depends on
-    // neither M nor the n range, so a row's result is the same bits in any batch (batch invariance).
-    void (*gemm_bf16)(const float* x, int64_t M, int64_t K, const uint16_t* w, int64_t n_begin,
+
+    // BF16-weight GEMM in two steps, so activations are converted once per call, not once per thread:
+    //   gemm_bf16_prepare rounds x (M x K float32) to BF16 (nearest even) into `prepared`, in the layout
+    //     this instruction set reads: rows of gemm_bf16_prepared_row_bytes(K) bytes, zero-padded;
+    //   gemm_bf16 computes y[m * ldy + n] = sum_k prepared[m, k] * W[n * K + k] for m < M and n in
+    //     [n_begin, n_end), summing in float32. W holds BF16 bit patterns, N x K row-major.
+    // Each output has one fixed reduction order that depends on neither M, nor the n range, nor which
+    // rows share a tile, so a row's result is the same bits in any batch (batch invariance).
+    int64_t (*gemm_bf16_prepared_row_bytes)(int64_t K);
+    void (*gemm_bf16_prepare)(const float* x, int64_t M, int64_t K, void* prepared);
+    void (*gemm_bf16)(const void* prepared, int64_t M, int64_t K, const uint16_t* w, int64_t n_begin,
                       int64_t n_end, float* y, int64_t ldy);
+
+    // Reads words[0 .. count) once and returns their wrapping sum: the streaming-read baseline that
+    // GEMM bandwidth is compared against.
+    uint64_t (*stream_read)(const uint64_t* words, int64_t count);
+
     // Softmax attention for the work items [item_begin, item_end) of `p`; item = head * T + row.
     // `scores` has room for first_position + T floats. Each item visits its keys in position order and
     // sums in an order fixed by the row's position alone, so a row's output is the same bits in any batch.

@@ -1,17 +1,52 @@
 #include "kernels/linear.h"
 
+#include <algorithm>
+#include <cstddef>
+#include <memory>
+#include <vector>
+
 #include "cpu.h"
 #include "threads.h"
 
 namespace mlspecqd {
 
+namespace {
+
+// The calling thread's buffer for converted activations: the pool threads share it read-only, and
+// steady-state decoding reuses it instead of allocating on every call.
+std::byte* activation_scratch(size_t bytes) {
+    constexpr size_t kAlignment = 64;
+    thread_local std::vector<std::byte> buffer;
+    if (buffer.size() < bytes + kAlignment) buffer.resize(bytes + kAlignment);
+    void* start = buffer.data();
+    size_t space = buffer.size();
+    return static_cast<std::byte*>(std::align(kAlignment, bytes, start, space));
+}
+
+void matmul_bf16(const KernelTable& k, const uint16_t* w, int64_t N, int64_t K, const float* x, int64_t M,
+                 float* y) {
+    const int64_t row_bytes = k.gemm_bf16_prepared_row_bytes(K);
+    std::byte* prepared = activation_scratch(static_cast<size_t>(M * row_bytes));
+    k.gemm_bf16_prepare(x, M, K, prepared);
+    constexpr int64_t kRowsPerPass = 64;          // activation rows sharing one read of W
+    constexpr int64_t kWeightRowsPerChunk = 64;  // thread slices of N never share a cache line of y
+    for (int64_t m = 0; m < M; m += kRowsPerPass) {
+        const int64_t rows = std::min(kRowsPerPass, M - m);
+        parallel_for(N, kWeightRowsPerChunk, [&](int64_t begin, int64_t end) {
+            k.gemm_bf16(prepared + m * row_bytes, rows, K, w, begin, end, y + m * N, N);
+        });
+    }
+}
+
+}  // namespace
+
 void matmul(const Linear& w, const float* x, int64_t M, float* y) {
-    const KernelTable& k = kernels();
-    const int64_t N = w.out_features, K = w.in_features;
-    constexpr int64_t kRowsPerChunk = 64;  // a multiple of every kernel's row tile
-    parallel_for(N, kRowsPerChunk, [&](int64_t begin, int64_t end) {
-        k.gemm_bf16(x, M, K, static_cast<const uint16_t*>(w.data), begin, end, y, N);
-    });
+    if (M <= 0 || w.out_features <= 0) return;
+    switch (w.type) {
+        case WeightType::bf16:
+            matmul_bf16(kernels(), static_cast<const uint16_t*>(w.data), w.out_features, w.in_features, x, M, y);
+            return;
+    }
 }
 
 }  // namespace mlspecqd

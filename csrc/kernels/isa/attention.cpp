@@ -9,16 +9,8 @@
 #include <cmath>
 #include <limits>
 
-#include "kernels/isa/isa.h"
+#include "kernels/isa/isa.h"  // also brings <immintrin.h> in the vector builds
 
-#if defined(__AVX2__)
-// GCC 12 warns inside its own AVX-512 intrinsics (their _mm512_undefined_ps pass-through operands);
-// silenced for the header's lines only.
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#include <immintrin.h>
-#pragma GCC diagnostic pop
-#endif
 
 namespace mlspecqd {
 namespace MLSPECQD_ISA {

@@ -5,6 +5,16 @@
 
 #include "kernels/kernels.h"
 
+#if defined(__AVX2__)
+// GCC 12's AVX-512 headers trip -W(maybe-)uninitialized inside their own inline functions (GCC bug 105593);
+// the warning is silenced for the header's lines only.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#include <immintrin.h>
+#pragma GCC diagnostic pop
+#endif
+
 #ifndef MLSPECQD_ISA
 #error "MLSPECQD_ISA must name the instruction set this file is compiled for"
 #endif
@@ -14,8 +24,13 @@ namespace MLSPECQD_ISA {
 
 const KernelTable& kernel_table();
 
-void gemm_bf16(const float* x, int64_t M, int64_t K, const uint16_t* w, int64_t n_begin, int64_t n_end,
+// See KernelTable (csrc/kernels/kernels.h) for what each computes.
+int64_t gemm_bf16_prepared_row_bytes(int64_t K);
+void gemm_bf16_prepare(const float* x, int64_t M, int64_t K, void* prepared);
+void gemm_bf16(const void* prepared, int64_t M, int64_t K, const uint16_t* w, int64_t n_begin, int64_t n_end,
                float* y, int64_t ldy);
+
+uint64_t stream_read(const uint64_t* words, int64_t count);
 
 void causal_attention(const AttentionProblem& p, int64_t item_begin, int64_t item_end, float* scores);
 

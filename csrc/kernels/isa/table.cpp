@@ -9,7 +9,10 @@ namespace MLSPECQD_ISA {
 const KernelTable& kernel_table() {
     static const KernelTable table = {
         MLSPECQD_STRINGIFY(MLSPECQD_ISA),
+        gemm_bf16_prepared_row_bytes,
+        gemm_bf16_prepare,
         gemm_bf16,
+        stream_read,
         causal_attention,
     };
     return table;
