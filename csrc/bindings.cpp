@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "cpu.h"
+#include "gguf/dequantize.h"
 #include "kernels/linear.h"
 #include "model/decoder.h"
 #include "kernels/stream_read.h"
@@ -22,6 +23,7 @@ using namespace mlspecqd;
 namespace {
 
 using FloatArray = py::array_t<float, py::array::c_style | py::array::forcecast>;
+using Bf16Array = py::array_t<uint16_t, py::array::c_style>;
 
 std::map<std::string, bool> features_dict() {
     const CpuFeatures& f = cpu_features();
@@ -63,7 +65,7 @@ py::array matmul_bf16(const FloatArray& x, const py::array& w, const py::object&
     return y;
 }
 
-// ---- Decoder: _native.Model ----
+// Decoder: _native.Model
 
 std::string shape_text(const py::array& a) {
     std::string text = "(";
@@ -251,6 +253,30 @@ uint64_t stream_read_array(const py::array& buffer) {
     return stream_read(words, count);
 }
 
+// GGUF dequantization: the raw bytes of one tensor to float32 values or BF16 bit patterns (1-D).
+py::array dequantize(const py::array_t<uint8_t, py::array::c_style>& raw, int ggml_type, int64_t n_elements,
+                     bool to_bf16) {
+    const BlockFormat format = block_format(ggml_type);
+    if (n_elements < 0 || n_elements % format.elements != 0)
+        throw std::invalid_argument("dequantize: " + std::to_string(n_elements) +
+                                    " elements is not a whole number of blocks of " + std::to_string(format.elements));
+    const int64_t expected_bytes = n_elements / format.elements * format.bytes;
+    if (raw.size() != expected_bytes)
+        throw std::invalid_argument("dequantize: " + std::to_string(n_elements) + " elements of ggml type " +
+                                    std::to_string(ggml_type) + " take " + std::to_string(expected_bytes) +
+                                    " bytes, got " + std::to_string(raw.size()));
+    if (to_bf16) {
+        Bf16Array out(n_elements);
+        py::gil_scoped_release release;
+        dequantize_to_bf16(ggml_type, raw.data(), n_elements, out.mutable_data());
+        return out;
+    }
+    FloatArray out(n_elements);
+    py::gil_scoped_release release;
+    dequantize_to_f32(ggml_type, raw.data(), n_elements, out.mutable_data());
+    return out;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_native, m) {
@@ -288,4 +314,9 @@ PYBIND11_MODULE(_native, m) {
         .def_property_readonly("vocab_size", &NativeModel::vocab_size);
     m.def("causal_attention", &causal_attention, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("first_position"),
           "The active instruction set's attention kernel on its own (for tests).");
+
+    // GGUF dequantization
+    m.def("dequantize", &dequantize, py::arg("raw"), py::arg("ggml_type"), py::arg("n_elements"),
+          py::arg("to_bf16"), "Raw GGUF tensor bytes -> 1-D float32 (or BF16 bits as uint16 when to_bf16).");
+    m.def("dequantizable_types", &dequantizable_types, "ggml type numbers that dequantize accepts");
 }

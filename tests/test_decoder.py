@@ -131,12 +131,13 @@ def gemm_rounds_inputs_to_bf16() -> bool:
 
 
 # Activations are float32, so against a float64 reference that rounds GEMM inputs the same way the
-# kernel does, only float32 accumulation differs: measured about 2e-6 of the logits' spread. When the
-# kernel rounds its inputs to BF16, a value that float32 and float64 round to neighbouring BF16 numbers
-# flips one element by 2^-8 and the flip travels through the later layers: measured up to 1.6e-2, hence
-# the looser bound. A wrong rope pairing, mask, scale or bias moves the logits by order 1.
-TOLERANCE_EXACT_INPUTS = 1e-4
-TOLERANCE_BF16_INPUTS = 4e-2
+# kernel does, only float32 accumulation differs: measured below 2e-6 of the logits' spread. When the
+# kernel rounds its inputs to BF16, now and then float32 and float64 round a value to neighbouring BF16
+# numbers; that flip (2^-8 of the value) travels through the later layers and moves some positions by up
+# to 1.1e-2 (measured), so the worst position gets a looser bound while the median position keeps the
+# tight one. A wrong rope pairing, mask, scale or bias moves the logits by order 1.
+TOLERANCE = 1e-4
+TOLERANCE_WORST_POSITION_BF16_INPUTS = 4e-2
 
 
 @pytest.mark.parametrize("case", list(ARCHITECTURE_CASES))
@@ -151,8 +152,10 @@ def test_matches_reference(case):
     first = model.forward(tokens[:25], 0, all_logits=True)
     second = model.forward(tokens[25:], 25, all_logits=True)
     actual = np.concatenate([first, second])
-    error = np.abs(actual - expected).max() / expected.std()
-    assert error < (TOLERANCE_BF16_INPUTS if rounds else TOLERANCE_EXACT_INPUTS), f"{case}: max error {error:.2e} of the logits' spread"
+    position_error = np.abs(actual - expected).max(axis=1) / expected.std()
+    worst_bound = TOLERANCE_WORST_POSITION_BF16_INPUTS if rounds else TOLERANCE
+    assert np.median(position_error) < TOLERANCE, f"{case}: median error {np.median(position_error):.1e}"
+    assert position_error.max() < worst_bound, f"{case}: worst error {position_error.max():.1e}"
     assert model.n_past == 40
 
 

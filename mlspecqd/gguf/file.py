@@ -1,0 +1,92 @@
+"""An open GGUF file: metadata, model spec, memory-mapped tensors and their native dequantization."""
+
+from __future__ import annotations
+
+import mmap
+import os
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from gguf import GGMLQuantizationType
+
+from mlspecqd import _native
+from mlspecqd.gguf.format import GGUFError, ParsedFile, TensorInfo, parse
+from mlspecqd.gguf.spec import ModelSpec, read_model_spec
+
+DEQUANTIZABLE_TYPES = frozenset(GGMLQuantizationType(number) for number in _native.dequantizable_types())
+
+
+class GGUFFile:
+    """A GGUF file mapped into memory. Tensor bytes are never copied until dequantized; arrays taken
+    from the file stay valid after close() (the mapping lives as long as any view of it)."""
+
+    def __init__(self, path: Path, parsed: ParsedFile, buffer: mmap.mmap) -> None:
+        self.path = path
+        self.metadata: dict[str, Any] = parsed.metadata
+        self.tensors: dict[str, TensorInfo] = parsed.tensors
+        self.parsed = parsed
+        self._buffer: mmap.mmap | None = buffer
+
+    @cached_property
+    def spec(self) -> ModelSpec:
+        """The model's hyper-parameters; a GGUFError when this is not a model this package runs."""
+        return read_model_spec(self.path, self.metadata, self.tensors)
+
+    @property
+    def buffer(self) -> mmap.mmap:
+        """The whole file, memory-mapped (read-only)."""
+        if self._buffer is None:
+            raise ValueError(f"{self.path}: the file is closed")
+        return self._buffer
+
+    def tensor(self, name: str) -> TensorInfo:
+        info = self.tensors.get(name)
+        if info is None:
+            raise GGUFError(self.path, f"tensor {name}", "not in the file")
+        return info
+
+    def tensor_f32(self, name: str) -> np.ndarray:
+        """The tensor as float32 values, shaped as TensorInfo.shape (bit-identical to gguf.quants)."""
+        return self._dequantize(name, to_bf16=False)
+
+    def tensor_bf16(self, name: str) -> np.ndarray:
+        """The tensor as BF16 bit patterns (uint16), rounded to nearest even from the float32 values."""
+        return self._dequantize(name, to_bf16=True)
+
+    def _dequantize(self, name: str, to_bf16: bool) -> np.ndarray:
+        info = self.tensor(name)
+        if info.ggml_type not in DEQUANTIZABLE_TYPES:
+            supported = ", ".join(sorted(t.name for t in DEQUANTIZABLE_TYPES))
+            raise GGUFError(self.path, f"tensor {name}", f"type {info.ggml_type.name} cannot be dequantized (supported: {supported})")
+        values = _native.dequantize(info.raw, int(info.ggml_type), info.n_elements, to_bf16)
+        return values.reshape(info.shape)
+
+    def close(self) -> None:
+        """Drops this object's references to the mapping; it is unmapped once no array uses it."""
+        self._buffer = None
+        self.tensors = {}
+
+    def __enter__(self) -> GGUFFile:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"GGUFFile({str(self.path)!r}, {len(self.tensors)} tensors)"
+
+
+def open_gguf(path: str | os.PathLike[str]) -> GGUFFile:
+    """Opens and validates a GGUF file (header, metadata, tensor table); its spec is read on first use."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as handle:
+            size = os.fstat(handle.fileno()).st_size
+            if size == 0:
+                raise GGUFError(path, "header", "file is empty")
+            buffer = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+    except OSError as error:
+        raise GGUFError(path, "file", error.strerror or str(error)) from error
+    return GGUFFile(path, parse(path, buffer, size), buffer)
