@@ -85,8 +85,6 @@ public:
         }
     }
 
-    bool has(const std::string& name) const override { return arrays_.count(name) != 0; }
-
     Linear linear(const std::string& name, int64_t rows, int64_t cols) const override {
         const py::array& a = find(name);
         if (a.dtype().is(py::dtype::of<uint16_t>())) {
@@ -168,17 +166,13 @@ ModelConfig model_config_from_dict(const py::dict& d) {
     c.rope_dim = config_value<int64_t>(d, "rope_dim");
     c.rope_style = rope_style_from_name(config_value<std::string>(d, "rope_style"));
     c.norm_eps = config_value<double>(d, "norm_eps");
+    c.attention_scale = config_value<double>(d, "attention_scale");
     c.tied_output = config_value<bool>(d, "tied_output");
     c.qkv_bias = config_value<bool>(d, "qkv_bias");
     c.qk_norm = config_value<bool>(d, "qk_norm");
     const py::dict scaling = config_value<py::dict>(d, "rope_scaling");
     c.rope_scaling.kind = rope_scaling_kind_from_name(config_value<std::string>(scaling, "kind"));
-    if (c.rope_scaling.kind != RopeScalingKind::none) c.rope_scaling.factor = config_value<double>(scaling, "factor");
-    if (c.rope_scaling.kind == RopeScalingKind::llama3) {
-        c.rope_scaling.original_context_length = config_value<int64_t>(scaling, "original_context_length");
-        c.rope_scaling.low_freq_factor = config_value<double>(scaling, "low_freq_factor");
-        c.rope_scaling.high_freq_factor = config_value<double>(scaling, "high_freq_factor");
-    }
+    if (c.rope_scaling.kind == RopeScalingKind::linear) c.rope_scaling.factor = config_value<double>(scaling, "factor");
     return c;
 }
 

@@ -12,14 +12,12 @@ from __future__ import annotations
 import dataclasses
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from mlspecqd import _native
-
-if TYPE_CHECKING:
-    from mlspecqd.gguf import GGUFFile, ModelSpec
+from mlspecqd.gguf import GGUFFile, ModelSpec, open_gguf
 
 SUPPORTED_ARCHITECTURES = ("llama", "qwen2", "qwen3")
 PRECISIONS = ("bf16", "mxfp4")
@@ -55,8 +53,6 @@ class Model:
     def load(cls, path_or_file: str | Path | GGUFFile, precision: str = "bf16", context_length: int = 4096) -> Model:
         """Read a GGUF checkpoint, upcasting every matrix to BF16 (and to MXFP4 for precision="mxfp4").
         `context_length` is capped at the model's trained context."""
-        from mlspecqd.gguf import GGUFFile, open_gguf
-
         opened_here = not isinstance(path_or_file, GGUFFile)
         gguf_file = open_gguf(path_or_file) if opened_here else path_or_file
         try:

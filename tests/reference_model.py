@@ -32,25 +32,15 @@ def silu(x: np.ndarray) -> np.ndarray:
     return x / (1.0 + np.exp(-x))
 
 
-def inverse_frequencies(spec: Any, freq_factors: np.ndarray | None) -> np.ndarray:
-    """theta_i = base^(-2i / rope_dim), then the checkpoint's frequency factors or rope scaling."""
+def inverse_frequencies(spec: Any, tensors: Mapping[str, np.ndarray]) -> np.ndarray:
+    """theta_i = base^(-2i / rope_dim), divided by the linear factor or by llama3's per-frequency
+    factors (the tensor rope_freqs.weight)."""
     i = np.arange(spec.rope_dim // 2, dtype=np.float64)
     theta = spec.rope_base ** (-2.0 * i / spec.rope_dim)
-    scaling = spec.rope_scaling
-    if freq_factors is not None:
-        return theta / freq_factors
-    if scaling.kind == "linear":
-        return theta / scaling.factor
-    if scaling.kind == "llama3":
-        wavelength = 2 * np.pi / theta
-        original = scaling.original_context_length
-        smooth = (original / wavelength - scaling.low_freq_factor) / (scaling.high_freq_factor - scaling.low_freq_factor)
-        interpolated = (1 - smooth) * theta / scaling.factor + smooth * theta
-        return np.where(
-            wavelength > original / scaling.low_freq_factor,
-            theta / scaling.factor,
-            np.where(wavelength < original / scaling.high_freq_factor, theta, interpolated),
-        )
+    if spec.rope_scaling.kind == "linear":
+        return theta / spec.rope_scaling.factor
+    if spec.rope_scaling.kind == "llama3":
+        return theta / tensors["rope_freqs.weight"].astype(np.float64)
     return theta
 
 
@@ -71,13 +61,13 @@ def apply_rope(x: np.ndarray, positions: np.ndarray, theta: np.ndarray, style: s
     return out
 
 
-def causal_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, n_kv_heads: int) -> np.ndarray:
+def causal_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, n_kv_heads: int, scale: float) -> np.ndarray:
     """q: T x heads x d; k, v: T x kv_heads x d. Query head h reads key/value head h // (heads / kv_heads)."""
     T, n_heads, head_dim = q.shape
     group = n_heads // n_kv_heads
     k = np.repeat(k, group, axis=1)
     v = np.repeat(v, group, axis=1)
-    scores = np.einsum("thd,shd->hts", q, k) / np.sqrt(head_dim)
+    scores = np.einsum("thd,shd->hts", q, k) * scale
     future = np.triu(np.ones((T, T), dtype=bool), k=1)
     scores[:, future] = -np.inf
     weights = np.exp(scores - scores.max(axis=-1, keepdims=True))
@@ -99,8 +89,8 @@ def forward(
 
     T = len(tokens)
     positions = np.arange(T, dtype=np.float64)
-    freq_factors = weight("rope_freqs.weight") if "rope_freqs.weight" in tensors else None
-    theta = inverse_frequencies(spec, freq_factors)
+    theta = inverse_frequencies(spec, tensors)
+    attention_scale = spec.attention_scale or 1.0 / np.sqrt(spec.head_dim)
     x = weight("token_embd.weight")[np.asarray(tokens)]
     for layer in range(spec.n_layers):
         block = f"blk.{layer}."
@@ -116,7 +106,7 @@ def forward(
             k = rms_norm(k, weight(block + "attn_k_norm.weight"), spec.norm_eps)
         q = apply_rope(q, positions, theta, spec.rope_style)
         k = apply_rope(k, positions, theta, spec.rope_style)
-        attended = causal_attention(q, k, v, spec.n_kv_heads).reshape(T, spec.n_heads * spec.head_dim)
+        attended = causal_attention(q, k, v, spec.n_kv_heads, attention_scale).reshape(T, spec.n_heads * spec.head_dim)
         x = x + linear(attended, block + "attn_output.weight")
         h = rms_norm(x, weight(block + "ffn_norm.weight"), spec.norm_eps)
         x = x + linear(silu(linear(h, block + "ffn_gate.weight")) * linear(h, block + "ffn_up.weight"), block + "ffn_down.weight")

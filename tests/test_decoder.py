@@ -4,52 +4,23 @@ batch invariance (equality), the key/value cache, and its refusals of bad input.
 from __future__ import annotations
 
 import gc
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
 import reference_model
 from mlspecqd import _native
+from mlspecqd.gguf import ModelSpec, RopeScaling
 from mlspecqd.model import Model
-
-
-@dataclass(frozen=True)
-class RopeScaling:
-    kind: str = "none"
-    factor: float = 1.0
-    original_context_length: int = 0
-    low_freq_factor: float = 1.0
-    high_freq_factor: float = 1.0
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    architecture: str
-    n_layers: int
-    d_model: int
-    n_heads: int
-    n_kv_heads: int
-    head_dim: int
-    d_ff: int
-    vocab_size: int
-    context_length: int
-    rope_base: float
-    rope_dim: int
-    rope_style: str
-    rope_scaling: RopeScaling = field(default_factory=RopeScaling)
-    norm_eps: float = 1e-6
-    tied_output: bool = False
-    qkv_bias: bool = False
-    qk_norm: bool = False
 
 
 def tiny_spec(architecture: str = "llama", **overrides) -> ModelSpec:
     spec = ModelSpec(
         architecture=architecture, n_layers=2, d_model=64, n_heads=4, n_kv_heads=2, head_dim=16, d_ff=96,
         vocab_size=160, context_length=256, rope_base=10000.0, rope_dim=16,
-        rope_style="interleaved" if architecture == "llama" else "neox",
-        qkv_bias=architecture == "qwen2", qk_norm=architecture == "qwen3",
+        rope_style="interleaved" if architecture == "llama" else "neox", rope_scaling=RopeScaling(),
+        norm_eps=1e-6, tied_output=False, qkv_bias=architecture == "qwen2", qk_norm=architecture == "qwen3",
     )
     return replace(spec, **overrides)
 
@@ -59,7 +30,7 @@ def bf16_bits(x: np.ndarray) -> np.ndarray:
     return ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
 
 
-def random_tensors(spec: ModelSpec, seed: int = 0, freq_factors: bool = False) -> dict[str, np.ndarray]:
+def random_tensors(spec: ModelSpec, seed: int = 0) -> dict[str, np.ndarray]:
     """Random weights by GGUF name: matrices as BF16 bits scaled like a trained model's, norms near 1."""
     rng = np.random.default_rng(seed)
 
@@ -76,7 +47,7 @@ def random_tensors(spec: ModelSpec, seed: int = 0, freq_factors: bool = False) -
     }
     if not spec.tied_output:
         tensors["output.weight"] = matrix(spec.vocab_size, spec.d_model)
-    if freq_factors:
+    if spec.rope_scaling.kind == "llama3":
         tensors["rope_freqs.weight"] = np.linspace(1.0, 8.0, spec.rope_dim // 2).astype(np.float32)
     for layer in range(spec.n_layers):
         block = f"blk.{layer}."
@@ -108,19 +79,16 @@ def restore_isa_and_threads():
 
 
 ARCHITECTURE_CASES = {
-    # name: (spec, rope_freqs.weight present)
-    "llama-mha-tied": (tiny_spec("llama", n_kv_heads=4, tied_output=True), False),
-    "llama-gqa4-untied": (tiny_spec("llama", n_heads=8, n_kv_heads=2, head_dim=8, rope_dim=8), False),
-    "llama-partial-rope": (tiny_spec("llama", rope_dim=8), False),
-    "llama-llama3-scaling": (tiny_spec("llama", rope_base=500000.0, rope_scaling=RopeScaling(
-        "llama3", factor=8.0, original_context_length=64, low_freq_factor=1.0, high_freq_factor=4.0)), False),
-    "llama-linear-scaling": (tiny_spec("llama", rope_scaling=RopeScaling("linear", factor=4.0)), False),
-    "llama-rope-freqs-tensor": (tiny_spec("llama"), True),
-    "qwen2-bias-gqa2": (tiny_spec("qwen2"), False),
-    "qwen2-tied-odd-head-dim": (tiny_spec("qwen2", n_heads=6, n_kv_heads=3, head_dim=24, rope_dim=24,
-                                          tied_output=True), False),
-    "qwen3-qk-norm-gqa2-tied": (tiny_spec("qwen3", tied_output=True), False),
-    "qwen3-gqa8": (tiny_spec("qwen3", n_heads=8, n_kv_heads=1, head_dim=8, rope_dim=8), False),
+    "llama-mha-tied": tiny_spec("llama", n_kv_heads=4, tied_output=True),
+    "llama-gqa4-untied": tiny_spec("llama", n_heads=8, n_kv_heads=2, head_dim=8, rope_dim=8),
+    "llama-partial-rope": tiny_spec("llama", rope_dim=8),
+    "llama-llama3-scaling": tiny_spec("llama", rope_base=500000.0, rope_scaling=RopeScaling("llama3", factor=8.0)),
+    "llama-linear-scaling": tiny_spec("llama", rope_scaling=RopeScaling("linear", factor=4.0)),
+    "llama-attention-scale": tiny_spec("llama", attention_scale=0.5),
+    "qwen2-bias-gqa2": tiny_spec("qwen2"),
+    "qwen2-tied-odd-head-dim": tiny_spec("qwen2", n_heads=6, n_kv_heads=3, head_dim=24, rope_dim=24, tied_output=True),
+    "qwen3-qk-norm-gqa2-tied": tiny_spec("qwen3", tied_output=True),
+    "qwen3-gqa8": tiny_spec("qwen3", n_heads=8, n_kv_heads=1, head_dim=8, rope_dim=8),
 }
 
 def gemm_rounds_inputs_to_bf16() -> bool:
@@ -142,8 +110,8 @@ TOLERANCE_WORST_POSITION_BF16_INPUTS = 4e-2
 
 @pytest.mark.parametrize("case", list(ARCHITECTURE_CASES))
 def test_matches_reference(case):
-    spec, freq_factors = ARCHITECTURE_CASES[case]
-    tensors = random_tensors(spec, seed=1, freq_factors=freq_factors)
+    spec = ARCHITECTURE_CASES[case]
+    tensors = random_tensors(spec, seed=1)
     tokens = np.random.default_rng(2).integers(0, spec.vocab_size, 40)
     rounds = gemm_rounds_inputs_to_bf16()
     expected = reference_model.forward(spec, tensors, tokens, round_matmul_inputs=rounds)
@@ -304,6 +272,9 @@ def test_bad_weights_are_named():
     float_matrix = dict(tensors, **{"blk.0.attn_q.weight": np.zeros((64, 64), np.float32)})
     with pytest.raises(ValueError, match=r"weights\['blk.0.attn_q.weight'\]: a linear weight must be uint16"):
         Model.from_arrays(spec, float_matrix)
+    llama3 = replace(spec, rope_scaling=RopeScaling("llama3", factor=8.0))
+    with pytest.raises(ValueError, match=r"missing tensor 'rope_freqs.weight'"):
+        Model.from_arrays(llama3, tensors)
     strided = dict(tensors, **{"token_embd.weight": np.asfortranarray(tensors["token_embd.weight"])})
     with pytest.raises(ValueError, match=r"weights\['token_embd.weight'\] must be C-contiguous"):
         Model.from_arrays(spec, strided)

@@ -34,15 +34,9 @@ void ModelConfig::validate() const {
     if (rope_dim % 2 != 0) throw std::invalid_argument("model config: rope_dim = " + std::to_string(rope_dim) + " is odd");
     if (!(rope_base > 0.0)) throw std::invalid_argument("model config: rope_base must be positive");
     if (!(norm_eps >= 0.0)) throw std::invalid_argument("model config: norm_eps must not be negative");
-    if (rope_scaling.kind != RopeScalingKind::none && !(rope_scaling.factor > 0.0))
+    if (!(attention_scale >= 0.0)) throw std::invalid_argument("model config: attention_scale must not be negative");
+    if (rope_scaling.kind == RopeScalingKind::linear && !(rope_scaling.factor > 0.0))
         throw std::invalid_argument("model config: rope_scaling.factor must be positive");
-    if (rope_scaling.kind == RopeScalingKind::llama3) {
-        require_in_range("rope_scaling.original_context_length", rope_scaling.original_context_length, 1,
-                         int64_t{1} << 40);
-        if (!(rope_scaling.high_freq_factor > rope_scaling.low_freq_factor && rope_scaling.low_freq_factor > 0.0))
-            throw std::invalid_argument(
-                "model config: llama3 rope scaling needs high_freq_factor > low_freq_factor > 0");
-    }
 }
 
 RopeStyle rope_style_from_name(const std::string& name) {

@@ -10,14 +10,15 @@ enum class RopeStyle {
     neox,         // rotates pairs (i, i + rope_dim/2)
 };
 
-enum class RopeScalingKind { none, linear, llama3 };
+enum class RopeScalingKind {
+    none,
+    linear,  // every frequency divided by `factor`
+    llama3,  // frequency i divided by rope_freqs.weight[i] (the GGUF stores llama-3's factors as a tensor)
+};
 
 struct RopeScaling {
     RopeScalingKind kind = RopeScalingKind::none;
-    double factor = 1.0;
-    int64_t original_context_length = 0;  // llama3 only
-    double low_freq_factor = 1.0;         // llama3 only
-    double high_freq_factor = 1.0;        // llama3 only
+    double factor = 1.0;  // linear only
 };
 
 struct ModelConfig {
@@ -33,6 +34,7 @@ struct ModelConfig {
     RopeStyle rope_style = RopeStyle::interleaved;
     RopeScaling rope_scaling;
     double norm_eps = 1e-6;
+    double attention_scale = 0.0;  // multiplies q . k; 0 means 1 / sqrt(head_dim)
     bool tied_output = false;  // LM head = token embedding matrix
     bool qkv_bias = false;     // qwen2
     bool qk_norm = false;      // qwen3: RMSNorm of each q and k head before RoPE

@@ -42,8 +42,8 @@ const ModelConfig& validated(const ModelConfig& config) {
 }
 
 const float* rope_freq_factors(const ModelConfig& c, const TensorSource& tensors) {
-    const char* name = "rope_freqs.weight";
-    return tensors.has(name) ? tensors.vector(name, c.rope_dim / 2) : nullptr;
+    if (c.rope_scaling.kind != RopeScalingKind::llama3) return nullptr;
+    return tensors.vector("rope_freqs.weight", c.rope_dim / 2);
 }
 
 void add_rows(float* x, const float* y, int64_t n) {
@@ -155,7 +155,7 @@ void Decoder::attention_block(const LayerWeights& w, int64_t layer, int64_t T, i
     problem.head_dim = c.head_dim;
     problem.capacity = cache_.capacity();
     problem.first_position = start;
-    problem.scale = float(1.0 / std::sqrt(double(c.head_dim)));
+    problem.scale = float(c.attention_scale > 0.0 ? c.attention_scale : 1.0 / std::sqrt(double(c.head_dim)));
     const KernelTable& kernel = kernels();
     // Items are ordered head-major, so each thread takes whole heads and the slices cost about the same.
     parallel_for(c.n_heads * T, 1, [&](int64_t begin, int64_t end) {

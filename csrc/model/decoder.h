@@ -20,7 +20,6 @@ namespace mlspecqd {
 class TensorSource {
 public:
     virtual ~TensorSource() = default;
-    virtual bool has(const std::string& name) const = 0;
     virtual Linear linear(const std::string& name, int64_t rows, int64_t cols) const = 0;
     virtual const uint16_t* bf16_matrix(const std::string& name, int64_t rows, int64_t cols) const = 0;
     virtual const float* vector(const std::string& name, int64_t n) const = 0;

@@ -41,27 +41,11 @@ void swiglu(float* gate, const float* up, int64_t n) {
 
 Rope::Rope(const ModelConfig& config, const float* freq_factors)
     : style_(config.rope_style), head_dim_(config.head_dim), pairs_(config.rope_dim / 2) {
-    const RopeScaling& scaling = config.rope_scaling;
-    constexpr double kTwoPi = 6.283185307179586;
     inverse_frequency_.resize(pairs_);
     for (int64_t i = 0; i < pairs_; ++i) {
         double inv = std::pow(config.rope_base, -2.0 * double(i) / double(config.rope_dim));
-        if (freq_factors != nullptr) {
-            inv /= freq_factors[i];
-        } else if (scaling.kind == RopeScalingKind::linear) {
-            inv /= scaling.factor;
-        } else if (scaling.kind == RopeScalingKind::llama3) {
-            // Long wavelengths are slowed by `factor`, short ones kept, the band between interpolated.
-            const double wavelength = kTwoPi / inv;
-            const double original = double(scaling.original_context_length);
-            if (wavelength > original / scaling.low_freq_factor) {
-                inv /= scaling.factor;
-            } else if (wavelength >= original / scaling.high_freq_factor) {
-                const double smooth = (original / wavelength - scaling.low_freq_factor) /
-                                      (scaling.high_freq_factor - scaling.low_freq_factor);
-                inv = (1.0 - smooth) * inv / scaling.factor + smooth * inv;
-            }
-        }
+        if (config.rope_scaling.kind == RopeScalingKind::linear) inv /= config.rope_scaling.factor;
+        if (config.rope_scaling.kind == RopeScalingKind::llama3) inv /= freq_factors[i];
         inverse_frequency_[i] = inv;
     }
 }

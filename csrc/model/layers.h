@@ -23,8 +23,7 @@ void swiglu(float* gate, const float* up, int64_t n);
 // Rotary position embedding: the inverse frequency of each rotated pair, after any scaling.
 class Rope {
 public:
-    // freq_factors: optional rope_dim/2 divisors of the inverse frequencies (the GGUF tensor
-    // rope_freqs.weight of llama-3 checkpoints); when null, llama3 scaling is computed from the config.
+    // freq_factors: the rope_dim/2 divisors of llama3 scaling (rope_freqs.weight), else null.
     Rope(const ModelConfig& config, const float* freq_factors);
 
     // cos/sin of every pair for positions first .. first + T - 1 (T x rope_dim/2 each).
