@@ -4,7 +4,10 @@ batch invariance (equality), the key/value cache, and its refusals of bad input.
 from __future__ import annotations
 
 import gc
+import importlib.util
+import os
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -300,3 +303,25 @@ def test_precision_checked():
     spec = tiny_spec("llama")
     with pytest.raises(ValueError, match="precision 'fp8'"):
         Model.from_arrays(spec, random_tensors(spec), precision="fp8")
+
+
+MODELS_DIR = Path(os.environ.get("MLSPECQD_MODELS_DIR", "/root/.cache/mlspecqd-models"))
+AGREEMENT_SCRIPT = Path(__file__).resolve().parent.parent / "bench" / "real_model_agreement.py"
+
+
+@pytest.mark.real_model
+def test_real_model_agrees_with_transformers():
+    """SmolLM2-135M: the native BF16 decoder picks the same next token as transformers in float32."""
+    gguf_path = MODELS_DIR / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    if not gguf_path.exists() or not AGREEMENT_SCRIPT.exists():
+        pytest.skip(f"needs {gguf_path} and {AGREEMENT_SCRIPT}")
+    pytest.importorskip("transformers")
+    pytest.importorskip("accelerate")  # transformers needs it to load GGUF files
+    spec = importlib.util.spec_from_file_location("real_model_agreement", AGREEMENT_SCRIPT)
+    agreement = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(agreement)
+    if not agreement.WIKI_TEXT.exists():
+        pytest.skip(f"needs {agreement.WIKI_TEXT}")
+    result = agreement.compare(gguf_path, agreement.WIKI_TEXT.read_text(encoding="utf-8"), positions=300, window=300)
+    assert result["top1_agreement"] >= 0.99, result
+    assert abs(result["perplexity_relative_difference"]) < 0.01, result
