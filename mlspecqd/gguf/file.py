@@ -59,7 +59,8 @@ class GGUFFile:
         info = self.tensor(name)
         if info.ggml_type not in DEQUANTIZABLE_TYPES:
             supported = ", ".join(sorted(t.name for t in DEQUANTIZABLE_TYPES))
-            raise GGUFError(self.path, f"tensor {name}", f"type {info.ggml_type.name} cannot be dequantized (supported: {supported})")
+            problem = f"type {info.ggml_type.name} cannot be dequantized (supported: {supported})"
+            raise GGUFError(self.path, f"tensor {name}", problem)
         values = _native.dequantize(info.raw, int(info.ggml_type), info.n_elements, to_bf16)
         return values.reshape(info.shape)
 

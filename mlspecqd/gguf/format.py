@@ -73,7 +73,6 @@ class ParsedFile:
 
     version: int
     metadata: dict[str, Any]
-    value_types: dict[str, GGUFValueType]  # the stored type of each metadata value
     metadata_spans: dict[str, tuple[int, int]]  # byte range of each whole metadata entry, for verbatim copies
     alignment: int
     tensors: dict[str, TensorInfo]
@@ -93,7 +92,8 @@ class _Reader:
 
     def require(self, n_bytes: int, where: str) -> None:
         if n_bytes > self.size - self.position:
-            raise self.fail(where, f"needs {n_bytes} bytes at offset {self.position} but the file ends at {self.size} (truncated?)")
+            problem = f"needs {n_bytes} bytes at offset {self.position} but the file ends at {self.size} (truncated?)"
+            raise self.fail(where, problem)
 
     def string(self, where: str, index: int | None = None) -> str:
         """A length-prefixed UTF-8 string; `index` names an array item (formatted only on failure)."""
@@ -110,7 +110,8 @@ class _Reader:
         try:
             return data.decode("utf-8")
         except UnicodeDecodeError as error:
-            raise self.fail(_item(where, index), f"string is not valid UTF-8 ({error.reason} at byte {error.start})") from None
+            problem = f"string is not valid UTF-8 ({error.reason} at byte {error.start})"
+            raise self.fail(_item(where, index), problem) from None
 
     def scalar(self, value_type: GGUFValueType, where: str) -> Any:
         fmt = _SCALAR_FORMATS[value_type]
@@ -147,7 +148,8 @@ class _Reader:
             raise self.fail(where, "arrays of arrays are not supported")
         item_bytes = _STRING_LENGTH_BYTES if item_type == GGUFValueType.STRING else _SCALAR_DTYPES[item_type].itemsize
         if count > (self.size - self.position) // item_bytes:
-            raise self.fail(where, f"array of {count} {item_type.name} items cannot fit in the {self.size - self.position} bytes left")
+            left = self.size - self.position
+            raise self.fail(where, f"array of {count} {item_type.name} items cannot fit in the {left} bytes left")
         if item_type == GGUFValueType.STRING:
             return [self.string(where, index) for index in range(count)]
         dtype = _SCALAR_DTYPES[item_type]
@@ -178,9 +180,11 @@ def parse(path: Path, buffer: Any, size: int) -> ParsedFile:
     metadata_count = reader.u64("metadata_kv_count")
     left = size - HEADER_BYTES
     if metadata_count > left // _MIN_METADATA_ENTRY_BYTES:
-        raise reader.fail("metadata_kv_count", f"{metadata_count} entries cannot fit in a file of {size} bytes")
+        problem = f"{metadata_count} entries cannot fit in a file of {size} bytes (truncated or corrupt)"
+        raise reader.fail("metadata_kv_count", problem)
     if tensor_count > (left - metadata_count * _MIN_METADATA_ENTRY_BYTES) // _MIN_TENSOR_ENTRY_BYTES:
-        raise reader.fail("tensor_count", f"{tensor_count} tensors cannot fit in a file of {size} bytes")
+        problem = f"{tensor_count} tensors cannot fit in a file of {size} bytes (truncated or corrupt)"
+        raise reader.fail("tensor_count", problem)
 
     metadata: dict[str, Any] = {}
     value_types: dict[str, GGUFValueType] = {}
@@ -199,7 +203,7 @@ def parse(path: Path, buffer: Any, size: int) -> ParsedFile:
     entries = [_tensor_entry(reader, index) for index in range(tensor_count)]
     data_start = _align(reader.position, alignment)
     tensors = _tensors(reader, entries, data_start, alignment)
-    return ParsedFile(version, metadata, value_types, spans, alignment, tensors)
+    return ParsedFile(version, metadata, spans, alignment, tensors)
 
 
 def _align(offset: int, alignment: int) -> int:
@@ -253,7 +257,8 @@ def _tensors(reader: _Reader, entries: list[_TensorEntry], data_start: int, alig
             raise reader.fail(where, "tensor name appears twice")
         block_elements, block_bytes = GGML_QUANT_SIZES[entry.ggml_type]
         if entry.dims[0] % block_elements:
-            raise reader.fail(where, f"row length {entry.dims[0]} is not a multiple of the {entry.ggml_type.name} block size {block_elements}")
+            problem = f"row length {entry.dims[0]} is not a multiple of the {entry.ggml_type.name} block size"
+            raise reader.fail(where, f"{problem} {block_elements}")
         n_bytes = math.prod(entry.dims) // block_elements * block_bytes
         if entry.offset % alignment:
             raise reader.fail(where, f"data offset {entry.offset} is not a multiple of the alignment {alignment}")

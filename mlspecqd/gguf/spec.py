@@ -14,7 +14,14 @@ ARCHITECTURES = ("llama", "qwen2", "qwen3", "gemma3", "qwen2moe", "qwen3moe")
 _MOE_ARCHITECTURES = ("qwen2moe", "qwen3moe")
 # How the rotary pairs are laid out: llama's GGUF weights are permuted for adjacent pairs (2i, 2i+1);
 # the others rotate the halves (i, i + rope_dim / 2).
-_ROPE_STYLES = {"llama": "interleaved", "qwen2": "neox", "qwen3": "neox", "gemma3": "neox", "qwen2moe": "neox", "qwen3moe": "neox"}
+_ROPE_STYLES = {
+    "llama": "interleaved",
+    "qwen2": "neox",
+    "qwen3": "neox",
+    "gemma3": "neox",
+    "qwen2moe": "neox",
+    "qwen3moe": "neox",
+}
 # Whether the top-k routing weights are renormalized to sum to 1 (as llama.cpp does per family) when
 # the file has no {arch}.expert_weights_norm key.
 _NORMALIZED_EXPERT_WEIGHTS = {"llama": True, "qwen2moe": False, "qwen3moe": True}
@@ -137,33 +144,43 @@ def read_model_spec(path: Path, metadata: Mapping[str, Any], tensors: Mapping[st
     if architecture is None:
         raise GGUFError(path, "general.architecture", "required key is missing")
     if architecture not in ARCHITECTURES:
-        raise GGUFError(path, "general.architecture", f"unsupported architecture {architecture!r} (supported: {', '.join(ARCHITECTURES)})")
+        problem = f"unsupported architecture {architecture!r} (supported: {', '.join(ARCHITECTURES)})"
+        raise GGUFError(path, "general.architecture", problem)
     keys = _Metadata(path, metadata, architecture)
 
     n_layers = keys.integer("block_count")
+    if n_layers > len(tensors):  # checked before anything loops over the layers
+        raise GGUFError(path, keys.key("block_count"), f"{n_layers} layers but only {len(tensors)} tensors")
     d_model = keys.integer("embedding_length")
     n_heads = keys.integer("attention.head_count")
     n_kv_heads = keys.integer("attention.head_count_kv", default=n_heads)
     if n_heads % n_kv_heads:
-        raise GGUFError(path, keys.key("attention.head_count_kv"), f"{n_kv_heads} does not divide the {n_heads} query heads")
+        problem = f"{n_kv_heads} does not divide the {n_heads} query heads"
+        raise GGUFError(path, keys.key("attention.head_count_kv"), problem)
     head_dim = keys.integer("attention.key_length", default=d_model // n_heads)
     if keys.has("attention.value_length") and keys.integer("attention.value_length") != head_dim:
-        raise GGUFError(path, keys.key("attention.value_length"), f"differs from the key length {head_dim}: not supported")
+        problem = f"differs from the key length {head_dim}: not supported"
+        raise GGUFError(path, keys.key("attention.value_length"), problem)
     rope_dim = keys.integer("rope.dimension_count", default=head_dim, minimum=2)
     if rope_dim > head_dim or rope_dim % 2:
-        raise GGUFError(path, keys.key("rope.dimension_count"), f"{rope_dim} must be even and at most head_dim {head_dim}")
+        problem = f"{rope_dim} must be even and at most head_dim {head_dim}"
+        raise GGUFError(path, keys.key("rope.dimension_count"), problem)
 
     n_experts = keys.integer("expert_count", default=0, minimum=0)
     if architecture in _MOE_ARCHITECTURES and n_experts == 0:
         raise GGUFError(path, keys.key("expert_count"), f"a {architecture} model needs experts")
+    if n_experts and architecture not in _NORMALIZED_EXPERT_WEIGHTS:
+        raise GGUFError(path, keys.key("expert_count"), f"experts in a {architecture} model are not supported")
     n_experts_used = expert_d_ff = shared_expert_d_ff = 0
     if n_experts:
         n_experts_used = keys.integer("expert_used_count")
         if n_experts_used > n_experts:
-            raise GGUFError(path, keys.key("expert_used_count"), f"{n_experts_used} is more than the {n_experts} experts")
+            problem = f"{n_experts_used} is more than the {n_experts} experts"
+            raise GGUFError(path, keys.key("expert_used_count"), problem)
         # Mixtral-style llama files give the expert width as feed_forward_length.
-        expert_width_key = "expert_feed_forward_length" if keys.has("expert_feed_forward_length") else "feed_forward_length"
-        expert_d_ff = keys.integer(expert_width_key)
+        expert_d_ff = keys.integer(
+            "expert_feed_forward_length" if keys.has("expert_feed_forward_length") else "feed_forward_length"
+        )
         shared_up = tensors.get("blk.0.ffn_up_shexp.weight")
         if keys.has("expert_shared_feed_forward_length") or shared_up is not None:
             inferred = shared_up.shape[0] if shared_up is not None and len(shared_up.shape) == 2 else None
@@ -177,10 +194,12 @@ def read_model_spec(path: Path, metadata: Mapping[str, Any], tensors: Mapping[st
         raise GGUFError(path, "tensor token_embd.weight", "missing or not 2-D")
     vocab_size = token_embd.shape[0]
     if keys.has("vocab_size") and keys.integer("vocab_size") != vocab_size:
-        raise GGUFError(path, keys.key("vocab_size"), f"{keys.integer('vocab_size')} differs from the {vocab_size} rows of token_embd.weight")
+        problem = f"{keys.integer('vocab_size')} differs from the {vocab_size} rows of token_embd.weight"
+        raise GGUFError(path, keys.key("vocab_size"), problem)
     tokens = metadata.get("tokenizer.ggml.tokens")
     if isinstance(tokens, list) and len(tokens) > vocab_size:
-        raise GGUFError(path, "tokenizer.ggml.tokens", f"{len(tokens)} tokens but the embedding has only {vocab_size} rows")
+        problem = f"{len(tokens)} tokens but the embedding has only {vocab_size} rows"
+        raise GGUFError(path, "tokenizer.ggml.tokens", problem)
 
     is_gemma3 = architecture == "gemma3"
     spec = ModelSpec(
@@ -205,14 +224,19 @@ def read_model_spec(path: Path, metadata: Mapping[str, Any], tensors: Mapping[st
         n_experts_used=n_experts_used,
         expert_d_ff=expert_d_ff,
         shared_expert_d_ff=shared_expert_d_ff,
-        expert_weights_normalized=n_experts > 0 and keys.flag("expert_weights_norm", default=_NORMALIZED_EXPERT_WEIGHTS[architecture]),
+        expert_weights_normalized=n_experts > 0
+        and keys.flag("expert_weights_norm", default=_NORMALIZED_EXPERT_WEIGHTS[architecture]),
         activation="gelu_tanh" if is_gemma3 else "silu",
-        attention_scale=keys.positive_number("attention.scale", default=_default_attention_scale(architecture, n_layers, d_model, n_heads, head_dim)),
+        attention_scale=keys.positive_number(
+            "attention.scale", default=_default_attention_scale(architecture, n_layers, d_model, n_heads, head_dim)
+        ),
         embedding_scale=math.sqrt(d_model) if is_gemma3 else 1.0,
         post_norms=is_gemma3,
         sliding_window=keys.integer("attention.sliding_window") if is_gemma3 else 0,
         sliding_window_pattern=_sliding_window_pattern(keys) if is_gemma3 else 0,
-        rope_base_sliding=keys.positive_number("rope.freq_base_swa", default=_GEMMA3_ROPE_BASE_SLIDING) if is_gemma3 else 0.0,
+        rope_base_sliding=(
+            keys.positive_number("rope.freq_base_swa", default=_GEMMA3_ROPE_BASE_SLIDING) if is_gemma3 else 0.0
+        ),
     )
     _check_tensor_shapes(path, spec, tensors)
     return spec
@@ -228,7 +252,9 @@ def _default_attention_scale(architecture: str, n_layers: int, d_model: int, n_h
 def _sliding_window_pattern(keys: _Metadata) -> int:
     # Newer converters may store the pattern; older Gemma 3 files rely on the family's fixed pattern.
     value = keys.metadata.get(keys.key("attention.sliding_window_pattern"))
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else _GEMMA3_SLIDING_WINDOW_PATTERN
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    return _GEMMA3_SLIDING_WINDOW_PATTERN
 
 
 def _rope_scaling(keys: _Metadata, tensors: Mapping[str, TensorInfo]) -> RopeScaling:
@@ -246,7 +272,8 @@ def _rope_scaling(keys: _Metadata, tensors: Mapping[str, TensorInfo]) -> RopeSca
     if kind == "none":
         return RopeScaling()
     if kind not in ("linear", "yarn"):
-        raise GGUFError(keys.path, keys.key("rope.scaling.type"), f"rope scaling {kind!r} is not supported (supported: none, linear, yarn)")
+        problem = f"rope scaling {kind!r} is not supported (supported: none, linear, yarn)"
+        raise GGUFError(keys.path, keys.key("rope.scaling.type"), problem)
     return RopeScaling(
         kind=kind,
         factor=keys.positive_number("rope.scaling.factor"),
@@ -254,13 +281,15 @@ def _rope_scaling(keys: _Metadata, tensors: Mapping[str, TensorInfo]) -> RopeSca
     )
 
 
-def _present_in_every_layer(path: Path, tensors: Mapping[str, TensorInfo], n_layers: int, suffixes: tuple[str, ...]) -> bool:
+def _present_in_every_layer(
+    path: Path, tensors: Mapping[str, TensorInfo], n_layers: int, suffixes: tuple[str, ...]
+) -> bool:
     """Whether every layer has all these tensors; a GGUFError when only some layers or some of them do."""
-    present = {f"blk.{layer}.{suffix}" in tensors for layer in range(n_layers) for suffix in suffixes}
-    if len(present) == 2:
-        missing = next(f"blk.{layer}.{suffix}" for layer in range(n_layers) for suffix in suffixes if f"blk.{layer}.{suffix}" not in tensors)
-        raise GGUFError(path, f"tensor {missing}", f"missing while other layers have their {', '.join(suffixes)}")
-    return present == {True}
+    names = [f"blk.{layer}.{suffix}" for layer in range(n_layers) for suffix in suffixes]
+    missing = [name for name in names if name not in tensors]
+    if missing and len(missing) < len(names):
+        raise GGUFError(path, f"tensor {missing[0]}", f"missing while other layers have their {', '.join(suffixes)}")
+    return not missing
 
 
 def expected_tensor_shapes(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
@@ -305,7 +334,8 @@ def expected_tensor_shapes(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
                     }
                 )
         else:
-            block.update({"ffn_gate.weight": (spec.d_ff, d), "ffn_up.weight": (spec.d_ff, d), "ffn_down.weight": (d, spec.d_ff)})
+            width = spec.d_ff
+            block.update({"ffn_gate.weight": (width, d), "ffn_up.weight": (width, d), "ffn_down.weight": (d, width)})
         shapes.update({f"blk.{layer}.{name}": shape for name, shape in block.items()})
     if spec.rope_scaling.kind == "llama3":
         shapes["rope_freqs.weight"] = (spec.rope_dim // 2,)
@@ -316,6 +346,8 @@ def _check_tensor_shapes(path: Path, spec: ModelSpec, tensors: Mapping[str, Tens
     for name, shape in expected_tensor_shapes(spec).items():
         info = tensors.get(name)
         if info is None:
-            raise GGUFError(path, f"tensor {name}", f"missing (a {spec.architecture} model with this metadata needs it)")
+            problem = f"missing (a {spec.architecture} model with this metadata needs it)"
+            raise GGUFError(path, f"tensor {name}", problem)
         if info.shape != shape:
-            raise GGUFError(path, f"tensor {name}", f"shape {info.shape} does not match {shape} expected from the metadata")
+            problem = f"shape {info.shape} does not match {shape} expected from the metadata"
+            raise GGUFError(path, f"tensor {name}", problem)

@@ -18,18 +18,19 @@ import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType, LlamaFileType
 
 from mlspecqd import _native
-from mlspecqd.gguf.file import GGUFFile, open_gguf
-from mlspecqd.gguf.format import DEFAULT_ALIGNMENT, MAGIC, GGUFError
+from mlspecqd.gguf.file import DEQUANTIZABLE_TYPES, GGUFFile, open_gguf
+from mlspecqd.gguf.format import MAGIC, GGUFError
 
 OUTPUT_VERSION = 3
 FILE_TYPE_KEY = "general.file_type"
 
 # A cast turns a float32 matrix (rows x K) into the bytes of one GGUF tensor and their type. It must
-# pick the type from K alone (write_gguf sizes each tensor by casting one zero row first).
+# pick the type from K alone: conversion_plan sizes each tensor by casting one zero row first.
 Cast = Callable[[np.ndarray], "tuple[np.ndarray, GGMLQuantizationType]"]
 
 
 def cast_to_bf16(matrix: np.ndarray) -> tuple[np.ndarray, GGMLQuantizationType]:
+    # "Dequantizing" F32 data to BF16 is the native, threaded round to nearest even.
     values = np.ascontiguousarray(matrix, dtype=np.float32).reshape(-1)
     bits = _native.dequantize(values.view(np.uint8), int(GGMLQuantizationType.F32), values.size, True)
     return bits.view(np.uint8), GGMLQuantizationType.BF16
@@ -68,7 +69,9 @@ class OutputTensor:
         return math.prod(self.shape) // block_elements * block_bytes
 
 
-def write_gguf(out_path: str | os.PathLike[str], source: GGUFFile, tensors: Sequence[OutputTensor], file_type: int | None = None) -> None:
+def write_gguf(
+    out_path: str | os.PathLike[str], source: GGUFFile, tensors: Sequence[OutputTensor], file_type: int | None = None
+) -> None:
     """Writes a GGUF file holding `source`'s metadata, byte for byte, and `tensors`, in order.
     general.file_type is set to `file_type`, or left out when None (llama.cpp then infers it from the
     tensor types). Atomic: on failure no file appears at out_path."""
@@ -98,7 +101,8 @@ def _check_tensors(out_path: Path, tensors: Sequence[OutputTensor]) -> None:
         names.add(tensor.name)
         block_elements = GGML_QUANT_SIZES[tensor.ggml_type][0]
         if not tensor.shape or tensor.shape[-1] % block_elements:
-            raise GGUFError(out_path, f"tensor {tensor.name}", f"shape {tensor.shape} does not hold whole {tensor.ggml_type.name} blocks")
+            problem = f"shape {tensor.shape} does not hold whole {tensor.ggml_type.name} blocks"
+            raise GGUFError(out_path, f"tensor {tensor.name}", problem)
 
 
 def _string(text: str) -> bytes:
@@ -108,7 +112,9 @@ def _string(text: str) -> bytes:
 
 def _metadata_entries(source: GGUFFile, file_type: int | None) -> list[bytes]:
     """Each metadata entry of `source` as stored, general.file_type replaced (or appended, or dropped)."""
-    file_type_entry = None if file_type is None else _string(FILE_TYPE_KEY) + struct.pack("<II", GGUFValueType.UINT32, file_type)
+    file_type_entry = None
+    if file_type is not None:
+        file_type_entry = _string(FILE_TYPE_KEY) + struct.pack("<II", GGUFValueType.UINT32, file_type)
     entries = []
     for key, (start, end) in source.parsed.metadata_spans.items():
         if key != FILE_TYPE_KEY:
@@ -121,8 +127,10 @@ def _metadata_entries(source: GGUFFile, file_type: int | None) -> list[bytes]:
     return entries
 
 
-def _write(out: BinaryIO, out_path: Path, source: GGUFFile, tensors: Sequence[OutputTensor], file_type: int | None) -> None:
-    alignment = source.parsed.alignment if "general.alignment" in source.metadata else DEFAULT_ALIGNMENT
+def _write(
+    out: BinaryIO, out_path: Path, source: GGUFFile, tensors: Sequence[OutputTensor], file_type: int | None
+) -> None:
+    alignment = source.parsed.alignment  # general.alignment, copied with the metadata, or the default
     entries = _metadata_entries(source, file_type)
     out.write(MAGIC + struct.pack("<IQQ", OUTPUT_VERSION, len(tensors), len(entries)))
     for entry in entries:
@@ -141,7 +149,8 @@ def _write(out: BinaryIO, out_path: Path, source: GGUFFile, tensors: Sequence[Ou
         except ValueError as error:
             raise GGUFError(out_path, f"tensor {tensor.name}", f"could not be produced: {error}") from error
         if data.nbytes != tensor.n_bytes:
-            raise GGUFError(out_path, f"tensor {tensor.name}", f"produced {data.nbytes} bytes, expected {tensor.n_bytes} for {tensor.ggml_type.name} {tensor.shape}")
+            expected = f"expected {tensor.n_bytes} for {tensor.ggml_type.name} {tensor.shape}"
+            raise GGUFError(out_path, f"tensor {tensor.name}", f"produced {data.nbytes} bytes, {expected}")
         out.write(memoryview(data).cast("B"))
         _pad(out, alignment)
 
@@ -155,28 +164,38 @@ def _pad(out: BinaryIO, alignment: int) -> None:
     out.write(bytes(_padded(position, alignment) - position))
 
 
-def conversion_plan(source: GGUFFile, cast: Cast, out_path: Path) -> tuple[list[OutputTensor], GGMLQuantizationType | None]:
+def conversion_plan(
+    source: GGUFFile, cast: Cast, out_path: Path
+) -> tuple[list[OutputTensor], GGMLQuantizationType | None]:
     """The tensors of `source` converted by `cast`: every tensor of two or more dimensions goes through
     the cast (token_embd and output included; llama.cpp reads any type for them), 1-D tensors (norms,
     biases, rope factors) become F32. Also returns the type of the largest converted tensor."""
-    row_formats: dict[int, tuple[GGMLQuantizationType, int]] = {}
+    row_types: dict[int, GGMLQuantizationType] = {}
 
-    def row_format(name: str, row_length: int) -> tuple[GGMLQuantizationType, int]:
-        if row_length not in row_formats:
+    def row_type(name: str, row_length: int) -> GGMLQuantizationType:
+        """The type the cast gives rows of this length, found by casting a row of zeros."""
+        if row_length not in row_types:
             try:
                 raw, ggml_type = cast(np.zeros((1, row_length), dtype=np.float32))
             except ValueError as error:
                 raise GGUFError(out_path, f"tensor {name}", f"cannot be cast: {error}") from error
-            row_formats[row_length] = (GGMLQuantizationType(ggml_type), raw.nbytes)
-        return row_formats[row_length]
+            probe = OutputTensor(name, GGMLQuantizationType(ggml_type), (1, row_length), lambda: raw)
+            if raw.nbytes != probe.n_bytes:
+                problem = f"the cast gives {raw.nbytes} bytes for a row of {row_length}, {probe.ggml_type.name}"
+                problem += f" needs {probe.n_bytes}"
+                raise GGUFError(out_path, f"tensor {name}", problem)
+            row_types[row_length] = probe.ggml_type
+        return row_types[row_length]
 
     plan: list[OutputTensor] = []
     largest: tuple[int, GGMLQuantizationType] | None = None
     for name, info in source.tensors.items():
+        if info.ggml_type not in DEQUANTIZABLE_TYPES:  # found before anything is written
+            raise GGUFError(source.path, f"tensor {name}", f"type {info.ggml_type.name} cannot be converted")
         if len(info.shape) == 1:
             plan.append(OutputTensor(name, GGMLQuantizationType.F32, info.shape, _f32_bytes(source, name)))
             continue
-        ggml_type, _ = row_format(name, info.shape[-1])
+        ggml_type = row_type(name, info.shape[-1])
         plan.append(OutputTensor(name, ggml_type, info.shape, _cast_bytes(source, name, cast, ggml_type, out_path)))
         if largest is None or info.n_elements > largest[0]:
             largest = (info.n_elements, ggml_type)
@@ -187,12 +206,15 @@ def _f32_bytes(source: GGUFFile, name: str) -> Callable[[], np.ndarray]:
     return lambda: source.tensor_f32(name).reshape(-1).view(np.uint8)
 
 
-def _cast_bytes(source: GGUFFile, name: str, cast: Cast, ggml_type: GGMLQuantizationType, out_path: Path) -> Callable[[], np.ndarray]:
+def _cast_bytes(
+    source: GGUFFile, name: str, cast: Cast, ggml_type: GGMLQuantizationType, out_path: Path
+) -> Callable[[], np.ndarray]:
     def produce() -> np.ndarray:
         values = source.tensor_f32(name)
         raw, produced_type = cast(values.reshape(-1, values.shape[-1]))
         if produced_type != ggml_type:
-            raise GGUFError(out_path, f"tensor {name}", f"the cast produced {GGMLQuantizationType(produced_type).name}, announced {ggml_type.name}")
+            problem = f"the cast produced {GGMLQuantizationType(produced_type).name}, announced {ggml_type.name}"
+            raise GGUFError(out_path, f"tensor {name}", problem)
         return raw
 
     return produce
@@ -207,6 +229,6 @@ def convert(in_path: str | os.PathLike[str], out_path: str | os.PathLike[str], t
         raise GGUFError(out_path, "target", f"unknown target {target!r} (choose from {', '.join(sorted(CASTS))})")
     with open_gguf(in_path) as source:
         plan, main_type = conversion_plan(source, cast, out_path)
-        file_type = _FILE_TYPES.get(main_type) if main_type is not None else None
+        file_type = _FILE_TYPES.get(main_type)
         write_gguf(out_path, source, plan, None if file_type is None else int(file_type))
 
