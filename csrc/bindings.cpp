@@ -210,7 +210,8 @@ private:
 };
 
 // The attention kernel alone, for tests: q (T, n_heads, head_dim) at positions first_position.. against
-// caches k, v (n_kv_heads, capacity, head_dim) that hold positions 0 .. first_position + T - 1.
+// caches k, v (n_kv_heads, capacity, head_dim) that hold positions 0 .. first_position + T - 1 (k is
+// copied into the kernel's key tiles).
 FloatArray causal_attention(const FloatArray& q, const FloatArray& k, const FloatArray& v, int64_t first_position) {
     if (q.ndim() != 3 || k.ndim() != 3 || v.ndim() != 3)
         throw std::invalid_argument("causal_attention wants 3-D q (T, heads, d), k and v (kv_heads, capacity, d)");
@@ -227,9 +228,15 @@ FloatArray causal_attention(const FloatArray& q, const FloatArray& k, const Floa
                             first_position >= 0 && first_position + p.T <= p.capacity;
     if (!shapes_fit) throw std::invalid_argument("causal_attention: shapes " + shape_text(q) + ", " + shape_text(k) + ", " +
                                                  shape_text(v) + " and first_position do not fit together");
+    const int64_t tile_floats = key_tiles(p.capacity) * kKeyTile * p.head_dim;
+    std::vector<float> key_tiles_copy(p.n_kv_heads * tile_floats);
+    for (int64_t h = 0; h < p.n_kv_heads; ++h)
+        for (int64_t position = 0; position < p.capacity; ++position)
+            for (int64_t d = 0; d < p.head_dim; ++d)
+                key_tiles_copy[h * tile_floats + key_offset(position, p.head_dim) + d * kKeyTile] = k.at(h, position, d);
     FloatArray out({p.T, p.n_heads, p.head_dim});
     p.q = q.data();
-    p.k_cache = k.data();
+    p.k_cache = key_tiles_copy.data();
     p.v_cache = v.data();
     p.out = out.mutable_data();
     std::vector<float> scores(first_position + p.T);

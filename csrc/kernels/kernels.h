@@ -5,11 +5,22 @@
 
 namespace mlspecqd {
 
+// Keys are cached in tiles of kKeyTile positions: for each key/value head, tile i holds positions
+// kKeyTile * i .. kKeyTile * i + kKeyTile - 1 as head_dim rows of kKeyTile floats (row d, lane l: dimension d
+// of the key at position kKeyTile * i + l). The attention kernels then get kKeyTile scores from plain
+// vector FMAs over d, without horizontal sums, and every score sums its products in d order.
+constexpr int64_t kKeyTile = 16;
+constexpr int64_t key_tiles(int64_t capacity) { return (capacity + kKeyTile - 1) / kKeyTile; }
+// Where dimension 0 of the key at `position` sits in one head's tiles; dimension d is d * kKeyTile further.
+constexpr int64_t key_offset(int64_t position, int64_t head_dim) {
+    return position / kKeyTile * head_dim * kKeyTile + position % kKeyTile;
+}
+
 // One causal attention problem: T query rows at positions first_position .. first_position + T - 1 against
 // one layer's key/value cache, which already holds positions 0 .. first_position + T - 1.
 struct AttentionProblem {
     const float* q;        // T x (n_heads * head_dim), RoPE applied
-    const float* k_cache;  // n_kv_heads x capacity x head_dim
+    const float* k_cache;  // n_kv_heads x key_tiles(capacity) tiles of head_dim x kKeyTile (see kKeyTile)
     const float* v_cache;  // n_kv_heads x capacity x head_dim
     float* out;            // T x (n_heads * head_dim)
     int64_t T = 0;

@@ -1,9 +1,11 @@
 // Keys and values of every layer for positions 0 .. n_past - 1, float32, allocated once for max_context
-// positions. Layout per layer and per key/value head: capacity x head_dim, so one head's keys are
-// contiguous in position order, the order attention reads them.
+// positions. Per layer and key/value head, values are capacity x head_dim (position-major) and keys are
+// in the tiles of kKeyTile positions that the attention kernels read (csrc/kernels/kernels.h).
 #pragma once
 #include <cstdint>
 #include <memory>
+
+#include "kernels/kernels.h"
 
 namespace mlspecqd {
 
@@ -21,11 +23,12 @@ public:
     void write(int64_t layer, const float* k, const float* v, int64_t T);
     void commit(int64_t T);
 
-    const float* keys(int64_t layer) const { return k_.get() + layer * layer_stride(); }
-    const float* values(int64_t layer) const { return v_.get() + layer * layer_stride(); }
+    const float* keys(int64_t layer) const { return k_.get() + layer * n_kv_heads_ * key_head_stride(); }
+    const float* values(int64_t layer) const { return v_.get() + layer * n_kv_heads_ * value_head_stride(); }
 
 private:
-    int64_t layer_stride() const { return n_kv_heads_ * capacity_ * head_dim_; }
+    int64_t key_head_stride() const { return key_tiles(capacity_) * kKeyTile * head_dim_; }
+    int64_t value_head_stride() const { return capacity_ * head_dim_; }
 
     int64_t n_kv_heads_, head_dim_, capacity_;
     int64_t n_past_ = 0;

@@ -2,10 +2,11 @@
 // reference the vector paths are tested against.
 //
 // One work item is one (head, query row). It makes three passes over its keys 0 .. position:
-//   scores[j] = scale * (q . k_j)             (a dot product per key, reduced in head-dimension order)
+//   scores[j] = scale * (q . k_j)             (kKeyTile keys per vector, each summing over d in order)
 //   e_j = exp(scores[j] - max), sum = sum e_j (accumulated in key order, lane-wise in the vector paths)
-//   out = (sum_j e_j v_j) / sum               (accumulated in key order)
-// Nothing in it depends on how many rows share the call, which is what makes it batch invariant.
+//   out = (sum_j e_j v_j) / sum               (accumulated in key order, lane-wise over dimensions)
+// Nothing in it depends on how many rows share the call, which is what makes it batch invariant: a
+// key's score takes the same operations whichever code path (group of tiles, masked tail) covers it.
 #include <cmath>
 #include <limits>
 
@@ -20,9 +21,11 @@ namespace {
 #if defined(__AVX512BF16__)
 
 constexpr int64_t kLanes = 16;
+static_assert(kKeyTile == kLanes, "one key tile is one vector");
 
 inline __mmask16 tail_mask(int64_t remaining) {
-    return remaining >= kLanes ? __mmask16(0xffff) : __mmask16((1u << remaining) - 1u);
+    if (remaining >= kLanes) return __mmask16(0xffff);
+    return remaining <= 0 ? __mmask16(0) : __mmask16((1u << remaining) - 1u);
 }
 
 // exp(x) = 2^n * exp(r) with n = round(x / ln 2) and |r| <= ln(2) / 2; a degree-7 Taylor polynomial
@@ -44,13 +47,45 @@ inline __m512 exp_ps(__m512 x) {
     return _mm512_scalef_ps(p, n);
 }
 
-inline float dot(const float* a, const float* b, int64_t n) {
-    __m512 acc = _mm512_setzero_ps();
-    for (int64_t i = 0; i < n; i += kLanes) {
-        const __mmask16 m = tail_mask(n - i);
-        acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, a + i), _mm512_maskz_loadu_ps(m, b + i), acc);
+// scores[j] = scale * sum_d q[d] k_j[d] for j < n. Four tiles at a time keep four independent FMA
+// chains in flight; the remaining tiles go one by one, masked past n.
+inline void key_scores(const float* q, const float* tiles, int64_t head_dim, int64_t n, float scale, float* scores) {
+    const int64_t tile_floats = head_dim * kKeyTile;
+    const __m512 vscale = _mm512_set1_ps(scale);
+    int64_t j = 0;
+    for (; j + 4 * kKeyTile <= n; j += 4 * kKeyTile) {
+        const float* t = tiles + (j / kKeyTile) * tile_floats;
+        __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+        for (int64_t d = 0; d < head_dim; ++d) {
+            const __m512 qd = _mm512_set1_ps(q[d]);
+            const float* row = t + d * kKeyTile;
+            a0 = _mm512_fmadd_ps(qd, _mm512_loadu_ps(row), a0);
+            a1 = _mm512_fmadd_ps(qd, _mm512_loadu_ps(row + tile_floats), a1);
+            a2 = _mm512_fmadd_ps(qd, _mm512_loadu_ps(row + 2 * tile_floats), a2);
+            a3 = _mm512_fmadd_ps(qd, _mm512_loadu_ps(row + 3 * tile_floats), a3);
+        }
+        _mm512_storeu_ps(scores + j, _mm512_mul_ps(a0, vscale));
+        _mm512_storeu_ps(scores + j + kKeyTile, _mm512_mul_ps(a1, vscale));
+        _mm512_storeu_ps(scores + j + 2 * kKeyTile, _mm512_mul_ps(a2, vscale));
+        _mm512_storeu_ps(scores + j + 3 * kKeyTile, _mm512_mul_ps(a3, vscale));
     }
-    return _mm512_reduce_add_ps(acc);
+    for (; j < n; j += kKeyTile) {
+        const __mmask16 m = tail_mask(n - j);
+        const float* t = tiles + (j / kKeyTile) * tile_floats;
+        __m512 a = _mm512_setzero_ps();
+        for (int64_t d = 0; d < head_dim; ++d)
+            a = _mm512_fmadd_ps(_mm512_set1_ps(q[d]), _mm512_maskz_loadu_ps(m, t + d * kKeyTile), a);
+        _mm512_mask_storeu_ps(scores + j, m, _mm512_mul_ps(a, vscale));
+    }
+}
+
+inline float max_of(const float* x, int64_t n) {
+    __m512 max = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
+    for (int64_t j = 0; j < n; j += kLanes) {
+        const __mmask16 m = tail_mask(n - j);
+        max = _mm512_mask_max_ps(max, m, max, _mm512_maskz_loadu_ps(m, x + j));
+    }
+    return _mm512_reduce_max_ps(max);
 }
 
 // scores[j] <- exp(scores[j] - max) for j < n; returns their sum.
@@ -66,34 +101,37 @@ inline float exponentiate(float* scores, int64_t n, float max) {
     return _mm512_reduce_add_ps(sum);
 }
 
-// out[d] = factor * sum_j weights[j] * v[j * head_dim + d]; four accumulators over j hide FMA latency.
+// out[d] = factor * sum_j weights[j] * v[j * head_dim + d], 64 dimensions per pass over the rows.
 inline void weighted_sum(const float* weights, const float* v, int64_t n, int64_t head_dim, float factor,
                          float* out) {
-    for (int64_t d = 0; d < head_dim; d += kLanes) {
-        const __mmask16 m = tail_mask(head_dim - d);
-        __m512 acc0 = _mm512_setzero_ps(), acc1 = acc0, acc2 = acc0, acc3 = acc0;
-        int64_t j = 0;
-        for (; j + 4 <= n; j += 4) {
+    for (int64_t d = 0; d < head_dim; d += 4 * kLanes) {
+        const __mmask16 m0 = tail_mask(head_dim - d), m1 = tail_mask(head_dim - d - kLanes),
+                        m2 = tail_mask(head_dim - d - 2 * kLanes), m3 = tail_mask(head_dim - d - 3 * kLanes);
+        __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+        for (int64_t j = 0; j < n; ++j) {
+            const __m512 w = _mm512_set1_ps(weights[j]);
             const float* row = v + j * head_dim + d;
-            acc0 = _mm512_fmadd_ps(_mm512_set1_ps(weights[j]), _mm512_maskz_loadu_ps(m, row), acc0);
-            acc1 = _mm512_fmadd_ps(_mm512_set1_ps(weights[j + 1]), _mm512_maskz_loadu_ps(m, row + head_dim), acc1);
-            acc2 = _mm512_fmadd_ps(_mm512_set1_ps(weights[j + 2]), _mm512_maskz_loadu_ps(m, row + 2 * head_dim), acc2);
-            acc3 = _mm512_fmadd_ps(_mm512_set1_ps(weights[j + 3]), _mm512_maskz_loadu_ps(m, row + 3 * head_dim), acc3);
+            a0 = _mm512_fmadd_ps(w, _mm512_maskz_loadu_ps(m0, row), a0);
+            a1 = _mm512_fmadd_ps(w, _mm512_maskz_loadu_ps(m1, row + kLanes), a1);
+            a2 = _mm512_fmadd_ps(w, _mm512_maskz_loadu_ps(m2, row + 2 * kLanes), a2);
+            a3 = _mm512_fmadd_ps(w, _mm512_maskz_loadu_ps(m3, row + 3 * kLanes), a3);
         }
-        for (; j < n; ++j)
-            acc0 = _mm512_fmadd_ps(_mm512_set1_ps(weights[j]), _mm512_maskz_loadu_ps(m, v + j * head_dim + d), acc0);
-        const __m512 total = _mm512_add_ps(_mm512_add_ps(acc0, acc1), _mm512_add_ps(acc2, acc3));
-        _mm512_mask_storeu_ps(out + d, m, _mm512_mul_ps(total, _mm512_set1_ps(factor)));
+        const __m512 f = _mm512_set1_ps(factor);
+        _mm512_mask_storeu_ps(out + d, m0, _mm512_mul_ps(a0, f));
+        _mm512_mask_storeu_ps(out + d + kLanes, m1, _mm512_mul_ps(a1, f));
+        _mm512_mask_storeu_ps(out + d + 2 * kLanes, m2, _mm512_mul_ps(a2, f));
+        _mm512_mask_storeu_ps(out + d + 3 * kLanes, m3, _mm512_mul_ps(a3, f));
     }
 }
 
 #elif defined(__AVX2__)
 
 constexpr int64_t kLanes = 8;
+static_assert(kKeyTile == 2 * kLanes, "one key tile is two vectors");
 
 inline __m256i tail_mask(int64_t remaining) {
     const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-    const int32_t count = remaining >= kLanes ? int32_t(kLanes) : int32_t(remaining);
+    const int32_t count = remaining >= kLanes ? int32_t(kLanes) : remaining <= 0 ? 0 : int32_t(remaining);
     return _mm256_cmpgt_epi32(_mm256_set1_epi32(count), lane);
 }
 
@@ -101,6 +139,12 @@ inline float reduce_add(__m256 v) {
     const __m128 pair = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     const __m128 two = _mm_add_ps(pair, _mm_movehl_ps(pair, pair));
     return _mm_cvtss_f32(_mm_add_ss(two, _mm_movehdup_ps(two)));
+}
+
+inline float reduce_max(__m256 v) {
+    const __m128 pair = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    const __m128 two = _mm_max_ps(pair, _mm_movehl_ps(pair, pair));
+    return _mm_cvtss_f32(_mm_max_ss(two, _mm_movehdup_ps(two)));
 }
 
 // See the AVX-512 path; the exponent goes in through the float's bit pattern (n stays in [-126, 127]).
@@ -122,13 +166,49 @@ inline __m256 exp_ps(__m256 x) {
     return _mm256_mul_ps(p, _mm256_castsi256_ps(exponent));
 }
 
-inline float dot(const float* a, const float* b, int64_t n) {
-    __m256 acc = _mm256_setzero_ps();
-    for (int64_t i = 0; i < n; i += kLanes) {
-        const __m256i m = tail_mask(n - i);
-        acc = _mm256_fmadd_ps(_mm256_maskload_ps(a + i, m), _mm256_maskload_ps(b + i, m), acc);
+// See the AVX-512 path: two tiles (four half-tile vectors) at a time, then one tile at a time, masked.
+inline void key_scores(const float* q, const float* tiles, int64_t head_dim, int64_t n, float scale, float* scores) {
+    const int64_t tile_floats = head_dim * kKeyTile;
+    const __m256 vscale = _mm256_set1_ps(scale);
+    int64_t j = 0;
+    for (; j + 2 * kKeyTile <= n; j += 2 * kKeyTile) {
+        const float* t = tiles + (j / kKeyTile) * tile_floats;
+        __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+        for (int64_t d = 0; d < head_dim; ++d) {
+            const __m256 qd = _mm256_set1_ps(q[d]);
+            const float* row = t + d * kKeyTile;
+            a0 = _mm256_fmadd_ps(qd, _mm256_loadu_ps(row), a0);
+            a1 = _mm256_fmadd_ps(qd, _mm256_loadu_ps(row + kLanes), a1);
+            a2 = _mm256_fmadd_ps(qd, _mm256_loadu_ps(row + tile_floats), a2);
+            a3 = _mm256_fmadd_ps(qd, _mm256_loadu_ps(row + tile_floats + kLanes), a3);
+        }
+        _mm256_storeu_ps(scores + j, _mm256_mul_ps(a0, vscale));
+        _mm256_storeu_ps(scores + j + kLanes, _mm256_mul_ps(a1, vscale));
+        _mm256_storeu_ps(scores + j + kKeyTile, _mm256_mul_ps(a2, vscale));
+        _mm256_storeu_ps(scores + j + kKeyTile + kLanes, _mm256_mul_ps(a3, vscale));
     }
-    return reduce_add(acc);
+    for (; j < n; j += kKeyTile) {
+        const __m256i m0 = tail_mask(n - j), m1 = tail_mask(n - j - kLanes);
+        const float* t = tiles + (j / kKeyTile) * tile_floats;
+        __m256 a0 = _mm256_setzero_ps(), a1 = a0;
+        for (int64_t d = 0; d < head_dim; ++d) {
+            const __m256 qd = _mm256_set1_ps(q[d]);
+            a0 = _mm256_fmadd_ps(qd, _mm256_maskload_ps(t + d * kKeyTile, m0), a0);
+            a1 = _mm256_fmadd_ps(qd, _mm256_maskload_ps(t + d * kKeyTile + kLanes, m1), a1);
+        }
+        _mm256_maskstore_ps(scores + j, m0, _mm256_mul_ps(a0, vscale));
+        _mm256_maskstore_ps(scores + j + kLanes, m1, _mm256_mul_ps(a1, vscale));
+    }
+}
+
+inline float max_of(const float* x, int64_t n) {
+    const __m256 lowest = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
+    __m256 max = lowest;
+    for (int64_t j = 0; j < n; j += kLanes) {
+        const __m256i m = tail_mask(n - j);
+        max = _mm256_max_ps(max, _mm256_blendv_ps(lowest, _mm256_maskload_ps(x + j, m), _mm256_castsi256_ps(m)));
+    }
+    return reduce_max(max);
 }
 
 inline float exponentiate(float* scores, int64_t n, float max) {
@@ -144,32 +224,44 @@ inline float exponentiate(float* scores, int64_t n, float max) {
     return reduce_add(sum);
 }
 
+// out[d] = factor * sum_j weights[j] * v[j * head_dim + d], 32 dimensions per pass over the rows.
 inline void weighted_sum(const float* weights, const float* v, int64_t n, int64_t head_dim, float factor,
                          float* out) {
-    for (int64_t d = 0; d < head_dim; d += kLanes) {
-        const __m256i m = tail_mask(head_dim - d);
-        __m256 acc0 = _mm256_setzero_ps(), acc1 = acc0, acc2 = acc0, acc3 = acc0;
-        int64_t j = 0;
-        for (; j + 4 <= n; j += 4) {
+    for (int64_t d = 0; d < head_dim; d += 4 * kLanes) {
+        const __m256i m0 = tail_mask(head_dim - d), m1 = tail_mask(head_dim - d - kLanes),
+                      m2 = tail_mask(head_dim - d - 2 * kLanes), m3 = tail_mask(head_dim - d - 3 * kLanes);
+        __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+        for (int64_t j = 0; j < n; ++j) {
+            const __m256 w = _mm256_set1_ps(weights[j]);
             const float* row = v + j * head_dim + d;
-            acc0 = _mm256_fmadd_ps(_mm256_set1_ps(weights[j]), _mm256_maskload_ps(row, m), acc0);
-            acc1 = _mm256_fmadd_ps(_mm256_set1_ps(weights[j + 1]), _mm256_maskload_ps(row + head_dim, m), acc1);
-            acc2 = _mm256_fmadd_ps(_mm256_set1_ps(weights[j + 2]), _mm256_maskload_ps(row + 2 * head_dim, m), acc2);
-            acc3 = _mm256_fmadd_ps(_mm256_set1_ps(weights[j + 3]), _mm256_maskload_ps(row + 3 * head_dim, m), acc3);
+            a0 = _mm256_fmadd_ps(w, _mm256_maskload_ps(row, m0), a0);
+            a1 = _mm256_fmadd_ps(w, _mm256_maskload_ps(row + kLanes, m1), a1);
+            a2 = _mm256_fmadd_ps(w, _mm256_maskload_ps(row + 2 * kLanes, m2), a2);
+            a3 = _mm256_fmadd_ps(w, _mm256_maskload_ps(row + 3 * kLanes, m3), a3);
         }
-        for (; j < n; ++j)
-            acc0 = _mm256_fmadd_ps(_mm256_set1_ps(weights[j]), _mm256_maskload_ps(v + j * head_dim + d, m), acc0);
-        const __m256 total = _mm256_add_ps(_mm256_add_ps(acc0, acc1), _mm256_add_ps(acc2, acc3));
-        _mm256_maskstore_ps(out + d, m, _mm256_mul_ps(total, _mm256_set1_ps(factor)));
+        const __m256 f = _mm256_set1_ps(factor);
+        _mm256_maskstore_ps(out + d, m0, _mm256_mul_ps(a0, f));
+        _mm256_maskstore_ps(out + d + kLanes, m1, _mm256_mul_ps(a1, f));
+        _mm256_maskstore_ps(out + d + 2 * kLanes, m2, _mm256_mul_ps(a2, f));
+        _mm256_maskstore_ps(out + d + 3 * kLanes, m3, _mm256_mul_ps(a3, f));
     }
 }
 
 #else
 
-inline float dot(const float* a, const float* b, int64_t n) {
-    float sum = 0.0f;
-    for (int64_t i = 0; i < n; ++i) sum += a[i] * b[i];
-    return sum;
+inline void key_scores(const float* q, const float* tiles, int64_t head_dim, int64_t n, float scale, float* scores) {
+    for (int64_t j = 0; j < n; ++j) {
+        const float* key = tiles + key_offset(j, head_dim);
+        float sum = 0.0f;
+        for (int64_t d = 0; d < head_dim; ++d) sum += q[d] * key[d * kKeyTile];
+        scores[j] = sum * scale;
+    }
+}
+
+inline float max_of(const float* x, int64_t n) {
+    float max = -std::numeric_limits<float>::infinity();
+    for (int64_t j = 0; j < n; ++j) max = std::fmax(max, x[j]);
+    return max;
 }
 
 inline float exponentiate(float* scores, int64_t n, float max) {
@@ -196,20 +288,16 @@ inline void weighted_sum(const float* weights, const float* v, int64_t n, int64_
 void causal_attention(const AttentionProblem& p, int64_t item_begin, int64_t item_end, float* scores) {
     const int64_t group = p.n_heads / p.n_kv_heads;
     const int64_t row_stride = p.n_heads * p.head_dim;
+    const int64_t key_head_stride = key_tiles(p.capacity) * kKeyTile * p.head_dim;
+    const int64_t value_head_stride = p.capacity * p.head_dim;
     for (int64_t item = item_begin; item < item_end; ++item) {
         const int64_t head = item / p.T, row = item % p.T;
         const int64_t n_keys = p.first_position + row + 1;
         const float* q = p.q + row * row_stride + head * p.head_dim;
-        const float* k = p.k_cache + (head / group) * p.capacity * p.head_dim;
-        const float* v = p.v_cache + (head / group) * p.capacity * p.head_dim;
-
-        float max = -std::numeric_limits<float>::infinity();
-        for (int64_t j = 0; j < n_keys; ++j) {
-            scores[j] = p.scale * dot(q, k + j * p.head_dim, p.head_dim);
-            max = std::fmax(max, scores[j]);
-        }
-        const float sum = exponentiate(scores, n_keys, max);
-        weighted_sum(scores, v, n_keys, p.head_dim, 1.0f / sum, p.out + row * row_stride + head * p.head_dim);
+        key_scores(q, p.k_cache + (head / group) * key_head_stride, p.head_dim, n_keys, p.scale, scores);
+        const float sum = exponentiate(scores, n_keys, max_of(scores, n_keys));
+        weighted_sum(scores, p.v_cache + (head / group) * value_head_stride, n_keys, p.head_dim, 1.0f / sum,
+                     p.out + row * row_stride + head * p.head_dim);
     }
 }
 
