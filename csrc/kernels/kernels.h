@@ -36,13 +36,14 @@ struct KernelTable {
     const char* isa;
 
     // BF16-weight GEMM in two steps, so activations are converted once per call, not once per thread:
-    //   gemm_bf16_prepare rounds x (M x K float32) to BF16 (nearest even) into `prepared`, in the layout
-    //     this instruction set reads: rows of gemm_bf16_prepared_row_bytes(K) bytes, zero-padded;
-    //   gemm_bf16 computes y[m * ldy + n] = sum_k prepared[m, k] * W[n * K + k] for m < M and n in
-    //     [n_begin, n_end), summing in float32. W holds BF16 bit patterns, N x K row-major.
+    //   gemm_bf16_prepare rounds x (M x K float32) to BF16 (nearest even) into `prepared` (64-byte
+    //     aligned, gemm_bf16_prepared_bytes(M, K) long), in the layout this instruction set reads;
+    //   gemm_bf16 computes y[m * ldy + n] = sum_k x'[m, k] * W[n * K + k] for m < M and n in
+    //     [n_begin, n_end), summing in float32, x' being the prepared x. W holds BF16 bit patterns,
+    //     N x K row-major.
     // Each output has one fixed reduction order that depends on neither M, nor the n range, nor which
     // rows share a tile, so a row's result is the same bits in any batch (batch invariance).
-    int64_t (*gemm_bf16_prepared_row_bytes)(int64_t K);
+    int64_t (*gemm_bf16_prepared_bytes)(int64_t M, int64_t K);
     void (*gemm_bf16_prepare)(const float* x, int64_t M, int64_t K, void* prepared);
     void (*gemm_bf16)(const void* prepared, int64_t M, int64_t K, const uint16_t* w, int64_t n_begin,
                       int64_t n_end, float* y, int64_t ldy);

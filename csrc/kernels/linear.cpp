@@ -1,6 +1,5 @@
 #include "kernels/linear.h"
 
-#include <algorithm>
 #include <cstddef>
 #include <memory>
 #include <vector>
@@ -25,17 +24,12 @@ std::byte* activation_scratch(size_t bytes) {
 
 void matmul_bf16(const KernelTable& k, const uint16_t* w, int64_t N, int64_t K, const float* x, int64_t M,
                  float* y) {
-    const int64_t row_bytes = k.gemm_bf16_prepared_row_bytes(K);
-    std::byte* prepared = activation_scratch(static_cast<size_t>(M * row_bytes));
+    std::byte* prepared = activation_scratch(static_cast<size_t>(k.gemm_bf16_prepared_bytes(M, K)));
     k.gemm_bf16_prepare(x, M, K, prepared);
-    constexpr int64_t kRowsPerPass = 64;          // activation rows sharing one read of W
     constexpr int64_t kWeightRowsPerChunk = 64;  // thread slices of N never share a cache line of y
-    for (int64_t m = 0; m < M; m += kRowsPerPass) {
-        const int64_t rows = std::min(kRowsPerPass, M - m);
-        parallel_for(N, kWeightRowsPerChunk, [&](int64_t begin, int64_t end) {
-            k.gemm_bf16(prepared + m * row_bytes, rows, K, w, begin, end, y + m * N, N);
-        });
-    }
+    parallel_for(N, kWeightRowsPerChunk, [&](int64_t begin, int64_t end) {
+        k.gemm_bf16(prepared, M, K, w, begin, end, y, N);
+    });
 }
 
 }  // namespace

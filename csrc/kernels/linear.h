@@ -15,7 +15,7 @@ struct Linear {
 
 // y (M x N, row-major) = x (M x K, row-major) times W transposed, for any M >= 0. Threads split N,
 // never K, so the bits of each output are the same for every M and every thread count. The BF16
-// kernels are tuned for M up to 64; larger M runs as several passes over W, 64 rows each.
+// kernels are tuned for M up to 64; larger M reads W once per 64 rows.
 void matmul(const Linear& w, const float* x, int64_t M, float* y);
 
 }  // namespace mlspecqd

@@ -25,7 +25,7 @@ namespace MLSPECQD_ISA {
 const KernelTable& kernel_table();
 
 // See KernelTable (csrc/kernels/kernels.h) for what each computes.
-int64_t gemm_bf16_prepared_row_bytes(int64_t K);
+int64_t gemm_bf16_prepared_bytes(int64_t M, int64_t K);
 void gemm_bf16_prepare(const float* x, int64_t M, int64_t K, void* prepared);
 void gemm_bf16(const void* prepared, int64_t M, int64_t K, const uint16_t* w, int64_t n_begin, int64_t n_end,
                float* y, int64_t ldy);

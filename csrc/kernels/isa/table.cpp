@@ -9,7 +9,7 @@ namespace MLSPECQD_ISA {
 const KernelTable& kernel_table() {
     static const KernelTable table = {
         MLSPECQD_STRINGIFY(MLSPECQD_ISA),
-        gemm_bf16_prepared_row_bytes,
+        gemm_bf16_prepared_bytes,
         gemm_bf16_prepare,
         gemm_bf16,
         stream_read,
