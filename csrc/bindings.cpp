@@ -268,13 +268,17 @@ py::array dequantize(const py::array_t<uint8_t, py::array::c_style>& raw, int gg
                                     " bytes, got " + std::to_string(raw.size()));
     if (to_bf16) {
         Bf16Array out(n_elements);
-        py::gil_scoped_release release;
-        dequantize_to_bf16(ggml_type, raw.data(), n_elements, out.mutable_data());
+        {
+            py::gil_scoped_release release;
+            dequantize_to_bf16(ggml_type, raw.data(), n_elements, out.mutable_data());
+        }
         return out;
     }
     FloatArray out(n_elements);
-    py::gil_scoped_release release;
-    dequantize_to_f32(ggml_type, raw.data(), n_elements, out.mutable_data());
+    {
+        py::gil_scoped_release release;
+        dequantize_to_f32(ggml_type, raw.data(), n_elements, out.mutable_data());
+    }
     return out;
 }
 

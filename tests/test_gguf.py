@@ -1,11 +1,13 @@
 """Reading GGUF files (metadata, ModelSpec, tensors), refusing bad ones, and writing converted copies."""
 
+import gc
 import math
 import mmap
 import os
 import shutil
 import struct
 import subprocess
+import weakref
 from pathlib import Path
 
 import gguf
@@ -157,6 +159,18 @@ def test_tensors_are_memory_mapped_views_in_numpy_order(llama_path):
     assert values.shape == bits.shape == (96, 64) and values.dtype == np.float32 and bits.dtype == np.uint16
     assert np.array_equal(values, gguf.quants.dequantize(info.raw.reshape(96, -1), Q.Q8_0))
     assert float(np.abs(values).sum()) > 0  # still readable after close(): views keep the mapping alive
+
+
+def test_the_mapping_lives_while_an_array_uses_it_and_goes_after(llama_path):
+    model = open_gguf(llama_path)
+    mapping = weakref.ref(model.buffer)
+    raw = model.tensors["output.weight"].raw
+    model.close()
+    gc.collect()
+    assert mapping() is not None and raw.sum() > 0
+    del raw
+    gc.collect()
+    assert mapping() is None
 
 
 def test_fixture_values_are_what_the_file_holds(tmp_path):
@@ -490,6 +504,9 @@ def test_real_model_specs(name):
     assert spec.qk_norm == (architecture == "gemma3")
 
 
+LLAMA_CPP_BIN = "/root/.cache/llamacpp-ref/bin"
+
+
 @pytest.mark.real_model
 def test_real_model_converts_to_bf16(tmp_path):
     source_path = real_model("SmolLM2-135M-Instruct.Q4_1.gguf")
@@ -501,7 +518,18 @@ def test_real_model_converts_to_bf16(tmp_path):
         for name in ("token_embd.weight", "blk.3.ffn_down.weight", "blk.29.attn_norm.weight"):
             expected = source.tensor_bf16(name) if len(source.tensors[name].shape) == 2 else source.tensor_f32(name)
             assert np.array_equal(converted.tensors[name].raw.view(expected.dtype).reshape(expected.shape), expected)
-    bench = shutil.which("llama-bench", path="/root/.cache/llamacpp-ref/bin")
-    if bench:  # llama.cpp's own loader accepts the file
+
+    quantize = shutil.which("llama-quantize", path=LLAMA_CPP_BIN)
+    if quantize:  # llama.cpp's own BF16 conversion gives the same bytes
+        reference_path = tmp_path / "llama-quantize-bf16.gguf"
+        command = [quantize, "--allow-requantize", str(source_path), str(reference_path), "BF16", "2"]
+        subprocess.run(command, check=True, capture_output=True, timeout=300)
+        with open_gguf(reference_path) as reference, open_gguf(out_path) as converted:
+            assert converted.metadata == reference.metadata
+            for name, info in reference.tensors.items():
+                assert converted.tensors[name].ggml_type == info.ggml_type, name
+                assert np.array_equal(converted.tensors[name].raw, info.raw), name
+    bench = shutil.which("llama-bench", path=LLAMA_CPP_BIN)
+    if bench:  # llama.cpp loads the file and runs it
         command = [bench, "-m", str(out_path), "-p", "0", "-n", "1", "-t", "2"]
-        subprocess.run(command, check=True, capture_output=True, timeout=120)
+        subprocess.run(command, check=True, capture_output=True, timeout=300)

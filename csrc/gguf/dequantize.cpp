@@ -211,8 +211,8 @@ struct Q6_K {
                 const int low_shift = 4 * (group / 2), high_shift = 2 * group;
                 int8_t* target = q + 128 * half + 32 * group;
                 for (int j = 0; j < 32; ++j) {
-                    const int q = ((low[j] >> low_shift) & 0x0f) | (((high[j] >> high_shift) & 3) << 4);
-                    target[j] = static_cast<int8_t>(q - 32);
+                    const int bits = ((low[j] >> low_shift) & 0x0f) | (((high[j] >> high_shift) & 3) << 4);
+                    target[j] = static_cast<int8_t>(bits - 32);
                 }
             }
         }

@@ -24,9 +24,11 @@ class GGUFFile:
 
     def __init__(self, path: Path, parsed: ParsedFile, buffer: mmap.mmap) -> None:
         self.path = path
+        self.version = parsed.version
         self.metadata: dict[str, Any] = parsed.metadata
+        self.metadata_spans = parsed.metadata_spans  # where each metadata entry is stored, for copies
+        self.alignment = parsed.alignment
         self.tensors: dict[str, TensorInfo] = parsed.tensors
-        self.parsed = parsed
         self._buffer: mmap.mmap | None = buffer
 
     @cached_property

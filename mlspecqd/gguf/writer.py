@@ -116,7 +116,7 @@ def _metadata_entries(source: GGUFFile, file_type: int | None) -> list[bytes]:
     if file_type is not None:
         file_type_entry = _string(FILE_TYPE_KEY) + struct.pack("<II", GGUFValueType.UINT32, file_type)
     entries = []
-    for key, (start, end) in source.parsed.metadata_spans.items():
+    for key, (start, end) in source.metadata_spans.items():
         if key != FILE_TYPE_KEY:
             entries.append(source.buffer[start:end])
         elif file_type_entry is not None:
@@ -130,7 +130,7 @@ def _metadata_entries(source: GGUFFile, file_type: int | None) -> list[bytes]:
 def _write(
     out: BinaryIO, out_path: Path, source: GGUFFile, tensors: Sequence[OutputTensor], file_type: int | None
 ) -> None:
-    alignment = source.parsed.alignment  # general.alignment, copied with the metadata, or the default
+    alignment = source.alignment  # general.alignment, copied with the metadata, or the default
     entries = _metadata_entries(source, file_type)
     out.write(MAGIC + struct.pack("<IQQ", OUTPUT_VERSION, len(tensors), len(entries)))
     for entry in entries:
