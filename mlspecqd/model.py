@@ -30,13 +30,11 @@ _LINEAR_WEIGHT = re.compile(r"^(output|blk\.\d+\.(attn_q|attn_k|attn_v|attn_outp
 class Model:
     """A dense transformer (llama, qwen2, qwen3) with its key/value cache; see the module docstring."""
 
-    def __init__(self, spec: ModelSpec, tensors: Mapping[str, np.ndarray], precision: str, context_length: int,
-                 gguf_file: GGUFFile | None = None) -> None:
+    def __init__(self, spec: ModelSpec, tensors: Mapping[str, np.ndarray], precision: str, context_length: int) -> None:
         self.spec = spec
         self.precision = precision
         self.tensors = dict(tensors)  # what the native model points into; shared by sibling precisions
-        self._native = _native.Model(native_config(spec), self.tensors, context_length)
-        self._gguf_file = gguf_file
+        self._model: Any = _native.Model(native_config(spec), self.tensors, context_length)
 
     @classmethod
     def from_arrays(cls, spec: ModelSpec, tensors: Mapping[str, np.ndarray], precision: str = "bf16",
@@ -52,7 +50,8 @@ class Model:
     @classmethod
     def load(cls, path_or_file: str | Path | GGUFFile, precision: str = "bf16", context_length: int = 4096) -> Model:
         """Read a GGUF checkpoint, upcasting every matrix to BF16 (and to MXFP4 for precision="mxfp4").
-        `context_length` is capped at the model's trained context."""
+        `context_length` is capped at the model's trained context. The weights are converted copies, so
+        a file opened here is closed again before returning."""
         opened_here = not isinstance(path_or_file, GGUFFile)
         gguf_file = open_gguf(path_or_file) if opened_here else path_or_file
         try:
@@ -62,48 +61,49 @@ class Model:
                 name: gguf_file.tensor_bf16(name) if len(info.shape) == 2 else gguf_file.tensor_f32(name)
                 for name, info in gguf_file.tensors.items()
             }
-            if precision == "mxfp4":
-                tensors = _cast_linear_weights_to_mxfp4(tensors)
-            return cls(spec, tensors, precision, _capped_context(spec, context_length),
-                       gguf_file if opened_here else None)
-        except BaseException:
+        finally:
             if opened_here:
                 gguf_file.close()
-            raise
+        if precision == "mxfp4":
+            tensors = _cast_linear_weights_to_mxfp4(tensors)
+        return cls(spec, tensors, precision, _capped_context(spec, context_length))
+
+    @property
+    def _native_model(self) -> Any:
+        if self._model is None:
+            raise ValueError("the model is closed")
+        return self._model
 
     @property
     def vocab_size(self) -> int:
-        return self._native.vocab_size
+        return self._native_model.vocab_size
 
     @property
     def context_length(self) -> int:
-        return self._native.max_context
+        return self._native_model.max_context
 
     @property
     def n_past(self) -> int:
-        return self._native.n_past
+        return self._native_model.n_past
 
     def forward(self, tokens: Sequence[int] | np.ndarray, start: int, all_logits: bool = False) -> np.ndarray:
         """Truncate the cache to `start` (<= n_past), append `tokens`, and return float32 logits:
         (len(tokens), vocab) if all_logits, else (1, vocab) for the last token."""
         ids = np.asarray(tokens)
         if ids.size == 0:
-            ids = ids.astype(np.int64)
+            ids = ids.astype(np.int64)  # an empty list comes as float64; the native call names the problem
         if ids.dtype.kind not in "iu":
             raise ValueError(f"forward: tokens must be integers, got dtype {ids.dtype}")
-        if ids.dtype.kind == "u" and ids.size and ids.max() > np.iinfo(np.int64).max:
-            raise ValueError(f"forward: token id {ids.max()} is outside the vocabulary [0, {self.vocab_size})")
-        return self._native.forward(ids.astype(np.int64, copy=False), int(start), bool(all_logits))
+        return self._native_model.forward(ids.astype(np.int64, copy=False), int(start), bool(all_logits))
 
     def truncate(self, n: int) -> None:
         """Forget cached positions n .. n_past - 1."""
-        self._native.truncate(int(n))
+        self._native_model.truncate(int(n))
 
     def close(self) -> None:
-        """Release the GGUF file this model opened (weights upcast at load stay valid)."""
-        if self._gguf_file is not None:
-            self._gguf_file.close()
-            self._gguf_file = None
+        """Free the key/value cache and this model's hold on the weights; later calls raise ValueError."""
+        self._model = None
+        self.tensors = {}
 
     def __enter__(self) -> Model:
         return self

@@ -277,6 +277,16 @@ def test_truncate_refuses_growing(small_model):
         small_model.truncate(-1)
 
 
+def test_closed_model_refuses_calls():
+    spec = tiny_spec("llama")
+    with Model.from_arrays(spec, random_tensors(spec)) as model:
+        model.forward([1, 2], 0)
+    with pytest.raises(ValueError, match="the model is closed"):
+        model.forward([3], 2)
+    with pytest.raises(ValueError, match="the model is closed"):
+        model.truncate(0)
+
+
 def test_context_length_capped_at_trained_context(small_model):
     assert small_model.context_length == 32
     spec = tiny_spec("llama")
