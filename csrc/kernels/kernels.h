@@ -52,9 +52,10 @@ struct KernelTable {
     // GEMM bandwidth is compared against.
     uint64_t (*stream_read)(const uint64_t* words, int64_t count);
 
-    // Softmax attention for the work items [item_begin, item_end) of `p`; item = head * T + row.
-    // `scores` has room for first_position + T floats. Each item visits its keys in position order and
-    // sums in an order fixed by the row's position alone, so a row's output is the same bits in any batch.
+    // Softmax attention for the work items [item_begin, item_end) of `p`; item = kv_head * T + row covers
+    // the n_heads / n_kv_heads query heads of that key/value head. `scores` has room for
+    // (n_heads / n_kv_heads) * (first_position + T) floats. Each query visits its keys in position order
+    // and sums in an order fixed by the row's position alone, so a row's output is the same bits in any batch.
     void (*causal_attention)(const AttentionProblem& p, int64_t item_begin, int64_t item_end, float* scores);
 };
 

@@ -157,9 +157,11 @@ void Decoder::attention_block(const LayerWeights& w, int64_t layer, int64_t T, i
     problem.first_position = start;
     problem.scale = float(c.attention_scale > 0.0 ? c.attention_scale : 1.0 / std::sqrt(double(c.head_dim)));
     const KernelTable& kernel = kernels();
-    // Items are ordered head-major, so each thread takes whole heads and the slices cost about the same.
-    parallel_for(c.n_heads * T, 1, [&](int64_t begin, int64_t end) {
-        std::vector<float> scores(start + T);
+    // Items are ordered head-major, so a thread's slice is whole key/value heads when it can be, and
+    // the slices cost about the same (later rows have more keys).
+    const int64_t group = c.n_heads / c.n_kv_heads;
+    parallel_for(c.n_kv_heads * T, 1, [&](int64_t begin, int64_t end) {
+        std::vector<float> scores(group * (start + T));
         kernel.causal_attention(problem, begin, end, scores.data());
     });
 

@@ -1,12 +1,15 @@
 // Causal grouped-query softmax attention over a float32 key/value cache. The scalar path is the
 // reference the vector paths are tested against.
 //
-// One work item is one (head, query row). It makes three passes over its keys 0 .. position:
+// One work item is one (key/value head, query row): the query heads sharing that key/value head take
+// their keys and values block by block, so a block is read from memory once and then from cache by each
+// head. Per query head, over keys 0 .. position:
 //   scores[j] = scale * (q . k_j)             (kKeyTile keys per vector, each summing over d in order)
 //   e_j = exp(scores[j] - max), sum = sum e_j (accumulated in key order, lane-wise in the vector paths)
 //   out = (sum_j e_j v_j) / sum               (accumulated in key order, lane-wise over dimensions)
 // Nothing in it depends on how many rows share the call, which is what makes it batch invariant: a
 // key's score takes the same operations whichever code path (group of tiles, masked tail) covers it.
+#include <algorithm>
 #include <cmath>
 #include <limits>
 
@@ -101,13 +104,13 @@ inline float exponentiate(float* scores, int64_t n, float max) {
     return _mm512_reduce_add_ps(sum);
 }
 
-// out[d] = factor * sum_j weights[j] * v[j * head_dim + d], 64 dimensions per pass over the rows.
-inline void weighted_sum(const float* weights, const float* v, int64_t n, int64_t head_dim, float factor,
-                         float* out) {
+// out[d] += sum_j weights[j] * v[j * head_dim + d] in key order, 64 dimensions per pass over the rows.
+inline void accumulate_values(const float* weights, const float* v, int64_t n, int64_t head_dim, float* out) {
     for (int64_t d = 0; d < head_dim; d += 4 * kLanes) {
         const __mmask16 m0 = tail_mask(head_dim - d), m1 = tail_mask(head_dim - d - kLanes),
                         m2 = tail_mask(head_dim - d - 2 * kLanes), m3 = tail_mask(head_dim - d - 3 * kLanes);
-        __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+        __m512 a0 = _mm512_maskz_loadu_ps(m0, out + d), a1 = _mm512_maskz_loadu_ps(m1, out + d + kLanes),
+               a2 = _mm512_maskz_loadu_ps(m2, out + d + 2 * kLanes), a3 = _mm512_maskz_loadu_ps(m3, out + d + 3 * kLanes);
         for (int64_t j = 0; j < n; ++j) {
             const __m512 w = _mm512_set1_ps(weights[j]);
             const float* row = v + j * head_dim + d;
@@ -116,11 +119,10 @@ inline void weighted_sum(const float* weights, const float* v, int64_t n, int64_
             a2 = _mm512_fmadd_ps(w, _mm512_maskz_loadu_ps(m2, row + 2 * kLanes), a2);
             a3 = _mm512_fmadd_ps(w, _mm512_maskz_loadu_ps(m3, row + 3 * kLanes), a3);
         }
-        const __m512 f = _mm512_set1_ps(factor);
-        _mm512_mask_storeu_ps(out + d, m0, _mm512_mul_ps(a0, f));
-        _mm512_mask_storeu_ps(out + d + kLanes, m1, _mm512_mul_ps(a1, f));
-        _mm512_mask_storeu_ps(out + d + 2 * kLanes, m2, _mm512_mul_ps(a2, f));
-        _mm512_mask_storeu_ps(out + d + 3 * kLanes, m3, _mm512_mul_ps(a3, f));
+        _mm512_mask_storeu_ps(out + d, m0, a0);
+        _mm512_mask_storeu_ps(out + d + kLanes, m1, a1);
+        _mm512_mask_storeu_ps(out + d + 2 * kLanes, m2, a2);
+        _mm512_mask_storeu_ps(out + d + 3 * kLanes, m3, a3);
     }
 }
 
@@ -224,13 +226,13 @@ inline float exponentiate(float* scores, int64_t n, float max) {
     return reduce_add(sum);
 }
 
-// out[d] = factor * sum_j weights[j] * v[j * head_dim + d], 32 dimensions per pass over the rows.
-inline void weighted_sum(const float* weights, const float* v, int64_t n, int64_t head_dim, float factor,
-                         float* out) {
+// out[d] += sum_j weights[j] * v[j * head_dim + d] in key order, 32 dimensions per pass over the rows.
+inline void accumulate_values(const float* weights, const float* v, int64_t n, int64_t head_dim, float* out) {
     for (int64_t d = 0; d < head_dim; d += 4 * kLanes) {
         const __m256i m0 = tail_mask(head_dim - d), m1 = tail_mask(head_dim - d - kLanes),
                       m2 = tail_mask(head_dim - d - 2 * kLanes), m3 = tail_mask(head_dim - d - 3 * kLanes);
-        __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+        __m256 a0 = _mm256_maskload_ps(out + d, m0), a1 = _mm256_maskload_ps(out + d + kLanes, m1),
+               a2 = _mm256_maskload_ps(out + d + 2 * kLanes, m2), a3 = _mm256_maskload_ps(out + d + 3 * kLanes, m3);
         for (int64_t j = 0; j < n; ++j) {
             const __m256 w = _mm256_set1_ps(weights[j]);
             const float* row = v + j * head_dim + d;
@@ -239,11 +241,10 @@ inline void weighted_sum(const float* weights, const float* v, int64_t n, int64_
             a2 = _mm256_fmadd_ps(w, _mm256_maskload_ps(row + 2 * kLanes, m2), a2);
             a3 = _mm256_fmadd_ps(w, _mm256_maskload_ps(row + 3 * kLanes, m3), a3);
         }
-        const __m256 f = _mm256_set1_ps(factor);
-        _mm256_maskstore_ps(out + d, m0, _mm256_mul_ps(a0, f));
-        _mm256_maskstore_ps(out + d + kLanes, m1, _mm256_mul_ps(a1, f));
-        _mm256_maskstore_ps(out + d + 2 * kLanes, m2, _mm256_mul_ps(a2, f));
-        _mm256_maskstore_ps(out + d + 3 * kLanes, m3, _mm256_mul_ps(a3, f));
+        _mm256_maskstore_ps(out + d, m0, a0);
+        _mm256_maskstore_ps(out + d + kLanes, m1, a1);
+        _mm256_maskstore_ps(out + d + 2 * kLanes, m2, a2);
+        _mm256_maskstore_ps(out + d + 3 * kLanes, m3, a3);
     }
 }
 
@@ -273,12 +274,9 @@ inline float exponentiate(float* scores, int64_t n, float max) {
     return sum;
 }
 
-inline void weighted_sum(const float* weights, const float* v, int64_t n, int64_t head_dim, float factor,
-                         float* out) {
-    for (int64_t d = 0; d < head_dim; ++d) out[d] = 0.0f;
+inline void accumulate_values(const float* weights, const float* v, int64_t n, int64_t head_dim, float* out) {
     for (int64_t j = 0; j < n; ++j)
         for (int64_t d = 0; d < head_dim; ++d) out[d] += weights[j] * v[j * head_dim + d];
-    for (int64_t d = 0; d < head_dim; ++d) out[d] *= factor;
 }
 
 #endif
@@ -286,18 +284,37 @@ inline void weighted_sum(const float* weights, const float* v, int64_t n, int64_
 }  // namespace
 
 void causal_attention(const AttentionProblem& p, int64_t item_begin, int64_t item_end, float* scores) {
+    // Keys per block: the block's keys and values (64 KiB each at head_dim 128) stay in L2 while every
+    // query head of the group goes over them. A multiple of 4 tiles, so blocks never split a tile group.
+    constexpr int64_t kBlock = 8 * kKeyTile;
     const int64_t group = p.n_heads / p.n_kv_heads;
     const int64_t row_stride = p.n_heads * p.head_dim;
     const int64_t key_head_stride = key_tiles(p.capacity) * kKeyTile * p.head_dim;
     const int64_t value_head_stride = p.capacity * p.head_dim;
+    const int64_t scores_stride = p.first_position + p.T;
     for (int64_t item = item_begin; item < item_end; ++item) {
-        const int64_t head = item / p.T, row = item % p.T;
+        const int64_t kv_head = item / p.T, row = item % p.T;
         const int64_t n_keys = p.first_position + row + 1;
-        const float* q = p.q + row * row_stride + head * p.head_dim;
-        key_scores(q, p.k_cache + (head / group) * key_head_stride, p.head_dim, n_keys, p.scale, scores);
-        const float sum = exponentiate(scores, n_keys, max_of(scores, n_keys));
-        weighted_sum(scores, p.v_cache + (head / group) * value_head_stride, n_keys, p.head_dim, 1.0f / sum,
-                     p.out + row * row_stride + head * p.head_dim);
+        const float* q = p.q + row * row_stride + kv_head * group * p.head_dim;
+        const float* keys = p.k_cache + kv_head * key_head_stride;
+        const float* values = p.v_cache + kv_head * value_head_stride;
+        float* out = p.out + row * row_stride + kv_head * group * p.head_dim;
+
+        for (int64_t j = 0; j < n_keys; j += kBlock)
+            for (int64_t g = 0; g < group; ++g)
+                key_scores(q + g * p.head_dim, keys + key_offset(j, p.head_dim), p.head_dim,
+                           std::min(kBlock, n_keys - j), p.scale, scores + g * scores_stride + j);
+        for (int64_t g = 0; g < group; ++g) {
+            float* head_scores = scores + g * scores_stride;
+            const float sum = exponentiate(head_scores, n_keys, max_of(head_scores, n_keys));
+            const float inverse_sum = 1.0f / sum;
+            for (int64_t j = 0; j < n_keys; ++j) head_scores[j] *= inverse_sum;
+        }
+        std::fill(out, out + group * p.head_dim, 0.0f);
+        for (int64_t j = 0; j < n_keys; j += kBlock)
+            for (int64_t g = 0; g < group; ++g)
+                accumulate_values(scores + g * scores_stride + j, values + j * p.head_dim,
+                                  std::min(kBlock, n_keys - j), p.head_dim, out + g * p.head_dim);
     }
 }
 
