@@ -166,7 +166,8 @@ def test_reference_rope_styles_differ():
 
 
 @pytest.mark.parametrize("isa", [isa for isa in _native.supported_isas() if isa != "scalar"])
-@pytest.mark.parametrize("shape", [(1, 4, 2, 16, 0), (7, 6, 3, 24, 5), (17, 8, 1, 64, 30), (3, 2, 2, 128, 200)])
+@pytest.mark.parametrize("shape", [(1, 4, 2, 16, 0), (7, 6, 3, 24, 5), (17, 8, 1, 64, 30), (3, 2, 2, 128, 200),
+                                   (5, 6, 2, 40, 300)])
 def test_attention_kernel_matches_scalar(isa, shape):
     T, heads, kv_heads, head_dim, first = shape
     rng = np.random.default_rng(T)
@@ -190,11 +191,17 @@ def test_attention_kernel_matches_scalar(isa, shape):
             np.testing.assert_allclose(scalar[t, h], expected, rtol=1e-4, atol=1e-5)
 
 
+# Prefixes for the batches: a short one, and one whose batches straddle the attention kernel's key
+# block of 128 positions (and its groups of 64).
+BATCH_PREFIXES = (5, 120)
+
+
 def batch_invariance_model() -> tuple[Model, np.ndarray]:
-    # Widths above 64 rows so that two threads split every matrix product.
-    spec = tiny_spec("qwen2", d_model=128, n_heads=4, n_kv_heads=2, head_dim=32, rope_dim=32, d_ff=320,
+    # Widths above 64 rows so that two threads split every matrix product; three query heads per
+    # key/value head.
+    spec = tiny_spec("qwen2", d_model=96, n_heads=6, n_kv_heads=2, head_dim=16, rope_dim=16, d_ff=320,
                      vocab_size=300)
-    tokens = np.random.default_rng(7).integers(0, spec.vocab_size, 5 + 17)
+    tokens = np.random.default_rng(7).integers(0, spec.vocab_size, max(BATCH_PREFIXES) + 17)
     return Model.from_arrays(spec, random_tensors(spec, seed=3)), tokens
 
 
@@ -204,18 +211,19 @@ def test_batch_invariance_bit_exact(isa):
     one prompt, with one or two threads."""
     _native.set_isa(isa)
     model, tokens = batch_invariance_model()
-    prefix = 5
     _native.set_num_threads(1)
     alone = np.concatenate([model.forward(tokens[p : p + 1], p) for p in range(len(tokens))])
     for threads in (1, 2):
         _native.set_num_threads(threads)
         prompt = model.forward(tokens, 0, all_logits=True)
         assert np.array_equal(prompt, alone), f"{threads} threads: whole prompt differs from one at a time"
-        for M in range(1, 18):
-            batch = model.forward(tokens[prefix : prefix + M], prefix, all_logits=True)
-            assert np.array_equal(batch, alone[prefix : prefix + M]), f"M={M}, {threads} threads"
-            last = model.forward(tokens[prefix : prefix + M], prefix, all_logits=False)
-            assert np.array_equal(last, alone[prefix + M - 1 : prefix + M]), f"last row, M={M}, {threads} threads"
+        for prefix in BATCH_PREFIXES:
+            model.forward(tokens[:prefix], 0)
+            for M in range(1, 18):
+                batch = model.forward(tokens[prefix : prefix + M], prefix, all_logits=True)
+                assert np.array_equal(batch, alone[prefix : prefix + M]), f"prefix {prefix}, M={M}, {threads} threads"
+                last = model.forward(tokens[prefix : prefix + M], prefix, all_logits=False)
+                assert np.array_equal(last, alone[prefix + M - 1 : prefix + M]), f"last row, prefix {prefix}, M={M}"
 
 
 def test_truncate_then_reforward_gives_same_bits():
