@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import sys
 import time
 from pathlib import Path
@@ -103,6 +104,7 @@ def synthetic(args: argparse.Namespace) -> list[dict]:
 
 
 def real(args: argparse.Namespace) -> dict:
+    from bench import llamacpp
     from bench.datasets import human_eval_prompts
     from mlspecqd import _native, hub
     from mlspecqd.chat import render_chat
@@ -118,41 +120,40 @@ def real(args: argparse.Namespace) -> dict:
     small_tokenizer = Tokenizer.from_gguf(small_path)
     loaded = time.perf_counter()
     target = Model.load(target_path, precision="bf16", context_length=args.context)
+    self_draft = target.sibling("mxfp4")
     small = Model.load(small_path, precision=args.small_precision, context_length=args.context)
-    self_draft = None
-    if args.self_draft:
-        self_draft = Model.from_arrays(target.spec, target.tensors, precision="mxfp4", context_length=args.context)
     load_seconds = time.perf_counter() - loaded
-
-    def small_level() -> ModelLevel:
-        return ModelLevel(small, name=f"{args.small}:{args.small_precision}", tokenizer=small_tokenizer)
-
-    def target_level() -> ModelLevel:
-        return ModelLevel(target, name=f"{args.target}:bf16", tokenizer=tokenizer)
-
-    configurations: dict[str, Callable[[], list]] = {
-        "plain": lambda: [target_level()],
-        "ngram": lambda: [NgramDrafter(), target_level()],
-        "small": lambda: [small_level(), target_level()],
-        "ngram+small": lambda: [NgramDrafter(), small_level(), target_level()],
+    small_name = f"{args.small}:{args.small_precision}"
+    level_factories: dict[str, Callable[[], object]] = {
+        "ngram": NgramDrafter,
+        "small": lambda: ModelLevel(small, name=small_name, tokenizer=small_tokenizer),
+        "mxfp4": lambda: ModelLevel(self_draft, name="mxfp4", tokenizer=tokenizer),
     }
-    if self_draft is not None:
-        configurations["small+mxfp4"] = lambda: [small_level(), ModelLevel(self_draft, name="mxfp4"), target_level()]
-        configurations["mxfp4"] = lambda: [ModelLevel(self_draft, name="mxfp4"), target_level()]
+    models = {"small": small, "mxfp4": self_draft}
+    # Rows: drafts smallest first, then the BF16 target ("plain" has none).
+    configurations = {
+        "plain": [], "small": ["small"], "mxfp4": ["mxfp4"], "small+mxfp4": ["small", "mxfp4"],
+        "ngram": ["ngram"], "ngram+mxfp4": ["ngram", "mxfp4"], "ngram+small+mxfp4": ["ngram", "small", "mxfp4"],
+    }
     selected = args.configurations.split(",") if args.configurations else list(configurations)
-    prompts = []
-    for text in human_eval_prompts(args.prompts):
-        chat = render_chat(tokenizer.chat_template, [{"role": "user", "content": text}], add_generation_prompt=True)
-        prompts.append(tokenizer.encode(chat, add_special=True, parse_special=True))
+    chats = [render_chat(tokenizer.chat_template, [{"role": "user", "content": text}], add_generation_prompt=True)
+             for text in human_eval_prompts(args.prompts)]
+    prompts = [tokenizer.encode(chat, add_special=True, parse_special=True) for chat in chats]
+
+    def weight_bytes(drafts: list[str]) -> int:
+        arrays = {id(a): a.nbytes for m in [target] + [models[d] for d in drafts if d in models] for a in m.tensors.values()}
+        return sum(arrays.values())
 
     plain_outputs: list[list[int]] = []
     summary = []
     for name in selected:
+        drafts = configurations[name]
+        levels = [level_factories[d]() for d in drafts] + [ModelLevel(target, name=f"{args.target}:bf16", tokenizer=tokenizer)]
         # One cascade per configuration, as a server or chat session keeps it: the cost policy's
         # measurements carry over between prompts. A short untimed run first warms caches and the policy.
-        cascade = Cascade(configurations[name](), policy=args.policy, draft_max=args.draft_max)
+        cascade = Cascade(levels, policy=args.policy, draft_max=args.draft_max)
         generate(cascade, tokenizer, prompts[0], 8).run()
-        predicted_n, predicted_ms, identical, levels = 0, 0.0, True, []
+        predicted_n, predicted_ms, identical, per_prompt_levels = 0, 0.0, True, []
         for index, prompt in enumerate(prompts):
             result = generate(cascade, tokenizer, prompt, args.max_new_tokens).run()
             predicted_n += result.timings["predicted_n"]
@@ -161,19 +162,51 @@ def real(args: argparse.Namespace) -> dict:
                 plain_outputs.append(result.tokens)
             elif plain_outputs:
                 identical &= result.tokens == plain_outputs[index]
-            levels.append(result.timings["levels"])
-        summary.append({"configuration": name, "predicted_n": predicted_n, "predicted_ms": predicted_ms,
+            per_prompt_levels.append(result.timings["levels"])
+        summary.append({"configuration": f"BF16 <- {' <- '.join(reversed(drafts))}" if drafts else "plain BF16",
+                        "engine": "mlspecqd", "predicted_n": predicted_n, "predicted_ms": predicted_ms,
                         "tokens_per_second": predicted_n / (predicted_ms / 1e3),
                         "identical_to_plain": identical if plain_outputs and name != "plain" else None,
-                        "levels": _level_totals(levels)})
-    plain_rate = next((row["tokens_per_second"] for row in summary if row["configuration"] == "plain"), None)
+                        "weight_gib": weight_bytes(drafts) / 2**30, "levels": _level_totals(per_prompt_levels)})
+    if args.llama_cpp and llamacpp.available():
+        summary += llama_cpp_rows(args, target_path, small_path, chats)
+    plain_rate = next((row["tokens_per_second"] for row in summary if row["configuration"] == "plain BF16"), None)
     for row in summary:
         row["speedup"] = row["tokens_per_second"] / plain_rate if plain_rate else None
-    return {"target": args.target, "small": f"{args.small}:{args.small_precision}", "policy": args.policy,
+    return {"target": args.target, "small": small_name, "policy": args.policy,
             "draft_max": args.draft_max, "prompts": args.prompts, "max_new_tokens": args.max_new_tokens,
             "threads": _native.num_threads(), "isa": _native.active_isa(), "load_seconds": load_seconds,
+            "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
             "machine": platform.processor() or platform.machine(), "load_average": os.getloadavg(),
             "results": summary}
+
+
+def llama_cpp_rows(args: argparse.Namespace, target_path: Path, small_path: Path, chats: list[str]) -> list[dict]:
+    """llama.cpp on the same prompts: plain BF16, and llama-speculative with the 0.5B (its Q4_K_M file) and
+    with the MXFP4 copy of the target as drafts, at the same draft length."""
+    from bench import llamacpp
+
+    threads = args.threads or os.cpu_count()
+    bf16, mxfp4 = llamacpp.quantized_copy(target_path, "bf16"), llamacpp.quantized_copy(target_path, "mxfp4")
+    runs = {
+        "plain BF16": lambda chat: llamacpp.completion(bf16, chat, args.max_new_tokens, threads, args.context),
+        "BF16 <- small (Q4_K_M)": lambda chat: llamacpp.speculative(
+            bf16, small_path, chat, args.max_new_tokens, threads, args.context, args.draft_max),
+        "BF16 <- mxfp4": lambda chat: llamacpp.speculative(
+            bf16, mxfp4, chat, args.max_new_tokens, threads, args.context, args.draft_max),
+    }
+    rows = []
+    for name, run in runs.items():
+        generations = [run(chat) for chat in chats]
+        predicted_n = sum(g.predicted_n for g in generations)
+        seconds = sum(g.predicted_seconds for g in generations)
+        drafted, accepted = sum(g.drafted for g in generations), sum(g.accepted for g in generations)
+        rows.append({"configuration": name, "engine": "llama.cpp", "predicted_n": predicted_n,
+                     "predicted_ms": seconds * 1e3, "tokens_per_second": predicted_n / seconds,
+                     "identical_to_plain": None, "weight_gib": None,
+                     "levels": [{"name": "draft", "draft_n": drafted, "draft_n_accepted": accepted,
+                                 "acceptance_rate": accepted / drafted if drafted else None}] if drafted else []})
+    return rows
 
 
 def _level_totals(per_prompt: list[list[dict]]) -> list[dict]:
@@ -193,8 +226,8 @@ def main() -> None:
     parser.add_argument("--synthetic", action="store_true", help="measure the cascade's own cost with free models")
     parser.add_argument("--target", default="qwen2.5-coder-1.5b")
     parser.add_argument("--small", default="qwen2.5-coder-0.5b")
-    parser.add_argument("--small-precision", default="bf16", choices=("bf16", "mxfp4"))
-    parser.add_argument("--self-draft", action="store_true", help="add the MXFP4 copy of the target as a level")
+    parser.add_argument("--small-precision", default="mxfp4", choices=("bf16", "mxfp4"))
+    parser.add_argument("--no-llama-cpp", dest="llama_cpp", action="store_false", help="skip llama.cpp's rows")
     parser.add_argument("--configurations", default="", help="comma-separated subset, e.g. plain,small")
     parser.add_argument("--policy", default="cost")
     parser.add_argument("--draft-max", type=int, default=8)
@@ -214,13 +247,14 @@ def main() -> None:
                   for r in rows]
     else:
         report = {"kind": "real", **real(args)}
-        table = ["| configuration | tok/s | speedup | identical to plain | acceptance per level |",
-                 "|---|---|---|---|---|"]
+        table = ["| engine | configuration | tok/s | vs plain BF16 | identical to plain | acceptance per level | weights GiB |",
+                 "|---|---|---|---|---|---|---|"]
         for row in report["results"]:
             acceptance = ", ".join(f"{level['name']} {level['acceptance_rate']:.2f}"
                                    for level in row["levels"] if level["acceptance_rate"] is not None) or "-"
-            table.append(f"| {row['configuration']} | {row['tokens_per_second']:.2f} | {row['speedup']:.2f}x | "
-                         f"{row['identical_to_plain']} | {acceptance} |")
+            weights = f"{row['weight_gib']:.2f}" if row["weight_gib"] else "-"
+            table.append(f"| {row['engine']} | {row['configuration']} | {row['tokens_per_second']:.2f} | "
+                         f"{row['speedup']:.2f}x | {row['identical_to_plain']} | {acceptance} | {weights} |")
     out = args.out or RESULTS / f"speculative-{report['kind']}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2))

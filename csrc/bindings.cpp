@@ -3,15 +3,19 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <cmath>
 #include <map>
+#include <memory>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 #include "cpu.h"
 #include "gguf/dequantize.h"
 #include "kernels/bf16.h"
 #include "kernels/linear.h"
 #include "kernels/mxfp4.h"
+#include "model/decoder.h"
 #include "kernels/stream_read.h"
 #include "threads.h"
 
@@ -21,6 +25,7 @@ using namespace mlspecqd;
 namespace {
 
 using FloatArray = py::array_t<float, py::array::c_style | py::array::forcecast>;
+using Bf16Array = py::array_t<uint16_t, py::array::c_style>;
 
 std::map<std::string, bool> features_dict() {
     const CpuFeatures& f = cpu_features();
@@ -67,6 +72,197 @@ py::array matmul_bf16(const FloatArray& x, const py::array& w, const py::object&
     return y;
 }
 
+// Bytes of one row of K values as MXFP4 blocks; refuses a K the format cannot hold.
+int64_t mxfp4_row_bytes(int64_t K, const std::string& where) {
+    if (K <= 0 || K % kMxfp4BlockValues != 0)
+        throw std::invalid_argument(where + ": K=" + std::to_string(K) + " is not a positive multiple of " +
+                                    std::to_string(kMxfp4BlockValues) + " (the MXFP4 block size)");
+    return K / kMxfp4BlockValues * kMxfp4BlockBytes;
+}
+
+// Decoder: _native.Model
+
+std::string shape_text(const py::array& a) {
+    std::string text = "(";
+    for (py::ssize_t i = 0; i < a.ndim(); ++i) text += (i ? ", " : "") + std::to_string(a.shape(i));
+    return text + (a.ndim() == 1 ? ",)" : ")");
+}
+
+// The model's weights as NumPy arrays by GGUF tensor name, used in place (never copied).
+class NumpyTensors : public TensorSource {
+public:
+    explicit NumpyTensors(const py::dict& weights) {
+        for (auto item : weights) {
+            const std::string name = py::str(item.first);
+            if (!py::isinstance<py::array>(item.second))
+                throw std::invalid_argument("weights['" + name + "'] is not a NumPy array");
+            arrays_.emplace(name, py::reinterpret_borrow<py::array>(item.second));
+        }
+    }
+
+    Linear linear(const std::string& name, int64_t rows, int64_t cols) const override {
+        const py::array& a = find(name);
+        if (a.dtype().is(py::dtype::of<uint16_t>())) {
+            require_shape(name, a, {rows, cols});
+            return Linear{WeightType::bf16, rows, cols, a.data()};
+        }
+        if (a.dtype().is(py::dtype::of<uint8_t>())) {
+            require_shape(name, a, {rows, mxfp4_row_bytes(cols, "weights['" + name + "']")});
+            return Linear{WeightType::mxfp4, rows, cols, a.data()};
+        }
+        throw std::invalid_argument("weights['" + name + "']: a linear weight must be uint16 (BF16 bits) or uint8 "
+                                    "(MXFP4 blocks), got " + std::string(py::str(a.dtype())));
+    }
+
+    const uint16_t* bf16_matrix(const std::string& name, int64_t rows, int64_t cols) const override {
+        const py::array& a = find(name);
+        if (!a.dtype().is(py::dtype::of<uint16_t>()))
+            throw std::invalid_argument("weights['" + name + "'] must be uint16 (BF16 bits), got " +
+                                        std::string(py::str(a.dtype())));
+        require_shape(name, a, {rows, cols});
+        return static_cast<const uint16_t*>(a.data());
+    }
+
+    const float* vector(const std::string& name, int64_t n) const override {
+        const py::array& a = find(name);
+        if (!a.dtype().is(py::dtype::of<float>()))
+            throw std::invalid_argument("weights['" + name + "'] must be float32, got " + std::string(py::str(a.dtype())));
+        require_shape(name, a, {n});
+        return static_cast<const float*>(a.data());
+    }
+
+    // The arrays the decoder points into; whoever holds the decoder holds these.
+    std::vector<py::array> arrays() const {
+        std::vector<py::array> out;
+        for (const auto& entry : arrays_) out.push_back(entry.second);
+        return out;
+    }
+
+private:
+    const py::array& find(const std::string& name) const {
+        const auto it = arrays_.find(name);
+        if (it == arrays_.end()) throw std::invalid_argument("weights: missing tensor '" + name + "'");
+        return it->second;
+    }
+
+    static void require_shape(const std::string& name, const py::array& a, const std::vector<int64_t>& shape) {
+        bool same = a.ndim() == py::ssize_t(shape.size());
+        for (size_t i = 0; same && i < shape.size(); ++i) same = a.shape(i) == shape[i];
+        if (!same) {
+            std::string expected = "(";
+            for (size_t i = 0; i < shape.size(); ++i) expected += (i ? ", " : "") + std::to_string(shape[i]);
+            expected += shape.size() == 1 ? ",)" : ")";
+            throw std::invalid_argument("weights['" + name + "'] has shape " + shape_text(a) + ", expected " + expected);
+        }
+        if (!(a.flags() & py::array::c_style))
+            throw std::invalid_argument("weights['" + name + "'] must be C-contiguous (it is used in place)");
+    }
+
+    std::map<std::string, py::array> arrays_;
+};
+
+template <class T>
+T config_value(const py::dict& config, const char* key) {
+    if (!config.contains(key)) throw std::invalid_argument(std::string("model config: missing '") + key + "'");
+    try {
+        return config[key].cast<T>();
+    } catch (const py::cast_error&) {
+        throw std::invalid_argument(std::string("model config: '") + key + "' has the wrong type");
+    }
+}
+
+// Reads the fields of mlspecqd.gguf.ModelSpec (as dataclasses.asdict gives them); other keys are ignored.
+ModelConfig model_config_from_dict(const py::dict& d) {
+    ModelConfig c;
+    c.n_layers = config_value<int64_t>(d, "n_layers");
+    c.d_model = config_value<int64_t>(d, "d_model");
+    c.n_heads = config_value<int64_t>(d, "n_heads");
+    c.n_kv_heads = config_value<int64_t>(d, "n_kv_heads");
+    c.head_dim = config_value<int64_t>(d, "head_dim");
+    c.d_ff = config_value<int64_t>(d, "d_ff");
+    c.vocab_size = config_value<int64_t>(d, "vocab_size");
+    c.rope_base = config_value<double>(d, "rope_base");
+    c.rope_dim = config_value<int64_t>(d, "rope_dim");
+    c.rope_style = rope_style_from_name(config_value<std::string>(d, "rope_style"));
+    c.norm_eps = config_value<double>(d, "norm_eps");
+    c.attention_scale = config_value<double>(d, "attention_scale");
+    c.tied_output = config_value<bool>(d, "tied_output");
+    c.qkv_bias = config_value<bool>(d, "qkv_bias");
+    c.qk_norm = config_value<bool>(d, "qk_norm");
+    const py::dict scaling = config_value<py::dict>(d, "rope_scaling");
+    c.rope_scaling.kind = rope_scaling_kind_from_name(config_value<std::string>(scaling, "kind"));
+    if (c.rope_scaling.kind == RopeScalingKind::linear) c.rope_scaling.factor = config_value<double>(scaling, "factor");
+    return c;
+}
+
+// _native.Model: the decoder plus the NumPy arrays its weights live in.
+class NativeModel {
+public:
+    NativeModel(const py::dict& config, const py::dict& weights, int64_t max_context) {
+        const NumpyTensors tensors(weights);
+        decoder_ = std::make_unique<Decoder>(model_config_from_dict(config), tensors, max_context);
+        arrays_ = tensors.arrays();
+    }
+
+    py::array_t<float> forward(const py::array_t<int64_t, py::array::c_style | py::array::forcecast>& tokens,
+                               int64_t start, bool all_logits) {
+        if (tokens.ndim() != 1)
+            throw std::invalid_argument("forward: tokens must be 1-D, got shape " + shape_text(tokens));
+        const int64_t T = tokens.shape(0);
+        decoder_->check_forward(tokens.data(), T, start);  // before allocating T x vocab logits
+        py::array_t<float> logits({all_logits ? T : int64_t{1}, decoder_->config().vocab_size});
+        {
+            py::gil_scoped_release release;
+            decoder_->forward(tokens.data(), T, start, all_logits, logits.mutable_data());
+        }
+        return logits;
+    }
+
+    void truncate(int64_t n) { decoder_->truncate(n); }
+    int64_t n_past() const { return decoder_->n_past(); }
+    int64_t max_context() const { return decoder_->max_context(); }
+    int64_t vocab_size() const { return decoder_->config().vocab_size; }
+
+private:
+    std::unique_ptr<Decoder> decoder_;
+    std::vector<py::array> arrays_;  // keeps the weights the decoder points into alive
+};
+
+// The attention kernel alone, for tests: q (T, n_heads, head_dim) at positions first_position.. against
+// caches k, v (n_kv_heads, capacity, head_dim) that hold positions 0 .. first_position + T - 1 (k is
+// copied into the kernel's key tiles).
+FloatArray causal_attention(const FloatArray& q, const FloatArray& k, const FloatArray& v, int64_t first_position) {
+    if (q.ndim() != 3 || k.ndim() != 3 || v.ndim() != 3)
+        throw std::invalid_argument("causal_attention wants 3-D q (T, heads, d), k and v (kv_heads, capacity, d)");
+    AttentionProblem p;
+    p.T = q.shape(0);
+    p.n_heads = q.shape(1);
+    p.head_dim = q.shape(2);
+    p.n_kv_heads = k.shape(0);
+    p.capacity = k.shape(1);
+    p.first_position = first_position;
+    p.scale = float(1.0 / std::sqrt(double(p.head_dim)));
+    const bool shapes_fit = k.shape(2) == p.head_dim && v.shape(0) == p.n_kv_heads && v.shape(1) == p.capacity &&
+                            v.shape(2) == p.head_dim && p.n_kv_heads > 0 && p.n_heads % p.n_kv_heads == 0 &&
+                            first_position >= 0 && first_position + p.T <= p.capacity;
+    if (!shapes_fit) throw std::invalid_argument("causal_attention: shapes " + shape_text(q) + ", " + shape_text(k) + ", " +
+                                                 shape_text(v) + " and first_position do not fit together");
+    const int64_t tile_floats = key_tiles(p.capacity) * kKeyTile * p.head_dim;
+    std::vector<float> key_tiles_copy(p.n_kv_heads * tile_floats);
+    for (int64_t h = 0; h < p.n_kv_heads; ++h)
+        for (int64_t position = 0; position < p.capacity; ++position)
+            for (int64_t d = 0; d < p.head_dim; ++d)
+                key_tiles_copy[h * tile_floats + key_offset(position, p.head_dim) + d * kKeyTile] = k.at(h, position, d);
+    FloatArray out({p.T, p.n_heads, p.head_dim});
+    p.q = q.data();
+    p.k_cache = key_tiles_copy.data();
+    p.v_cache = v.data();
+    p.out = out.mutable_data();
+    std::vector<float> scores(p.n_heads / p.n_kv_heads * (first_position + p.T));
+    kernels().causal_attention(p, 0, p.n_kv_heads * p.T, scores.data());
+    return out;
+}
+
 uint64_t stream_read_array(const py::array& buffer) {
     if (!(buffer.flags() & py::array::c_style)) throw std::invalid_argument("stream_read: buffer must be C-contiguous");
     if (buffer.nbytes() % 8 != 0 || reinterpret_cast<uintptr_t>(buffer.data()) % 8 != 0)
@@ -78,19 +274,6 @@ uint64_t stream_read_array(const py::array& buffer) {
 }
 
 // MXFP4 weights: the cast and the matrix product, for quant.py, tests and benchmarks.
-
-std::string shape_text(const py::array& a) {
-    std::string text = "(";
-    for (py::ssize_t d = 0; d < a.ndim(); ++d) text += (d ? ", " : "") + std::to_string(a.shape(d));
-    return text + (a.ndim() == 1 ? ",)" : ")");
-}
-
-int64_t mxfp4_row_bytes(int64_t K, const std::string& where) {
-    if (K <= 0 || K % kMxfp4BlockValues != 0)
-        throw std::invalid_argument(where + ": K=" + std::to_string(K) + " is not a positive multiple of " +
-                                    std::to_string(kMxfp4BlockValues) + " (the MXFP4 block size)");
-    return K / kMxfp4BlockValues * kMxfp4BlockBytes;
-}
 
 // weights: float32 or BF16 bit patterns (uint16), shape (..., K) -> uint8 blocks, shape (..., K / 32 * 17).
 py::array_t<uint8_t> cast_mxfp4(const py::array& weights, const std::string& name) {
@@ -211,6 +394,18 @@ PYBIND11_MODULE(_native, m) {
           "float32 or BF16 (uint16) weights (..., K) -> MXFP4 blocks (..., K / 32 * 17), GGUF layout");
     m.def("matmul_mxfp4", &matmul_mxfp4, py::arg("x"), py::arg("blocks"), py::arg("K"), py::arg("out") = py::none(),
           "y = bf16(x) W^T with W given as MXFP4 blocks (N, K / 32 * 17); out as for matmul_bf16.");
+    // Decoder
+    py::class_<NativeModel>(m, "Model", "A dense transformer (llama, qwen2, qwen3) with its key/value cache")
+        .def(py::init<const py::dict&, const py::dict&, int64_t>(), py::arg("config"), py::arg("weights"),
+             py::arg("max_context"))
+        .def("forward", &NativeModel::forward, py::arg("tokens"), py::arg("start"), py::arg("all_logits") = false,
+             "Truncate the cache to `start`, run the tokens, return float32 logits (T or 1, vocab).")
+        .def("truncate", &NativeModel::truncate, py::arg("n"))
+        .def_property_readonly("n_past", &NativeModel::n_past)
+        .def_property_readonly("max_context", &NativeModel::max_context)
+        .def_property_readonly("vocab_size", &NativeModel::vocab_size);
+    m.def("causal_attention", &causal_attention, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("first_position"),
+          "The active instruction set's attention kernel on its own (for tests).");
 
     // GGUF dequantization
     m.def("dequantize", &dequantize, py::arg("raw"), py::arg("ggml_type"), py::arg("n_elements"),

@@ -5,6 +5,33 @@
 
 namespace mlspecqd {
 
+// Keys are cached in tiles of kKeyTile positions: for each key/value head, tile i holds positions
+// kKeyTile * i .. kKeyTile * i + kKeyTile - 1 as head_dim rows of kKeyTile floats (row d, lane l: dimension d
+// of the key at position kKeyTile * i + l). The attention kernels then get kKeyTile scores from plain
+// vector FMAs over d, without horizontal sums, and every score sums its products in d order.
+constexpr int64_t kKeyTile = 16;
+constexpr int64_t key_tiles(int64_t capacity) { return (capacity + kKeyTile - 1) / kKeyTile; }
+// Where dimension 0 of the key at `position` sits in one head's tiles; dimension d is d * kKeyTile further.
+constexpr int64_t key_offset(int64_t position, int64_t head_dim) {
+    return position / kKeyTile * head_dim * kKeyTile + position % kKeyTile;
+}
+
+// One causal attention problem: T query rows at positions first_position .. first_position + T - 1 against
+// one layer's key/value cache, which already holds positions 0 .. first_position + T - 1.
+struct AttentionProblem {
+    const float* q;        // T x (n_heads * head_dim), RoPE applied
+    const float* k_cache;  // n_kv_heads x key_tiles(capacity) tiles of head_dim x kKeyTile (see kKeyTile)
+    const float* v_cache;  // n_kv_heads x capacity x head_dim
+    float* out;            // T x (n_heads * head_dim)
+    int64_t T = 0;
+    int64_t n_heads = 0;
+    int64_t n_kv_heads = 0;  // divides n_heads; query head h reads key/value head h / (n_heads / n_kv_heads)
+    int64_t head_dim = 0;
+    int64_t capacity = 0;  // positions each cache head has room for
+    int64_t first_position = 0;
+    float scale = 1.0f;  // multiplies every q . k
+};
+
 struct KernelTable {
     const char* isa;
 
@@ -37,6 +64,11 @@ struct KernelTable {
     void (*gemm_mxfp4_prepare)(const float* x, int64_t M, int64_t K, void* prepared);
     void (*gemm_mxfp4)(const void* prepared, int64_t M, int64_t K, const uint8_t* w, int64_t n_begin,
                        int64_t n_end, float* y, int64_t ldy);
+    // Softmax attention for the work items [item_begin, item_end) of `p`; item = kv_head * T + row covers
+    // the n_heads / n_kv_heads query heads of that key/value head. `scores` has room for
+    // (n_heads / n_kv_heads) * (first_position + T) floats. Each query visits its keys in position order
+    // and sums in an order fixed by the row's position alone, so a row's output is the same bits in any batch.
+    void (*causal_attention)(const AttentionProblem& p, int64_t item_begin, int64_t item_end, float* scores);
 };
 
 }  // namespace mlspecqd

@@ -18,6 +18,7 @@ const KernelTable& kernel_table() {
         gemm_mxfp4_prepared_bytes,
         gemm_mxfp4_prepare,
         gemm_mxfp4,
+        causal_attention,
     };
     return table;
 }

@@ -1,0 +1,139 @@
+"""Decode, verification-batch and prompt speed of the native decoder, next to llama.cpp on the same model.
+
+    python3 bench/bench_decode.py [--model GGUF] [--threads 2] [--json-out FILE]
+
+Default model: Qwen2.5-Coder-1.5B-Instruct (Q4_K_M GGUF) upcast to BF16 at load. Measures
+  - decode: tokens/s of one-token forwards after a 512-token prompt;
+  - verification: time of a forward of K + 1 tokens relative to a one-token forward, K = 1..16;
+  - prompt: tokens/s of one 512-token forward from position 0.
+If llama.cpp's llama-bench is present (LLAMA_BENCH, default /root/.cache/llamacpp-ref/bin/llama-bench),
+the same model converted to a BF16 GGUF (llama-quantize, cached next to the source file) is measured
+with -t THREADS -p 512 -n 32 and the ratios printed. Prints JSON, then a markdown table.
+Goals: decode >= 0.95x llama.cpp tg, a 9-token forward <= 1.3x a 1-token forward, prompt >= llama.cpp pp512.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mlspecqd import _native
+from mlspecqd.model import Model
+
+MODELS_DIR = Path(os.environ.get("MLSPECQD_MODELS_DIR", "/root/.cache/mlspecqd-models"))
+DEFAULT_MODEL = MODELS_DIR / "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf"
+LLAMA_BIN = Path(os.environ.get("LLAMA_BENCH", "/root/.cache/llamacpp-ref/bin/llama-bench")).parent
+PROMPT_TOKENS = 512
+
+
+def seconds(run: Any) -> float:
+    start = time.perf_counter()
+    run()
+    return time.perf_counter() - start
+
+
+def measure_native(model: Model, decode_tokens: int, max_k: int, repeats: int) -> dict[str, Any]:
+    rng = np.random.default_rng(0)
+    prompt = rng.integers(100, 20000, PROMPT_TOKENS)
+    continuation = rng.integers(100, 20000, decode_tokens + max_k + 1)
+
+    model.forward(prompt[:16], 0)  # warm-up: first touch of the weights and buffers
+    prompt_seconds = min(seconds(lambda: model.forward(prompt, 0)) for _ in range(repeats))
+
+    model.forward(prompt, 0)
+    decode_times = [seconds(lambda i=i: model.forward(continuation[i : i + 1], PROMPT_TOKENS + i))
+                    for i in range(decode_tokens)]
+    one_token = statistics.median(decode_times)
+
+    batch_seconds = {}
+    for k in range(1, max_k + 1):
+        batch_seconds[k] = min(seconds(lambda: model.forward(continuation[: k + 1], PROMPT_TOKENS, all_logits=True))
+                               for _ in range(repeats))
+    return {
+        "prompt_tokens_per_second": PROMPT_TOKENS / prompt_seconds,
+        "decode_tokens_per_second": 1.0 / one_token,
+        "decode_ms": 1e3 * one_token,
+        "verify_ms": {k: 1e3 * s for k, s in batch_seconds.items()},
+        "verify_ratio_to_one_token": {k: s / one_token for k, s in batch_seconds.items()},
+    }
+
+
+def bf16_gguf(source: Path) -> Path:
+    """A BF16 copy of `source` made by llama-quantize, cached next to it."""
+    target = source.with_name(source.stem + ".bf16-from-q4.gguf")
+    if not target.exists():
+        partial = target.with_suffix(".partial")
+        subprocess.run([str(LLAMA_BIN / "llama-quantize"), "--allow-requantize", str(source), str(partial), "BF16"],
+                       check=True, capture_output=True)
+        partial.rename(target)
+    return target
+
+
+def measure_llama_cpp(source: Path, threads: int) -> dict[str, Any] | None:
+    if not (LLAMA_BIN / "llama-bench").exists():
+        return None
+    model = bf16_gguf(source)
+    out = subprocess.run([str(LLAMA_BIN / "llama-bench"), "-m", str(model), "-t", str(threads), "-p", str(PROMPT_TOKENS),
+                          "-n", "32", "-o", "json"], check=True, capture_output=True, text=True).stdout
+    rows = json.loads(out)
+    speed = {("prompt" if row["n_prompt"] else "decode"): row["avg_ts"] for row in rows}
+    return {"model": str(model), "prompt_tokens_per_second": speed["prompt"], "decode_tokens_per_second": speed["decode"]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--decode-tokens", type=int, default=32)
+    parser.add_argument("--max-k", type=int, default=16)
+    parser.add_argument("--repeats", type=int, default=3, help="best of this many for prompt and batch timings")
+    parser.add_argument("--no-llama-cpp", action="store_true", help="skip the llama-bench comparison")
+    parser.add_argument("--json-out", type=Path)
+    args = parser.parse_args(argv)
+
+    _native.set_num_threads(args.threads)
+    model = Model.load(args.model, precision="bf16", context_length=PROMPT_TOKENS + args.decode_tokens + args.max_k + 8)
+    native = measure_native(model, args.decode_tokens, args.max_k, args.repeats)
+    model.close()
+    del model
+    llama = None if args.no_llama_cpp else measure_llama_cpp(args.model, args.threads)
+
+    report: dict[str, Any] = {
+        "benchmark": "bench_decode", "model": str(args.model), "precision": "bf16", "threads": args.threads,
+        "isa": _native.active_isa(), "native": native, "llama_cpp_bf16": llama,
+    }
+    if llama:
+        report["ratios"] = {
+            "decode_vs_llama_cpp_tg": native["decode_tokens_per_second"] / llama["decode_tokens_per_second"],
+            "prompt_vs_llama_cpp_pp512": native["prompt_tokens_per_second"] / llama["prompt_tokens_per_second"],
+        }
+    print(json.dumps(report, indent=2))
+    if args.json_out:
+        args.json_out.write_text(json.dumps(report, indent=2) + "\n")
+
+    print()
+    print(f"| measure ({args.threads} threads) | mlspecqd | llama.cpp BF16 | ratio |")
+    print("|---|---|---|---|")
+    for label, key in (("decode tok/s", "decode_tokens_per_second"), (f"prompt tok/s (pp{PROMPT_TOKENS})", "prompt_tokens_per_second")):
+        theirs = f"{llama[key]:.1f}" if llama else "-"
+        ratio = f"{native[key] / llama[key]:.2f}x" if llama else "-"
+        print(f"| {label} | {native[key]:.1f} | {theirs} | {ratio} |")
+    print()
+    print("| K | forward of K+1 tokens (ms) | vs 1 token |")
+    print("|---|---|---|")
+    for k, ms in native["verify_ms"].items():
+        print(f"| {k} | {ms:.1f} | {native['verify_ratio_to_one_token'][k]:.2f}x |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

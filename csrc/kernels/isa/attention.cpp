@@ -1,0 +1,322 @@
+// Causal grouped-query softmax attention over a float32 key/value cache. The scalar path is the
+// reference the vector paths are tested against.
+//
+// One work item is one (key/value head, query row): the query heads sharing that key/value head take
+// their keys and values block by block, so a block is read from memory once and then from cache by each
+// head. Per query head, over keys 0 .. position:
+//   scores[j] = scale * (q . k_j)             (kKeyTile keys per vector, each summing over d in order)
+//   e_j = exp(scores[j] - max), sum = sum e_j (accumulated in key order, lane-wise in the vector paths)
+//   out = (sum_j e_j v_j) / sum               (accumulated in key order, lane-wise over dimensions)
+// Nothing in it depends on how many rows share the call, which is what makes it batch invariant: a
+// key's score takes the same operations whichever code path (group of tiles, masked tail) covers it.
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+#include "kernels/isa/isa.h"  // also brings <immintrin.h> in the vector builds
+
+
+namespace mlspecqd {
+namespace MLSPECQD_ISA {
+
+namespace {
+
+#if defined(__AVX512BF16__)
+
+constexpr int64_t kLanes = 16;
+static_assert(kKeyTile == kLanes, "one key tile is one vector");
+
+inline __mmask16 tail_mask(int64_t remaining) {
+    if (remaining >= kLanes) return __mmask16(0xffff);
+    return remaining <= 0 ? __mmask16(0) : __mmask16((1u << remaining) - 1u);
+}
+
+// exp(x) = 2^n * exp(r) with n = round(x / ln 2) and |r| <= ln(2) / 2; a degree-7 Taylor polynomial
+// gives exp(r) to about 1e-8 relative.
+inline __m512 exp_ps(__m512 x) {
+    x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-104.0f)), _mm512_set1_ps(88.72283f));
+    const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504f)),
+                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145752f), x);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.42860677e-6f), r);
+    __m512 p = _mm512_set1_ps(1.0f / 5040.0f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 720.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    return _mm512_scalef_ps(p, n);
+}
+
+// scores[j] = scale * sum_d q[d] k_j[d] for j < n. Four tiles at a time keep four independent FMA
+// chains in flight; the remaining tiles go one by one, masked past n.
+inline void key_scores(const float* q, const float* tiles, int64_t head_dim, int64_t n, float scale, float* scores) {
+    const int64_t tile_floats = head_dim * kKeyTile;
+    const __m512 vscale = _mm512_set1_ps(scale);
+    int64_t j = 0;
+    for (; j + 4 * kKeyTile <= n; j += 4 * kKeyTile) {
+        const float* t = tiles + (j / kKeyTile) * tile_floats;
+        __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+        for (int64_t d = 0; d < head_dim; ++d) {
+            const __m512 qd = _mm512_set1_ps(q[d]);
+            const float* row = t + d * kKeyTile;
+            a0 = _mm512_fmadd_ps(qd, _mm512_loadu_ps(row), a0);
+            a1 = _mm512_fmadd_ps(qd, _mm512_loadu_ps(row + tile_floats), a1);
+            a2 = _mm512_fmadd_ps(qd, _mm512_loadu_ps(row + 2 * tile_floats), a2);
+            a3 = _mm512_fmadd_ps(qd, _mm512_loadu_ps(row + 3 * tile_floats), a3);
+        }
+        _mm512_storeu_ps(scores + j, _mm512_mul_ps(a0, vscale));
+        _mm512_storeu_ps(scores + j + kKeyTile, _mm512_mul_ps(a1, vscale));
+        _mm512_storeu_ps(scores + j + 2 * kKeyTile, _mm512_mul_ps(a2, vscale));
+        _mm512_storeu_ps(scores + j + 3 * kKeyTile, _mm512_mul_ps(a3, vscale));
+    }
+    for (; j < n; j += kKeyTile) {
+        const __mmask16 m = tail_mask(n - j);
+        const float* t = tiles + (j / kKeyTile) * tile_floats;
+        __m512 a = _mm512_setzero_ps();
+        for (int64_t d = 0; d < head_dim; ++d)
+            a = _mm512_fmadd_ps(_mm512_set1_ps(q[d]), _mm512_maskz_loadu_ps(m, t + d * kKeyTile), a);
+        _mm512_mask_storeu_ps(scores + j, m, _mm512_mul_ps(a, vscale));
+    }
+}
+
+inline float max_of(const float* x, int64_t n) {
+    __m512 max = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
+    for (int64_t j = 0; j < n; j += kLanes) {
+        const __mmask16 m = tail_mask(n - j);
+        max = _mm512_mask_max_ps(max, m, max, _mm512_maskz_loadu_ps(m, x + j));
+    }
+    return _mm512_reduce_max_ps(max);
+}
+
+// scores[j] <- exp(scores[j] - max) for j < n; returns their sum.
+inline float exponentiate(float* scores, int64_t n, float max) {
+    const __m512 vmax = _mm512_set1_ps(max);
+    __m512 sum = _mm512_setzero_ps();
+    for (int64_t j = 0; j < n; j += kLanes) {
+        const __mmask16 m = tail_mask(n - j);
+        const __m512 e = exp_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, scores + j), vmax));
+        _mm512_mask_storeu_ps(scores + j, m, e);
+        sum = _mm512_mask_add_ps(sum, m, sum, e);
+    }
+    return _mm512_reduce_add_ps(sum);
+}
+
+// out[d] += sum_j weights[j] * v[j * head_dim + d] in key order, 64 dimensions per pass over the rows.
+inline void accumulate_values(const float* weights, const float* v, int64_t n, int64_t head_dim, float* out) {
+    for (int64_t d = 0; d < head_dim; d += 4 * kLanes) {
+        const __mmask16 m0 = tail_mask(head_dim - d), m1 = tail_mask(head_dim - d - kLanes),
+                        m2 = tail_mask(head_dim - d - 2 * kLanes), m3 = tail_mask(head_dim - d - 3 * kLanes);
+        __m512 a0 = _mm512_maskz_loadu_ps(m0, out + d), a1 = _mm512_maskz_loadu_ps(m1, out + d + kLanes),
+               a2 = _mm512_maskz_loadu_ps(m2, out + d + 2 * kLanes), a3 = _mm512_maskz_loadu_ps(m3, out + d + 3 * kLanes);
+        for (int64_t j = 0; j < n; ++j) {
+            const __m512 w = _mm512_set1_ps(weights[j]);
+            const float* row = v + j * head_dim + d;
+            a0 = _mm512_fmadd_ps(w, _mm512_maskz_loadu_ps(m0, row), a0);
+            a1 = _mm512_fmadd_ps(w, _mm512_maskz_loadu_ps(m1, row + kLanes), a1);
+            a2 = _mm512_fmadd_ps(w, _mm512_maskz_loadu_ps(m2, row + 2 * kLanes), a2);
+            a3 = _mm512_fmadd_ps(w, _mm512_maskz_loadu_ps(m3, row + 3 * kLanes), a3);
+        }
+        _mm512_mask_storeu_ps(out + d, m0, a0);
+        _mm512_mask_storeu_ps(out + d + kLanes, m1, a1);
+        _mm512_mask_storeu_ps(out + d + 2 * kLanes, m2, a2);
+        _mm512_mask_storeu_ps(out + d + 3 * kLanes, m3, a3);
+    }
+}
+
+#elif defined(__AVX2__)
+
+constexpr int64_t kLanes = 8;
+static_assert(kKeyTile == 2 * kLanes, "one key tile is two vectors");
+
+inline __m256i tail_mask(int64_t remaining) {
+    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    const int32_t count = remaining >= kLanes ? int32_t(kLanes) : remaining <= 0 ? 0 : int32_t(remaining);
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32(count), lane);
+}
+
+inline float reduce_add(__m256 v) {
+    const __m128 pair = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    const __m128 two = _mm_add_ps(pair, _mm_movehl_ps(pair, pair));
+    return _mm_cvtss_f32(_mm_add_ss(two, _mm_movehdup_ps(two)));
+}
+
+inline float reduce_max(__m256 v) {
+    const __m128 pair = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    const __m128 two = _mm_max_ps(pair, _mm_movehl_ps(pair, pair));
+    return _mm_cvtss_f32(_mm_max_ss(two, _mm_movehdup_ps(two)));
+}
+
+// See the AVX-512 path; the exponent goes in through the float's bit pattern (n stays in [-126, 127]).
+inline __m256 exp_ps(__m256 x) {
+    x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.33654f)), _mm256_set1_ps(88.3762f));
+    const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504f)),
+                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693145752f), x);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(1.42860677e-6f), r);
+    __m256 p = _mm256_set1_ps(1.0f / 5040.0f);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 720.0f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 120.0f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 24.0f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 6.0f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+    const __m256i exponent = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(p, _mm256_castsi256_ps(exponent));
+}
+
+// See the AVX-512 path: two tiles (four half-tile vectors) at a time, then one tile at a time, masked.
+inline void key_scores(const float* q, const float* tiles, int64_t head_dim, int64_t n, float scale, float* scores) {
+    const int64_t tile_floats = head_dim * kKeyTile;
+    const __m256 vscale = _mm256_set1_ps(scale);
+    int64_t j = 0;
+    for (; j + 2 * kKeyTile <= n; j += 2 * kKeyTile) {
+        const float* t = tiles + (j / kKeyTile) * tile_floats;
+        __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+        for (int64_t d = 0; d < head_dim; ++d) {
+            const __m256 qd = _mm256_set1_ps(q[d]);
+            const float* row = t + d * kKeyTile;
+            a0 = _mm256_fmadd_ps(qd, _mm256_loadu_ps(row), a0);
+            a1 = _mm256_fmadd_ps(qd, _mm256_loadu_ps(row + kLanes), a1);
+            a2 = _mm256_fmadd_ps(qd, _mm256_loadu_ps(row + tile_floats), a2);
+            a3 = _mm256_fmadd_ps(qd, _mm256_loadu_ps(row + tile_floats + kLanes), a3);
+        }
+        _mm256_storeu_ps(scores + j, _mm256_mul_ps(a0, vscale));
+        _mm256_storeu_ps(scores + j + kLanes, _mm256_mul_ps(a1, vscale));
+        _mm256_storeu_ps(scores + j + kKeyTile, _mm256_mul_ps(a2, vscale));
+        _mm256_storeu_ps(scores + j + kKeyTile + kLanes, _mm256_mul_ps(a3, vscale));
+    }
+    for (; j < n; j += kKeyTile) {
+        const __m256i m0 = tail_mask(n - j), m1 = tail_mask(n - j - kLanes);
+        const float* t = tiles + (j / kKeyTile) * tile_floats;
+        __m256 a0 = _mm256_setzero_ps(), a1 = a0;
+        for (int64_t d = 0; d < head_dim; ++d) {
+            const __m256 qd = _mm256_set1_ps(q[d]);
+            a0 = _mm256_fmadd_ps(qd, _mm256_maskload_ps(t + d * kKeyTile, m0), a0);
+            a1 = _mm256_fmadd_ps(qd, _mm256_maskload_ps(t + d * kKeyTile + kLanes, m1), a1);
+        }
+        _mm256_maskstore_ps(scores + j, m0, _mm256_mul_ps(a0, vscale));
+        _mm256_maskstore_ps(scores + j + kLanes, m1, _mm256_mul_ps(a1, vscale));
+    }
+}
+
+inline float max_of(const float* x, int64_t n) {
+    const __m256 lowest = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
+    __m256 max = lowest;
+    for (int64_t j = 0; j < n; j += kLanes) {
+        const __m256i m = tail_mask(n - j);
+        max = _mm256_max_ps(max, _mm256_blendv_ps(lowest, _mm256_maskload_ps(x + j, m), _mm256_castsi256_ps(m)));
+    }
+    return reduce_max(max);
+}
+
+inline float exponentiate(float* scores, int64_t n, float max) {
+    const __m256 vmax = _mm256_set1_ps(max);
+    __m256 sum = _mm256_setzero_ps();
+    for (int64_t j = 0; j < n; j += kLanes) {
+        const __m256i m = tail_mask(n - j);
+        const __m256 e = _mm256_and_ps(exp_ps(_mm256_sub_ps(_mm256_maskload_ps(scores + j, m), vmax)),
+                                       _mm256_castsi256_ps(m));
+        _mm256_maskstore_ps(scores + j, m, e);
+        sum = _mm256_add_ps(sum, e);
+    }
+    return reduce_add(sum);
+}
+
+// out[d] += sum_j weights[j] * v[j * head_dim + d] in key order, 32 dimensions per pass over the rows.
+inline void accumulate_values(const float* weights, const float* v, int64_t n, int64_t head_dim, float* out) {
+    for (int64_t d = 0; d < head_dim; d += 4 * kLanes) {
+        const __m256i m0 = tail_mask(head_dim - d), m1 = tail_mask(head_dim - d - kLanes),
+                      m2 = tail_mask(head_dim - d - 2 * kLanes), m3 = tail_mask(head_dim - d - 3 * kLanes);
+        __m256 a0 = _mm256_maskload_ps(out + d, m0), a1 = _mm256_maskload_ps(out + d + kLanes, m1),
+               a2 = _mm256_maskload_ps(out + d + 2 * kLanes, m2), a3 = _mm256_maskload_ps(out + d + 3 * kLanes, m3);
+        for (int64_t j = 0; j < n; ++j) {
+            const __m256 w = _mm256_set1_ps(weights[j]);
+            const float* row = v + j * head_dim + d;
+            a0 = _mm256_fmadd_ps(w, _mm256_maskload_ps(row, m0), a0);
+            a1 = _mm256_fmadd_ps(w, _mm256_maskload_ps(row + kLanes, m1), a1);
+            a2 = _mm256_fmadd_ps(w, _mm256_maskload_ps(row + 2 * kLanes, m2), a2);
+            a3 = _mm256_fmadd_ps(w, _mm256_maskload_ps(row + 3 * kLanes, m3), a3);
+        }
+        _mm256_maskstore_ps(out + d, m0, a0);
+        _mm256_maskstore_ps(out + d + kLanes, m1, a1);
+        _mm256_maskstore_ps(out + d + 2 * kLanes, m2, a2);
+        _mm256_maskstore_ps(out + d + 3 * kLanes, m3, a3);
+    }
+}
+
+#else
+
+inline void key_scores(const float* q, const float* tiles, int64_t head_dim, int64_t n, float scale, float* scores) {
+    for (int64_t j = 0; j < n; ++j) {
+        const float* key = tiles + key_offset(j, head_dim);
+        float sum = 0.0f;
+        for (int64_t d = 0; d < head_dim; ++d) sum += q[d] * key[d * kKeyTile];
+        scores[j] = sum * scale;
+    }
+}
+
+inline float max_of(const float* x, int64_t n) {
+    float max = -std::numeric_limits<float>::infinity();
+    for (int64_t j = 0; j < n; ++j) max = std::fmax(max, x[j]);
+    return max;
+}
+
+inline float exponentiate(float* scores, int64_t n, float max) {
+    float sum = 0.0f;
+    for (int64_t j = 0; j < n; ++j) {
+        scores[j] = std::exp(scores[j] - max);
+        sum += scores[j];
+    }
+    return sum;
+}
+
+inline void accumulate_values(const float* weights, const float* v, int64_t n, int64_t head_dim, float* out) {
+    for (int64_t j = 0; j < n; ++j)
+        for (int64_t d = 0; d < head_dim; ++d) out[d] += weights[j] * v[j * head_dim + d];
+}
+
+#endif
+
+}  // namespace
+
+void causal_attention(const AttentionProblem& p, int64_t item_begin, int64_t item_end, float* scores) {
+    // Keys per block: the block's keys and values (64 KiB each at head_dim 128) stay in L2 while every
+    // query head of the group goes over them. A multiple of 4 tiles, so blocks never split a tile group.
+    constexpr int64_t kBlock = 8 * kKeyTile;
+    const int64_t group = p.n_heads / p.n_kv_heads;
+    const int64_t row_stride = p.n_heads * p.head_dim;
+    const int64_t key_head_stride = key_tiles(p.capacity) * kKeyTile * p.head_dim;
+    const int64_t value_head_stride = p.capacity * p.head_dim;
+    const int64_t scores_stride = p.first_position + p.T;
+    for (int64_t item = item_begin; item < item_end; ++item) {
+        const int64_t kv_head = item / p.T, row = item % p.T;
+        const int64_t n_keys = p.first_position + row + 1;
+        const float* q = p.q + row * row_stride + kv_head * group * p.head_dim;
+        const float* keys = p.k_cache + kv_head * key_head_stride;
+        const float* values = p.v_cache + kv_head * value_head_stride;
+        float* out = p.out + row * row_stride + kv_head * group * p.head_dim;
+
+        for (int64_t j = 0; j < n_keys; j += kBlock)
+            for (int64_t g = 0; g < group; ++g)
+                key_scores(q + g * p.head_dim, keys + key_offset(j, p.head_dim), p.head_dim,
+                           std::min(kBlock, n_keys - j), p.scale, scores + g * scores_stride + j);
+        for (int64_t g = 0; g < group; ++g) {
+            float* head_scores = scores + g * scores_stride;
+            const float sum = exponentiate(head_scores, n_keys, max_of(head_scores, n_keys));
+            const float inverse_sum = 1.0f / sum;
+            for (int64_t j = 0; j < n_keys; ++j) head_scores[j] *= inverse_sum;
+        }
+        std::fill(out, out + group * p.head_dim, 0.0f);
+        for (int64_t j = 0; j < n_keys; j += kBlock)
+            for (int64_t g = 0; g < group; ++g)
+                accumulate_values(scores + g * scores_stride + j, values + j * p.head_dim,
+                                  std::min(kBlock, n_keys - j), p.head_dim, out + g * p.head_dim);
+    }
+}
+
+}  // namespace MLSPECQD_ISA
+}  // namespace mlspecqd

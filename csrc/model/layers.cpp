@@ -1,0 +1,85 @@
+#include "model/layers.h"
+
+#include <cmath>
+
+#include "kernels/bf16.h"
+#include "threads.h"
+
+namespace mlspecqd {
+
+void embed_tokens(const uint16_t* embedding, int64_t d, const int64_t* tokens, int64_t T, float* x) {
+    for (int64_t t = 0; t < T; ++t) {
+        const uint16_t* row = embedding + tokens[t] * d;
+        for (int64_t i = 0; i < d; ++i) x[t * d + i] = bf16_to_float(row[i]);
+    }
+}
+
+void rms_norm(const float* x, const float* weight, int64_t rows, int64_t width, double eps, float* y) {
+    parallel_for(rows, 1, [&](int64_t begin, int64_t end) {
+        for (int64_t r = begin; r < end; ++r) {
+            const float* in = x + r * width;
+            float* out = y + r * width;
+            double sum_of_squares = 0.0;  // double: exact enough that the order hardly matters, fixed anyway
+            for (int64_t i = 0; i < width; ++i) sum_of_squares += double(in[i]) * double(in[i]);
+            const float inverse_rms = float(1.0 / std::sqrt(sum_of_squares / double(width) + eps));
+            for (int64_t i = 0; i < width; ++i) out[i] = in[i] * inverse_rms * weight[i];
+        }
+    });
+}
+
+void add_bias(float* x, const float* bias, int64_t rows, int64_t width) {
+    for (int64_t r = 0; r < rows; ++r)
+        for (int64_t i = 0; i < width; ++i) x[r * width + i] += bias[i];
+}
+
+void swiglu(float* gate, const float* up, int64_t n) {
+    constexpr int64_t kGrain = 4096;
+    parallel_for(n, kGrain, [&](int64_t begin, int64_t end) {
+        for (int64_t i = begin; i < end; ++i) gate[i] = gate[i] / (1.0f + std::exp(-gate[i])) * up[i];
+    });
+}
+
+Rope::Rope(const ModelConfig& config, const float* freq_factors)
+    : style_(config.rope_style), head_dim_(config.head_dim), pairs_(config.rope_dim / 2) {
+    inverse_frequency_.resize(pairs_);
+    for (int64_t i = 0; i < pairs_; ++i) {
+        double inv = std::pow(config.rope_base, -2.0 * double(i) / double(config.rope_dim));
+        if (config.rope_scaling.kind == RopeScalingKind::linear) inv /= config.rope_scaling.factor;
+        if (config.rope_scaling.kind == RopeScalingKind::llama3) inv /= freq_factors[i];
+        inverse_frequency_[i] = inv;
+    }
+}
+
+void Rope::tables(int64_t first, int64_t T, std::vector<float>& cos, std::vector<float>& sin) const {
+    cos.resize(T * pairs_);
+    sin.resize(T * pairs_);
+    for (int64_t t = 0; t < T; ++t)
+        for (int64_t i = 0; i < pairs_; ++i) {
+            const double angle = double(first + t) * inverse_frequency_[i];
+            cos[t * pairs_ + i] = float(std::cos(angle));
+            sin[t * pairs_ + i] = float(std::sin(angle));
+        }
+}
+
+void Rope::apply(float* x, int64_t T, int64_t heads, const std::vector<float>& cos,
+                 const std::vector<float>& sin) const {
+    // Interleaved pairs are (2i, 2i + 1); NEOX pairs are (i, i + pairs).
+    const int64_t first_stride = style_ == RopeStyle::interleaved ? 2 : 1;
+    const int64_t partner_offset = style_ == RopeStyle::interleaved ? 1 : pairs_;
+    for (int64_t t = 0; t < T; ++t) {
+        const float* c = cos.data() + t * pairs_;
+        const float* s = sin.data() + t * pairs_;
+        for (int64_t h = 0; h < heads; ++h) {
+            float* head = x + (t * heads + h) * head_dim_;
+            for (int64_t i = 0; i < pairs_; ++i) {
+                float* a = head + i * first_stride;
+                float* b = a + partner_offset;
+                const float x0 = *a, x1 = *b;
+                *a = x0 * c[i] - x1 * s[i];
+                *b = x0 * s[i] + x1 * c[i];
+            }
+        }
+    }
+}
+
+}  // namespace mlspecqd

@@ -1,0 +1,147 @@
+"""A language model ready to run: native weights plus its key/value cache.
+
+`Model.forward(tokens, start)` runs all T tokens through every layer in one native call (the GIL is
+released meanwhile) and returns float32 logits. Activations are float32; linear weights are BF16 (or
+MXFP4 for precision="mxfp4"); the cache holds float32 keys and values for `context_length` positions.
+The logits of a position are the same bits whether it is computed alone, in a verification batch or in
+a prompt chunk, which is what lets speculative decoding be lossless.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from mlspecqd import _native, quant
+from mlspecqd.gguf import GGUFFile, ModelSpec, open_gguf
+
+SUPPORTED_ARCHITECTURES = ("llama", "qwen2", "qwen3")
+PRECISIONS = ("bf16", "mxfp4")
+
+
+
+class Model:
+    """A dense transformer (llama, qwen2, qwen3) with its key/value cache; see the module docstring."""
+
+    def __init__(self, spec: ModelSpec, tensors: Mapping[str, np.ndarray], precision: str, context_length: int) -> None:
+        self.spec = spec
+        self.precision = precision
+        self.tensors = dict(tensors)  # what the native model points into; shared by sibling precisions
+        self._model: Any = _native.Model(native_config(spec), self.tensors, context_length)
+
+    def sibling(self, precision: str = "mxfp4", mxfp4_head: bool = True, context_length: int | None = None) -> Model:
+        """The same checkpoint at another precision: the ML-SpecQD self-draft. Only the linear weights
+        are cast; the embedding, norms and biases are this model's arrays, not copies."""
+        return Model.from_arrays(self.spec, self.tensors, precision,
+                                 self.context_length if context_length is None else context_length, mxfp4_head)
+
+    @classmethod
+    def from_arrays(cls, spec: ModelSpec, tensors: Mapping[str, np.ndarray], precision: str = "bf16",
+                    context_length: int = 4096, mxfp4_head: bool = True) -> Model:
+        """A model over `tensors` (by GGUF name): 2-D arrays are BF16 bit patterns (uint16), 1-D arrays
+        float32. The arrays are used in place. For precision="mxfp4" the linear weights are cast and every
+        other array (embedding, norms, biases) is shared with `tensors`."""
+        check_supported(spec, precision)
+        if precision == "mxfp4":
+            spec, tensors = _cast_to_mxfp4(spec, tensors, mxfp4_head)
+        return cls(spec, tensors, precision, _capped_context(spec, context_length))
+
+    @classmethod
+    def load(cls, path_or_file: str | Path | GGUFFile, precision: str = "bf16", context_length: int = 4096,
+             mxfp4_head: bool = True) -> Model:
+        """Read a GGUF checkpoint, upcasting every matrix to BF16 (and to MXFP4 for precision="mxfp4").
+        `context_length` is capped at the model's trained context. The weights are converted copies, so
+        a file opened here is closed again before returning."""
+        opened_here = not isinstance(path_or_file, GGUFFile)
+        gguf_file = open_gguf(path_or_file) if opened_here else path_or_file
+        try:
+            spec = gguf_file.spec
+            check_supported(spec, precision, where=str(gguf_file.path))
+            tensors = {
+                name: gguf_file.tensor_bf16(name) if len(info.shape) == 2 else gguf_file.tensor_f32(name)
+                for name, info in gguf_file.tensors.items()
+            }
+        finally:
+            if opened_here:
+                gguf_file.close()
+        if precision == "mxfp4":
+            spec, tensors = _cast_to_mxfp4(spec, tensors, mxfp4_head)
+        return cls(spec, tensors, precision, _capped_context(spec, context_length))
+
+    @property
+    def _native_model(self) -> Any:
+        if self._model is None:
+            raise ValueError("the model is closed")
+        return self._model
+
+    @property
+    def vocab_size(self) -> int:
+        return self._native_model.vocab_size
+
+    @property
+    def context_length(self) -> int:
+        return self._native_model.max_context
+
+    @property
+    def n_past(self) -> int:
+        return self._native_model.n_past
+
+    def forward(self, tokens: Sequence[int] | np.ndarray, start: int, all_logits: bool = False) -> np.ndarray:
+        """Truncate the cache to `start` (<= n_past), append `tokens`, and return float32 logits:
+        (len(tokens), vocab) if all_logits, else (1, vocab) for the last token."""
+        ids = np.asarray(tokens)
+        if ids.size == 0:
+            ids = ids.astype(np.int64)  # an empty list comes as float64; the native call names the problem
+        if ids.dtype.kind not in "iu":
+            raise ValueError(f"forward: tokens must be integers, got dtype {ids.dtype}")
+        return self._native_model.forward(ids.astype(np.int64, copy=False), int(start), bool(all_logits))
+
+    def truncate(self, n: int) -> None:
+        """Forget cached positions n .. n_past - 1."""
+        self._native_model.truncate(int(n))
+
+    def close(self) -> None:
+        """Free the key/value cache and this model's hold on the weights; later calls raise ValueError."""
+        self._model = None
+        self.tensors = {}
+
+    def __enter__(self) -> Model:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def check_supported(spec: ModelSpec, precision: str, where: str = "model") -> None:
+    if spec.architecture not in SUPPORTED_ARCHITECTURES:
+        raise ValueError(f"{where}: architecture '{spec.architecture}' is not supported by the dense decoder "
+                         f"(supported: {', '.join(SUPPORTED_ARCHITECTURES)})")
+    if precision not in PRECISIONS:
+        raise ValueError(f"{where}: precision '{precision}' is not one of {', '.join(PRECISIONS)}")
+
+
+def native_config(spec: ModelSpec) -> dict[str, Any]:
+    """The hyper-parameters _native.Model reads, from a ModelSpec (the RopeScaling becomes a dict)."""
+    return dataclasses.asdict(spec)
+
+
+def _capped_context(spec: ModelSpec, context_length: int) -> int:
+    if context_length < 1:
+        raise ValueError(f"context_length must be at least 1, got {context_length}")
+    return min(int(context_length), int(spec.context_length))
+
+
+def _cast_to_mxfp4(spec: ModelSpec, tensors: Mapping[str, np.ndarray],
+                   mxfp4_head: bool) -> tuple[ModelSpec, dict[str, np.ndarray]]:
+    """The MXFP4 recipe: linear-layer weights cast, everything else shared. With mxfp4_head the LM head
+    is cast too; a tied head then gets its own MXFP4 copy while the BF16 embedding stays for lookups."""
+    head = "output.weight"
+    if mxfp4_head and spec.tied_output:
+        tensors = {**tensors, head: tensors["token_embd.weight"]}
+        spec = dataclasses.replace(spec, tied_output=False)
+    cast = quant.cast_linear_weights_to_mxfp4({name: array for name, array in tensors.items()
+                                               if mxfp4_head or name != head})
+    return spec, {**tensors, **cast}

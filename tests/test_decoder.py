@@ -1,0 +1,369 @@
+"""The native decoder against the NumPy reference (tests/reference_model.py) on tiny random models, its
+batch invariance (equality), the key/value cache, and its refusals of bad input."""
+
+from __future__ import annotations
+
+import gc
+import importlib.util
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+from gguf import GGMLQuantizationType
+
+import reference_model
+from gguf_fixtures import models_dir, write_model_gguf
+from mlspecqd import _native
+from mlspecqd.gguf import ModelSpec, RopeScaling
+from mlspecqd.model import Model
+
+
+def tiny_spec(architecture: str = "llama", **overrides) -> ModelSpec:
+    spec = ModelSpec(
+        architecture=architecture, n_layers=2, d_model=64, n_heads=4, n_kv_heads=2, head_dim=16, d_ff=96,
+        vocab_size=160, context_length=256, rope_base=10000.0, rope_dim=16,
+        rope_style="interleaved" if architecture == "llama" else "neox", rope_scaling=RopeScaling(),
+        norm_eps=1e-6, tied_output=False, qkv_bias=architecture == "qwen2", qk_norm=architecture == "qwen3",
+    )
+    return replace(spec, **overrides)
+
+
+def bf16_bits(x: np.ndarray) -> np.ndarray:
+    bits = x.astype(np.float32).view(np.uint32)
+    return ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
+
+
+def random_tensors(spec: ModelSpec, seed: int = 0) -> dict[str, np.ndarray]:
+    """Random weights by GGUF name: matrices as BF16 bits scaled like a trained model's, norms near 1."""
+    rng = np.random.default_rng(seed)
+
+    def matrix(rows: int, cols: int) -> np.ndarray:
+        return bf16_bits(rng.standard_normal((rows, cols)) / np.sqrt(cols))
+
+    def vector(n: int, centre: float, spread: float) -> np.ndarray:
+        return (centre + spread * rng.standard_normal(n)).astype(np.float32)
+
+    q_width, kv_width = spec.n_heads * spec.head_dim, spec.n_kv_heads * spec.head_dim
+    tensors = {
+        "token_embd.weight": bf16_bits(rng.standard_normal((spec.vocab_size, spec.d_model))),
+        "output_norm.weight": vector(spec.d_model, 1.0, 0.1),
+    }
+    if not spec.tied_output:
+        tensors["output.weight"] = matrix(spec.vocab_size, spec.d_model)
+    if spec.rope_scaling.kind == "llama3":
+        tensors["rope_freqs.weight"] = np.linspace(1.0, 8.0, spec.rope_dim // 2).astype(np.float32)
+    for layer in range(spec.n_layers):
+        block = f"blk.{layer}."
+        tensors[block + "attn_norm.weight"] = vector(spec.d_model, 1.0, 0.1)
+        tensors[block + "attn_q.weight"] = matrix(q_width, spec.d_model)
+        tensors[block + "attn_k.weight"] = matrix(kv_width, spec.d_model)
+        tensors[block + "attn_v.weight"] = matrix(kv_width, spec.d_model)
+        tensors[block + "attn_output.weight"] = matrix(spec.d_model, q_width)
+        if spec.qkv_bias:
+            tensors[block + "attn_q.bias"] = vector(q_width, 0.0, 0.5)
+            tensors[block + "attn_k.bias"] = vector(kv_width, 0.0, 0.5)
+            tensors[block + "attn_v.bias"] = vector(kv_width, 0.0, 0.5)
+        if spec.qk_norm:
+            tensors[block + "attn_q_norm.weight"] = vector(spec.head_dim, 1.0, 0.1)
+            tensors[block + "attn_k_norm.weight"] = vector(spec.head_dim, 1.0, 0.1)
+        tensors[block + "ffn_norm.weight"] = vector(spec.d_model, 1.0, 0.1)
+        tensors[block + "ffn_gate.weight"] = matrix(spec.d_ff, spec.d_model)
+        tensors[block + "ffn_up.weight"] = matrix(spec.d_ff, spec.d_model)
+        tensors[block + "ffn_down.weight"] = matrix(spec.d_model, spec.d_ff)
+    return tensors
+
+
+@pytest.fixture(autouse=True)
+def restore_isa_and_threads():
+    isa, threads = _native.active_isa(), _native.num_threads()
+    yield
+    _native.set_isa(isa)
+    _native.set_num_threads(threads)
+
+
+ARCHITECTURE_CASES = {
+    "llama-mha-tied": tiny_spec("llama", n_kv_heads=4, tied_output=True),
+    "llama-gqa4-untied": tiny_spec("llama", n_heads=8, n_kv_heads=2, head_dim=8, rope_dim=8),
+    "llama-partial-rope": tiny_spec("llama", rope_dim=8),
+    "llama-llama3-scaling": tiny_spec("llama", rope_base=500000.0, rope_scaling=RopeScaling("llama3", factor=8.0)),
+    "llama-linear-scaling": tiny_spec("llama", rope_scaling=RopeScaling("linear", factor=4.0)),
+    "llama-attention-scale": tiny_spec("llama", attention_scale=0.5),
+    "qwen2-bias-gqa2": tiny_spec("qwen2"),
+    "qwen2-tied-odd-head-dim": tiny_spec("qwen2", n_heads=6, n_kv_heads=3, head_dim=24, rope_dim=24, tied_output=True),
+    "qwen3-qk-norm-gqa2-tied": tiny_spec("qwen3", tied_output=True),
+    "qwen3-gqa8": tiny_spec("qwen3", n_heads=8, n_kv_heads=1, head_dim=8, rope_dim=8),
+}
+
+def gemm_rounds_inputs_to_bf16() -> bool:
+    """Whether the active GEMM kernel rounds its float32 input to BF16 (1 + 2^-12 is not a BF16 value)."""
+    x = np.array([[1.0 + 2.0**-12]], dtype=np.float32)
+    one = np.array([[0x3F80]], dtype=np.uint16)
+    return float(_native.matmul_bf16(x, one)[0, 0]) == 1.0
+
+
+# Activations are float32. Against a float64 reference that rounds GEMM inputs as the kernel does,
+# only float32 accumulation differs: about 2e-6 of the logits' spread when the kernel keeps its float32
+# inputs. When it rounds them to BF16, a value whose float32 and float64 forms fall on either side of a
+# BF16 rounding boundary flips by 2^-8, and the flip travels through the later layers (and, through
+# attention, to later positions): measured up to 1.6e-2, hence the looser bound. Every wiring mistake
+# tried (rope pairing or position, mask, scale, bias, norm) moves the logits by order 1.
+TOLERANCE_EXACT_INPUTS = 1e-4
+TOLERANCE_BF16_INPUTS = 4e-2
+
+
+def assert_matches_reference(model: Model, tensors: dict[str, np.ndarray], tokens: np.ndarray) -> None:
+    """Runs `tokens` as a prompt of 25 and one batch of the rest (the cache as well as the prompt path)
+    and compares every position's logits with the reference's."""
+    rounds = gemm_rounds_inputs_to_bf16()
+    expected = reference_model.forward(model.spec, tensors, tokens, round_matmul_inputs=rounds)
+    first = model.forward(tokens[:25], 0, all_logits=True)
+    second = model.forward(tokens[25:], 25, all_logits=True)
+    actual = np.concatenate([first, second])
+    error = np.abs(actual - expected).max() / expected.std()
+    assert error < (TOLERANCE_BF16_INPUTS if rounds else TOLERANCE_EXACT_INPUTS), f"error {error:.1e} of the spread"
+    assert model.n_past == len(tokens)
+
+
+@pytest.mark.parametrize("case", list(ARCHITECTURE_CASES))
+def test_matches_reference(case):
+    spec = ARCHITECTURE_CASES[case]
+    tensors = random_tensors(spec, seed=1)
+    tokens = np.random.default_rng(2).integers(0, spec.vocab_size, 40)
+    assert_matches_reference(Model.from_arrays(spec, tensors), tensors, tokens)
+
+
+@pytest.mark.parametrize("architecture", ["llama", "qwen2", "qwen3"])
+def test_load_gguf_matches_reference(tmp_path, architecture):
+    """Model.load on a synthetic Q8_0 GGUF: the same bits as the stored weights upcast to BF16 and run
+    from arrays, and the reference's logits."""
+    path = tmp_path / f"{architecture}.gguf"
+    stored = write_model_gguf(path, architecture, tensor_type=GGMLQuantizationType.Q8_0)
+    tensors = {name: bf16_bits(values) if values.ndim == 2 else values for name, values in stored.items()}
+    tokens = np.random.default_rng(4).integers(0, len(stored["token_embd.weight"]), 40)
+    with Model.load(path, context_length=64) as model:
+        assert model.spec.architecture == architecture and model.context_length == 64
+        from_arrays = Model.from_arrays(model.spec, tensors, context_length=64)
+        assert np.array_equal(model.forward(tokens, 0, all_logits=True), from_arrays.forward(tokens, 0, all_logits=True))
+        assert_matches_reference(model, tensors, tokens)
+
+
+def test_load_refuses_unsupported_architecture(tmp_path):
+    path = tmp_path / "gemma3.gguf"
+    write_model_gguf(path, "gemma3")
+    with pytest.raises(ValueError, match=r"gemma3.gguf: architecture 'gemma3' is not supported by the dense decoder"):
+        Model.load(path)
+
+
+def test_reference_rope_styles_differ():
+    """Guards the test above: the two rope pairings must give different models."""
+    spec = tiny_spec("llama")
+    tensors = random_tensors(spec)
+    tokens = [3, 1, 4, 1, 5, 9]
+    interleaved = reference_model.forward(spec, tensors, tokens)
+    neox = reference_model.forward(replace(spec, rope_style="neox"), tensors, tokens)
+    assert np.abs(interleaved - neox).max() > 0.1 * interleaved.std()
+
+
+@pytest.mark.parametrize("isa", [isa for isa in _native.supported_isas() if isa != "scalar"])
+@pytest.mark.parametrize("shape", [(1, 4, 2, 16, 0), (7, 6, 3, 24, 5), (17, 8, 1, 64, 30), (3, 2, 2, 128, 200),
+                                   (5, 6, 2, 40, 300)])
+def test_attention_kernel_matches_scalar(isa, shape):
+    T, heads, kv_heads, head_dim, first = shape
+    rng = np.random.default_rng(T)
+    q = rng.standard_normal((T, heads, head_dim)).astype(np.float32) * 2
+    k = rng.standard_normal((kv_heads, first + T + 3, head_dim)).astype(np.float32)
+    v = rng.standard_normal((kv_heads, first + T + 3, head_dim)).astype(np.float32)
+    _native.set_isa("scalar")
+    scalar = _native.causal_attention(q, k, v, first)
+    _native.set_isa(isa)
+    vector = _native.causal_attention(q, k, v, first)
+    np.testing.assert_allclose(vector, scalar, rtol=1e-5, atol=1e-6)
+    # and the scalar kernel against float64 attention
+    positions = first + np.arange(T)
+    group = heads // kv_heads
+    for h in range(heads):
+        keys, values = k[h // group].astype(np.float64), v[h // group].astype(np.float64)
+        for t in range(T):
+            scores = keys[: positions[t] + 1] @ q[t, h] / np.sqrt(head_dim)
+            weights = np.exp(scores - scores.max())
+            expected = weights @ values[: positions[t] + 1] / weights.sum()
+            np.testing.assert_allclose(scalar[t, h], expected, rtol=1e-4, atol=1e-5)
+
+
+# Prefixes for the batches: a short one, and one whose batches straddle the attention kernel's key
+# block of 128 positions (and its groups of 64).
+BATCH_PREFIXES = (5, 120)
+
+
+def batch_invariance_model() -> tuple[Model, np.ndarray]:
+    # Widths above 64 rows so that two threads split every matrix product; three query heads per
+    # key/value head.
+    spec = tiny_spec("qwen2", d_model=96, n_heads=6, n_kv_heads=2, head_dim=16, rope_dim=16, d_ff=320,
+                     vocab_size=300)
+    tokens = np.random.default_rng(7).integers(0, spec.vocab_size, max(BATCH_PREFIXES) + 17)
+    return Model.from_arrays(spec, random_tensors(spec, seed=3)), tokens
+
+
+@pytest.mark.parametrize("isa", sorted({"scalar", _native.best_isa()}))
+def test_batch_invariance_bit_exact(isa):
+    """Position p's logits are the same bits alone (T = 1), in a batch of M = 1..17 after a prefix, or in
+    one prompt, with one or two threads."""
+    _native.set_isa(isa)
+    model, tokens = batch_invariance_model()
+    _native.set_num_threads(1)
+    alone = np.concatenate([model.forward(tokens[p : p + 1], p) for p in range(len(tokens))])
+    for threads in (1, 2):
+        _native.set_num_threads(threads)
+        prompt = model.forward(tokens, 0, all_logits=True)
+        assert np.array_equal(prompt, alone), f"{threads} threads: whole prompt differs from one at a time"
+        for prefix in BATCH_PREFIXES:
+            model.forward(tokens[:prefix], 0)
+            for M in range(1, 18):
+                batch = model.forward(tokens[prefix : prefix + M], prefix, all_logits=True)
+                assert np.array_equal(batch, alone[prefix : prefix + M]), f"prefix {prefix}, M={M}, {threads} threads"
+                last = model.forward(tokens[prefix : prefix + M], prefix, all_logits=False)
+                assert np.array_equal(last, alone[prefix + M - 1 : prefix + M]), f"last row, prefix {prefix}, M={M}"
+
+
+def test_truncate_then_reforward_gives_same_bits():
+    model, tokens = batch_invariance_model()
+    before = model.forward(tokens, 0, all_logits=True)
+    model.truncate(9)
+    assert model.n_past == 9
+    # different tokens overwrite positions 9.. ; going back and re-running the originals restores them
+    model.forward(np.flip(tokens[9:]), 9)
+    model.truncate(9)
+    again = model.forward(tokens[9:], 9, all_logits=True)
+    assert np.array_equal(again, before[9:])
+    # forward with start < n_past truncates implicitly
+    assert np.array_equal(model.forward(tokens[4:6], 4, all_logits=True), before[4:6])
+    assert model.n_past == 6
+
+
+def test_weights_are_kept_alive_not_copied():
+    spec = tiny_spec("llama")
+    tensors = random_tensors(spec)
+    tokens = [1, 2, 3]
+    model = Model.from_arrays(spec, tensors)
+    expected = model.forward(tokens, 0)
+    del tensors
+    gc.collect()
+    model2 = Model.from_arrays(spec, random_tensors(spec, seed=9))  # would reuse the memory had it been freed
+    assert np.array_equal(model.forward(tokens, 0), expected)
+    assert not np.array_equal(model2.forward(tokens, 0), expected)
+
+
+@pytest.fixture(scope="module")
+def small_model() -> Model:
+    spec = tiny_spec("llama", context_length=32)
+    return Model.from_arrays(spec, random_tensors(spec))
+
+
+@pytest.mark.parametrize("tokens, start, message", [
+    ([], 0, r"tokens is empty \(T = 0\)"),
+    ([1, 2], 3, r"start = 3 must be in \[0, n_past = 2\]"),
+    ([1, 2], -1, r"start = -1 must be in \[0, n_past = 2\]"),
+    (list(range(31)), 2, r"start \+ T = 2 \+ 31 exceeds max_context = 32"),
+    ([1, 160, 2], 2, r"token id 160 at index 1 is outside the vocabulary \[0, 160\)"),
+    ([1, -4], 2, r"token id -4 at index 1 is outside the vocabulary"),
+    ([[1, 2]], 2, r"tokens must be 1-D"),
+    ([1.5], 2, r"tokens must be integers"),
+])
+def test_forward_refuses_bad_input(small_model, tokens, start, message):
+    small_model.forward([5, 6], 0)
+    with pytest.raises(ValueError, match=message):
+        small_model.forward(tokens, start)
+    assert small_model.n_past == 2  # a refused call leaves the cache alone
+
+
+def test_truncate_refuses_growing(small_model):
+    small_model.forward([5, 6], 0)
+    with pytest.raises(ValueError, match=r"truncate\(3\): the cache holds 2 positions"):
+        small_model.truncate(3)
+    with pytest.raises(ValueError, match=r"truncate\(-1\)"):
+        small_model.truncate(-1)
+
+
+def test_closed_model_refuses_calls():
+    spec = tiny_spec("llama")
+    with Model.from_arrays(spec, random_tensors(spec)) as model:
+        model.forward([1, 2], 0)
+    with pytest.raises(ValueError, match="the model is closed"):
+        model.forward([3], 2)
+    with pytest.raises(ValueError, match="the model is closed"):
+        model.truncate(0)
+
+
+def test_context_length_capped_at_trained_context(small_model):
+    assert small_model.context_length == 32
+    spec = tiny_spec("llama")
+    assert Model.from_arrays(spec, random_tensors(spec), context_length=100).context_length == 100
+    with pytest.raises(ValueError, match="context_length must be at least 1"):
+        Model.from_arrays(spec, random_tensors(spec), context_length=0)
+
+
+def test_bad_weights_are_named():
+    spec = tiny_spec("qwen2")
+    tensors = random_tensors(spec)
+    missing = {k: v for k, v in tensors.items() if k != "blk.1.attn_k.bias"}
+    with pytest.raises(ValueError, match=r"missing tensor 'blk.1.attn_k.bias'"):
+        Model.from_arrays(spec, missing)
+    wrong_shape = dict(tensors, **{"blk.0.ffn_up.weight": tensors["blk.0.ffn_up.weight"][:, :32].copy()})
+    with pytest.raises(ValueError, match=r"weights\['blk.0.ffn_up.weight'\] has shape \(96, 32\), expected \(96, 64\)"):
+        Model.from_arrays(spec, wrong_shape)
+    wrong_dtype = dict(tensors, **{"output_norm.weight": tensors["output_norm.weight"].astype(np.float64)})
+    with pytest.raises(ValueError, match=r"weights\['output_norm.weight'\] must be float32, got float64"):
+        Model.from_arrays(spec, wrong_dtype)
+    float_matrix = dict(tensors, **{"blk.0.attn_q.weight": np.zeros((64, 64), np.float32)})
+    with pytest.raises(ValueError, match=r"weights\['blk.0.attn_q.weight'\]: a linear weight must be uint16"):
+        Model.from_arrays(spec, float_matrix)
+    llama3 = replace(spec, rope_scaling=RopeScaling("llama3", factor=8.0))
+    with pytest.raises(ValueError, match=r"missing tensor 'rope_freqs.weight'"):
+        Model.from_arrays(llama3, tensors)
+    strided = dict(tensors, **{"token_embd.weight": np.asfortranarray(tensors["token_embd.weight"])})
+    with pytest.raises(ValueError, match=r"weights\['token_embd.weight'\] must be C-contiguous"):
+        Model.from_arrays(spec, strided)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"n_kv_heads": 3}, r"n_heads = 4 is not a multiple of n_kv_heads = 3"),
+    ({"rope_dim": 15}, r"rope_dim = 15 is odd"),
+    ({"rope_dim": 32}, r"rope_dim = 32 is outside \[0, 16\]"),
+    ({"d_model": 1 << 30}, r"d_model = 1073741824 is outside"),
+    ({"rope_style": "spiral"}, r"rope_style 'spiral'"),
+    ({"rope_scaling": RopeScaling("yarn", factor=4.0)}, r"rope scaling 'yarn' is not supported"),
+    ({"architecture": "gemma3"}, r"architecture 'gemma3' is not supported"),
+])
+def test_bad_config_refused(overrides, message):
+    spec = tiny_spec("llama")
+    tensors = random_tensors(spec)
+    with pytest.raises(ValueError, match=message):
+        Model.from_arrays(replace(spec, **overrides), tensors)
+
+
+def test_precision_checked():
+    spec = tiny_spec("llama")
+    with pytest.raises(ValueError, match="precision 'fp8'"):
+        Model.from_arrays(spec, random_tensors(spec), precision="fp8")
+
+
+AGREEMENT_SCRIPT = Path(__file__).resolve().parent.parent / "bench" / "real_model_agreement.py"
+
+
+@pytest.mark.real_model
+def test_real_model_agrees_with_transformers():
+    """SmolLM2-135M: the native BF16 decoder picks the same next token as transformers in float32."""
+    gguf_path = models_dir() / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    if not gguf_path.exists() or not AGREEMENT_SCRIPT.exists():
+        pytest.skip(f"needs {gguf_path} and {AGREEMENT_SCRIPT}")
+    pytest.importorskip("transformers")
+    pytest.importorskip("accelerate")  # transformers needs it to load GGUF files
+    spec = importlib.util.spec_from_file_location("real_model_agreement", AGREEMENT_SCRIPT)
+    agreement = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(agreement)
+    if not agreement.WIKI_TEXT.exists():
+        pytest.skip(f"needs {agreement.WIKI_TEXT}")
+    result = agreement.compare(gguf_path, agreement.WIKI_TEXT.read_text(encoding="utf-8"), positions=300, window=300)
+    assert result["top1_agreement"] >= 0.99, result
+    assert abs(result["perplexity_relative_difference"]) < 0.01, result
