@@ -144,8 +144,7 @@ def load(model: str | os.PathLike[str] = hub.DEFAULT_MODEL, drafts: Sequence[str
                 levels.append(NgramDrafter())
                 continue
             if spec.kind == "self":
-                # Model.from_arrays casts only the linear weights and uses every other array in place.
-                draft = Model.from_arrays(target.spec, target.tensors, spec.precision, target.context_length)
+                draft = target.sibling(spec.precision)  # casts the linear weights, shares the rest
                 draft_tokenizer = tokenizer
             else:
                 draft = Model.load(draft_paths[spec.text], spec.precision, ctx)

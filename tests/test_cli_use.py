@@ -21,6 +21,8 @@ from llm_fixtures import VOCAB, write_chat_model
 # The synthetic GGUF models need the native decoder to run.
 pytest.importorskip("mlspecqd.model")
 
+LONG_QUESTION = "Tell me a long story"
+
 
 def run_cli(*args, input=None, timeout=120):
     return subprocess.run([sys.executable, "-m", "mlspecqd", *args], capture_output=True, text=True, input=input,
@@ -35,7 +37,11 @@ def models(tmp_path_factory):
     # A draft that agrees with the target often: the same weights (same seed), stored in 8 bits.
     write_chat_model(folder / "draft.gguf", long_context, seed=1, tensor_type=GGMLQuantizationType.Q8_0)
     write_chat_model(folder / "other-vocab.gguf", {"vocab_size": VOCAB + 32})
-    return {name: str(folder / f"{name}.gguf") for name in ("target", "draft", "other-vocab")}
+    # Wider, so an answer takes long enough to be interrupted: greedy, it answers LONG_QUESTION with
+    # 16,000 tokens (about 15 s at the speed of this machine) without an end-of-text token.
+    write_chat_model(folder / "slow.gguf", {"context_length": 16384, "d_model": 512, "n_heads": 8, "n_kv_heads": 2,
+                                           "d_ff": 1536, "n_layers": 2}, seed=1)
+    return {name: str(folder / f"{name}.gguf") for name in ("target", "draft", "other-vocab", "slow")}
 
 
 def generate_json(models, *args):
@@ -127,10 +133,10 @@ def test_chat_through_a_pipe_answers_line_by_line(models):
 
 
 def read_until(fd, marker, timeout=60):
-    """Read the pseudo-terminal until `marker` appears; returns everything read."""
+    """Read the pseudo-terminal until `marker` appears (b"": anything); returns everything read."""
     data = b""
     deadline = time.monotonic() + timeout
-    while marker not in data:
+    while marker not in data or not data:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise AssertionError(f"no {marker!r} in {data[-500:]!r}")
@@ -149,15 +155,16 @@ def read_until(fd, marker, timeout=60):
 def test_chat_in_a_terminal_survives_an_interrupt(models):
     pid, fd = pty.fork()
     if pid == 0:  # the child: the chat on the pseudo-terminal
-        os.execv(sys.executable, [sys.executable, "-m", "mlspecqd", "chat", "-m", models["target"], "--threads", "1",
-                                  "--ctx", "4096", "-n", "4000", "--draft", "ngram"])
+        os.execv(sys.executable, [sys.executable, "-m", "mlspecqd", "chat", "-m", models["slow"], "--threads", "1",
+                                  "--ctx", "16384", "--no-speculation"])
     try:
         read_until(fd, b"> ")
-        os.write(fd, b"Tell me a long story\r")
-        read_until(fd, b"Tell me a long story\r\n")
-        time.sleep(0.3)  # the answer is streaming
-        os.kill(pid, signal.SIGINT)
-        read_until(fd, b"(interrupted)")
+        os.write(fd, LONG_QUESTION.encode() + b"\r")
+        echoed = LONG_QUESTION.encode() + b"\r\n"
+        if read_until(fd, echoed).endswith(echoed):
+            read_until(fd, b"")  # wait for the first piece of the answer
+        os.kill(pid, signal.SIGINT)  # as Ctrl-C would, in the middle of the answer
+        read_until(fd, b"(interrupted)", timeout=10)
         read_until(fd, b"> ")
         os.write(fd, b"/stats\r")
         read_until(fd, b"no finished answer yet")
@@ -177,23 +184,26 @@ def test_chat_in_a_terminal_survives_an_interrupt(models):
 
 def test_batch_resumes_after_a_kill(models, tmp_path):
     source, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
-    requests = [{"custom_id": f"r{index}", "method": "POST", "url": "/v1/completions",
-                 "body": {"prompt": f"Question {index}", "max_tokens": 200}} for index in range(6)]
+    requests = [{"custom_id": f"r{index}", "method": "POST", "url": "/v1/chat/completions",
+                 "body": {"messages": [{"role": "user", "content": LONG_QUESTION}], "max_tokens": 1000}}
+                for index in range(6)]
     source.write_text("".join(json.dumps(request) + "\n" for request in requests) + "not json\n")
-    args = [sys.executable, "-m", "mlspecqd", "batch", str(source), str(out), "-m", models["target"],
+    args = [sys.executable, "-m", "mlspecqd", "batch", str(source), str(out), "-m", models["slow"],
             "--threads", "1", "--no-speculation"]
     process = subprocess.Popen(args, stderr=subprocess.PIPE, text=True)
     try:
-        assert process.stderr.readline().startswith("[1/7] r0: 200 tokens")
-        process.kill()
+        assert process.stderr.readline().startswith("[1/7] r0: 1000 tokens")
+        process.kill()  # while r1 is being answered
     finally:
         process.wait()
+        process.stderr.close()
     done = [json.loads(line)["custom_id"] for line in out.read_text().splitlines()]
-    assert 1 <= len(done) < 7 and done == [f"r{index}" for index in range(len(done))]
+    assert 1 <= len(done) < 6 and done == [f"r{index}" for index in range(len(done))]
     result = subprocess.run(args, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     records = [json.loads(line) for line in out.read_text().splitlines()]
     assert [record["custom_id"] for record in records] == [f"r{index}" for index in range(6)] + ["line-7"]
+    assert len({record["response"]["body"]["choices"][0]["message"]["content"] for record in records[:6]}) == 1
     assert records[-1]["error"]["code"] == "invalid_request"
     assert f"done: 7 requests: {6 - len(done)} ok, 1 failed, {len(done)} already in the output" in result.stderr
 
