@@ -132,24 +132,32 @@ def test_chat_through_a_pipe_answers_line_by_line(models):
     assert reply["choices"][0]["message"]["content"] == answer
 
 
-def read_until(fd, marker, timeout=60):
-    """Read the pseudo-terminal until `marker` appears (b"": anything); returns everything read."""
-    data = b""
-    deadline = time.monotonic() + timeout
-    while marker not in data or not data:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise AssertionError(f"no {marker!r} in {data[-500:]!r}")
-        ready, _, _ = select.select([fd], [], [], remaining)
-        if ready:
+class Terminal:
+    """The parent side of a pseudo-terminal: text read is kept until a wait consumes it."""
+
+    def __init__(self, fd):
+        self.fd, self.buffer = fd, b""
+
+    def write(self, data):
+        os.write(self.fd, data)
+
+    def wait_for(self, marker, timeout=60):
+        """Read until `marker` (b"": any byte) has come; consume everything up to and including it."""
+        deadline = time.monotonic() + timeout
+        while (marker not in self.buffer) if marker else not self.buffer:
+            remaining = deadline - time.monotonic()
+            ready, _, _ = select.select([self.fd], [], [], max(remaining, 0))
+            if not ready:
+                raise AssertionError(f"no {marker!r} after {self.buffer[-300:]!r}")
             try:
-                chunk = os.read(fd, 4096)
-            except OSError:
-                break
+                chunk = os.read(self.fd, 4096)
+            except OSError:  # the child closed the terminal
+                chunk = b""
             if not chunk:
-                break
-            data += chunk
-    return data
+                raise AssertionError(f"the terminal closed before {marker!r}; last output {self.buffer[-300:]!r}")
+            self.buffer += chunk
+        end = self.buffer.index(marker) + len(marker) if marker else len(self.buffer)
+        self.buffer = self.buffer[end:]
 
 
 def test_chat_in_a_terminal_survives_an_interrupt(models):
@@ -157,20 +165,20 @@ def test_chat_in_a_terminal_survives_an_interrupt(models):
     if pid == 0:  # the child: the chat on the pseudo-terminal
         os.execv(sys.executable, [sys.executable, "-m", "mlspecqd", "chat", "-m", models["slow"], "--threads", "1",
                                   "--ctx", "16384", "--no-speculation"])
+    terminal = Terminal(fd)
     try:
-        read_until(fd, b"> ")
-        os.write(fd, LONG_QUESTION.encode() + b"\r")
-        echoed = LONG_QUESTION.encode() + b"\r\n"
-        if read_until(fd, echoed).endswith(echoed):
-            read_until(fd, b"")  # wait for the first piece of the answer
+        terminal.wait_for(b"> ")
+        terminal.write(LONG_QUESTION.encode() + b"\r")
+        terminal.wait_for(LONG_QUESTION.encode() + b"\r\n")  # the echo
+        terminal.wait_for(b"")  # the first piece of the answer
         os.kill(pid, signal.SIGINT)  # as Ctrl-C would, in the middle of the answer
-        read_until(fd, b"(interrupted)", timeout=10)
-        read_until(fd, b"> ")
-        os.write(fd, b"/stats\r")
-        read_until(fd, b"no finished answer yet")
-        os.write(fd, b"/reset\r")
-        read_until(fd, b"(conversation reset)")
-        os.write(fd, b"/exit\r")
+        terminal.wait_for(b"(interrupted)", timeout=10)
+        terminal.wait_for(b"\r\n> ")
+        terminal.write(b"/stats\r")
+        terminal.wait_for(b"no finished answer yet")
+        terminal.write(b"/reset\r")
+        terminal.wait_for(b"(conversation reset)")
+        terminal.write(b"/exit\r")
         _, status = os.waitpid(pid, 0)
         assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
     finally:
