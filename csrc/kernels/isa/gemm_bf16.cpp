@@ -17,15 +17,6 @@
 #include "kernels/bf16.h"
 #include "kernels/isa/isa.h"
 
-#ifndef PF_LINES
-#define PF_LINES 144
-#endif
-#ifndef X_BUDGET
-#define X_BUDGET 16384
-#endif
-#ifndef W_BUDGET
-#define W_BUDGET 131072
-#endif
 
 namespace mlspecqd {
 namespace MLSPECQD_ISA {
@@ -38,9 +29,13 @@ namespace {
 using Prepared = uint16_t;  // activations as BF16 bits
 using Accumulator = __m512;
 constexpr int64_t kStep = 32;
-constexpr int kMaxAccumulators = 24;  // of 32 registers: the rest hold weights and an activation
 constexpr int kMaxTileRows = 12;
-constexpr int kMaxTileCols = 3;
+constexpr int kMaxTileCols = 2;
+// Weight rows a tile of `rows` activation rows takes at once. Each weight row is a memory stream,
+// and this memory system serves one stream best: up to 4 activation rows the dot products keep up
+// with one. Past that a second weight row halves the activation loads per product. (A third would
+// leave too few of the 32 registers: 8 x 3 spills in the loop.)
+constexpr int tile_cols(int rows) { return rows <= 4 ? 1 : 2; }
 
 #elif defined(__AVX2__)
 
@@ -50,9 +45,12 @@ constexpr int kMaxTileCols = 3;
 using Prepared = float;  // activations rounded to BF16, held as float
 using Accumulator = __m256;
 constexpr int64_t kStep = 16;
-constexpr int kMaxAccumulators = 12;  // of 16 registers: the rest hold weights and a constant
 constexpr int kMaxTileRows = 6;
-constexpr int kMaxTileCols = 3;
+constexpr int kMaxTileCols = 2;
+// Weight rows a tile of `rows` activation rows takes at once (see the AVX-512 tile_cols); of the
+// 16 registers, 12 accumulators at most, the rest hold the even and odd weights of one weight row
+// at a time and a constant.
+constexpr int tile_cols(int rows) { return rows <= 4 ? 1 : 2; }
 
 #else
 
@@ -106,13 +104,15 @@ struct Tiling {
 };
 
 Tiling choose_tiling(int64_t rows, int64_t K) {
-    constexpr int64_t kActivationBlockBytes = X_BUDGET;  // L1 share for a row tile's activations
-    constexpr int64_t kSpanBlockBytes = W_BUDGET;        // L2 share for a span's weights
+    constexpr int64_t kActivationsInL1 = 32 << 10;       // a row tile's activations up to this: no K blocks
+    constexpr int64_t kActivationBlockBytes = 16 << 10;  // else blocks this size
+    constexpr int64_t kSpanBlockBytes = 128 << 10;       // L2 share for a span's weights
     Tiling t;
-    t.cols = std::min<int64_t>(kMaxTileCols, kMaxAccumulators / rows);
+    t.cols = tile_cols(int(rows));
     const int64_t fitting_steps =
         std::max<int64_t>(8, kActivationBlockBytes / (rows * kStep * int64_t(sizeof(Prepared))));
-    const int64_t blocks = (steps_of(K) + fitting_steps - 1) / fitting_steps;
+    const bool fits = rows * steps_of(K) * kStep * int64_t(sizeof(Prepared)) <= kActivationsInL1;
+    const int64_t blocks = fits ? 1 : (steps_of(K) + fitting_steps - 1) / fitting_steps;
     t.block = (steps_of(K) + blocks - 1) / blocks * kStep;
     t.groups = std::max<int64_t>(1, kSpanBlockBytes / (t.cols * t.block * int64_t(sizeof(uint16_t))));
     return t;
@@ -175,15 +175,16 @@ public:
     }
 
 private:
-    void start_block() {
+    __attribute__((always_inline)) void start_block() {
         const bool done = schedule_->done(at_);
         line_ = w_ + at_.n * K_ + at_.k;
         cols_ = done ? 0 : schedule_->cols(at_);
         left_ = done ? 0 : schedule_->steps(at_);
     }
 
-    // Moves to the next block; false when there is none.
-    __attribute__((noinline)) bool next_block() {
+    // Moves to the next block; false when there is none. Inlined like step(): a call inside the
+    // tile loop would make the compiler spill every accumulator around it.
+    __attribute__((always_inline)) bool next_block() {
         if (schedule_->done(at_)) return false;
         at_ = schedule_->next(at_);
         start_block();
@@ -232,7 +233,7 @@ float sum_lanes(__m512 v) {
 
 // sum_lanes of 16 vectors at once, each addition with the same operands in the same order, so
 // the same bits. Element 4 * l + j of the result is the sum of v[l + 4 * j].
-__m512 sum_lanes_of_16(const __m512 (&v)[16]) {
+__attribute__((always_inline)) inline __m512 sum_lanes_of_16(const __m512 (&v)[16]) {
     // Each level adds a pair of shuffles of two vectors: the first picks the lanes the single sum
     // puts first (low halves, low quarters, ...), the second their partners.
     __m512 half[8], quarter[4], eighth[2];
@@ -249,8 +250,9 @@ __m512 sum_lanes_of_16(const __m512 (&v)[16]) {
     return _mm512_add_ps(_mm512_shuffle_ps(eighth[0], eighth[1], 0x88), _mm512_shuffle_ps(eighth[0], eighth[1], 0xdd));
 }
 
+// Inlined so the accumulators never have their address taken: the tile loop keeps them in registers.
 template <int Rows, int Cols>
-void finish(const __m512 (&acc)[Rows][Cols], float* y, int64_t ldy) {
+__attribute__((always_inline)) inline void finish(const __m512 (&acc)[Rows][Cols], float* y, int64_t ldy) {
     constexpr int kOutputs = Rows * Cols;
     int done = 0;
     for (; kOutputs - done >= 8; done += 16) {  // batches of 16, the last padded with zeros
@@ -397,8 +399,7 @@ using TileKernel = void (*)(const TileWork&);
 template <int Rows, int... Cols>
 constexpr std::array<TileKernel, sizeof...(Cols)> tiles_of_rows(std::integer_sequence<int, Cols...>) {
     // Shapes that would not fit the registers are never chosen (see choose_tiling) nor compiled.
-    return {(Rows * (Cols + 1) <= kMaxAccumulators ? &tile<Rows, std::min(Cols + 1, kMaxAccumulators / Rows)>
-                                                    : nullptr)...};
+    return {(Cols + 1 <= tile_cols(Rows) ? &tile<Rows, std::min(Cols + 1, tile_cols(Rows))> : nullptr)...};
 }
 
 template <int... Rows>
@@ -428,7 +429,10 @@ void gemm_chunk(const Prepared* prepared, int64_t chunk, int64_t chunk_rows, int
     const Schedule schedule(t, K, n_begin, n_end);
     // One pass reads a block as it streams in: a fixed distance ahead is enough. Several passes
     // re-read a span's block from cache: the next one is what memory must bring meanwhile.
-    const int64_t lead = rows.passes == 1 ? std::max<int64_t>(1, PF_LINES / t.cols) : t.groups * t.block / kStep;
+    // (Distances measured on Zen 5: 16 KiB for one weight row, 9 KiB for two.)
+    const int64_t lead_bytes = t.cols == 1 ? 16 << 10 : 9 << 10;
+    const int64_t lead = rows.passes > 1 ? t.groups * t.block / kStep
+                                         : lead_bytes / (t.cols * kStep * int64_t(sizeof(uint16_t)));
     PrefetchCursor prefetch(schedule, w, K, rows.passes, lead);
     const int64_t span_rows = t.groups * t.cols;
     Accumulator* partial = t.block < K ? partial_sums(span_rows * chunk_rows) : nullptr;
