@@ -398,8 +398,7 @@ using TileKernel = void (*)(const TileWork&);
 
 template <int Rows, int... Cols>
 constexpr std::array<TileKernel, sizeof...(Cols)> tiles_of_rows(std::integer_sequence<int, Cols...>) {
-    // Shapes that would not fit the registers are never chosen (see choose_tiling) nor compiled.
-    return {(Cols + 1 <= tile_cols(Rows) ? &tile<Rows, std::min(Cols + 1, tile_cols(Rows))> : nullptr)...};
+    return {&tile<Rows, Cols + 1>...};
 }
 
 template <int... Rows>
@@ -408,7 +407,8 @@ constexpr std::array<std::array<TileKernel, kMaxTileCols>, sizeof...(Rows)> tile
     return {tiles_of_rows<Rows + 1>(std::make_integer_sequence<int, kMaxTileCols>())...};
 }
 
-// kTiles[rows - 1][cols - 1]: edge tiles of M and N run the same per-output code as full ones.
+// kTiles[rows - 1][cols - 1], every shape up to kMaxTileRows x kMaxTileCols (all fit the registers):
+// edge tiles of M and N run the same per-output code as full ones.
 constexpr auto kTiles = tile_table(std::make_integer_sequence<int, kMaxTileRows>());
 
 // Accumulators parked between K blocks: per calling thread, grown once to the largest need.
