@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import sys
@@ -57,7 +58,12 @@ def stream_read_bandwidth(repeats: int) -> tuple[float, float]:
 
 def random_bf16_weights(N: int, K: int, copies: int, rng: np.random.Generator) -> list[np.ndarray]:
     # Finite BF16 patterns of both signs with magnitudes in [2^-7, 1): timing does not depend on values.
-    return [rng.integers(0x3C00, 0x3F80, size=(N, K), dtype=np.uint16) | rng.integers(0, 2, size=(N, K), dtype=np.uint16) << 15 for _ in range(copies)]
+    def one() -> np.ndarray:
+        weights = rng.integers(0x3C00, 0x3F80, size=(N, K), dtype=np.uint16)
+        weights |= rng.integers(0, 2, size=(N, K), dtype=np.uint16) << 15
+        return weights
+
+    return [one() for _ in range(copies)]
 
 
 def bench_shape(name: str, N: int, K: int, threads: list[int], repeats: int, stream: dict[int, float]) -> list[dict]:
@@ -96,6 +102,16 @@ def bench_shape(name: str, N: int, K: int, threads: list[int], repeats: int, str
     return results
 
 
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def print_table(stream: dict[int, float], rows: list[dict]) -> None:
     print("\nstreaming read: " + ", ".join(f"{t} thread(s) {bw / 1e9:.1f} GB/s" for t, bw in stream.items()))
     shown = [2, 4, 8, 9, 12, 16, 32, 64]
@@ -130,7 +146,7 @@ def main() -> None:
         print(f"{name}: done", file=sys.stderr)
 
     report = {
-        "machine": {"processor": platform.processor() or platform.machine(), "cpu_features": _native.cpu_features()},
+        "machine": {"cpu": cpu_model(), "logical_cpus": os.cpu_count(), "cpu_features": _native.cpu_features()},
         "module": _native.__file__,
         "isa": args.isa,
         "repeats": args.repeats,

@@ -17,7 +17,6 @@
 #include "kernels/bf16.h"
 #include "kernels/isa/isa.h"
 
-
 namespace mlspecqd {
 namespace MLSPECQD_ISA {
 
@@ -30,12 +29,7 @@ using Prepared = uint16_t;  // activations as BF16 bits
 using Accumulator = __m512;
 constexpr int64_t kStep = 32;
 constexpr int kMaxTileRows = 12;
-constexpr int kMaxTileCols = 2;
-// Weight rows a tile of `rows` activation rows takes at once. Each weight row is a memory stream,
-// and this memory system serves one stream best: up to 4 activation rows the dot products keep up
-// with one. Past that a second weight row halves the activation loads per product. (A third would
-// leave too few of the 32 registers: 8 x 3 spills in the loop.)
-constexpr int tile_cols(int rows) { return rows <= 4 ? 1 : 2; }
+constexpr int kMaxTileCols = 2;  // 12 x 2 accumulators + 2 weights + 1 activation of 32 registers
 
 #elif defined(__AVX2__)
 
@@ -46,11 +40,7 @@ using Prepared = float;  // activations rounded to BF16, held as float
 using Accumulator = __m256;
 constexpr int64_t kStep = 16;
 constexpr int kMaxTileRows = 6;
-constexpr int kMaxTileCols = 2;
-// Weight rows a tile of `rows` activation rows takes at once (see the AVX-512 tile_cols); of the
-// 16 registers, 12 accumulators at most, the rest hold the even and odd weights of one weight row
-// at a time and a constant.
-constexpr int tile_cols(int rows) { return rows <= 4 ? 1 : 2; }
+constexpr int kMaxTileCols = 2;  // 6 x 2 accumulators, the even and odd weights of one row, a constant
 
 #else
 
@@ -76,14 +66,13 @@ RowTiling row_tiling(int64_t chunk_rows) {
     return {passes, (chunk_rows + passes - 1) / passes};
 }
 
-// Calls tile(first_row, rows, chunk_first_row, chunk_rows) for every row tile, in order.
+// Calls visit(first_row, rows) for every row tile of M rows, in order.
 template <class Visit>
 void for_each_row_tile(int64_t M, Visit visit) {
     for (int64_t chunk = 0; chunk < M; chunk += kRowsPerChunk) {
         const int64_t chunk_rows = std::min(kRowsPerChunk, M - chunk);
         const int64_t rows = row_tiling(chunk_rows).rows;
-        for (int64_t m = chunk; m < chunk + chunk_rows; m += rows)
-            visit(m, std::min(rows, chunk + chunk_rows - m), chunk, chunk_rows);
+        for (int64_t m = chunk; m < chunk + chunk_rows; m += rows) visit(m, std::min(rows, chunk + chunk_rows - m));
     }
 }
 
@@ -95,8 +84,13 @@ int64_t tile_offset(int64_t first_row, int64_t K) { return first_row * steps_of(
 
 #if defined(__AVX2__)
 
-// How a row tile of `rows` rows meets the weights: weight rows go `cols` at a time (a group), as
-// many as the registers allow. K is cut into equal blocks whose activations for one row tile stay
+// Weight rows a tile of `rows` activation rows takes at once. Each weight row is a memory stream,
+// and this memory system serves one stream best: up to 4 activation rows the dot products keep up
+// with one. Past that a second weight row halves the activation loads per product. (A third would
+// leave too few registers: 8 x 3 spills in the AVX-512 loop.)
+constexpr int tile_cols(int64_t rows) { return rows <= 4 ? 1 : 2; }
+
+// How a row tile of `rows` rows meets the weights: weight rows go tile_cols(rows) at a time (a group). K is cut into equal blocks whose activations for one row tile stay
 // in L1, and `groups` groups (a span) share each block: the pass of a row tile runs through all of
 // them, so the span's weight block, read from memory by the first pass, is re-read from L2.
 struct Tiling {
@@ -108,7 +102,7 @@ Tiling choose_tiling(int64_t rows, int64_t K) {
     constexpr int64_t kActivationBlockBytes = 16 << 10;  // else blocks this size
     constexpr int64_t kSpanBlockBytes = 128 << 10;       // L2 share for a span's weights
     Tiling t;
-    t.cols = tile_cols(int(rows));
+    t.cols = tile_cols(rows);
     const int64_t fitting_steps =
         std::max<int64_t>(8, kActivationBlockBytes / (rows * kStep * int64_t(sizeof(Prepared))));
     const bool fits = rows * steps_of(K) * kStep * int64_t(sizeof(Prepared)) <= kActivationsInL1;
@@ -130,7 +124,6 @@ public:
     Schedule(const Tiling& t, int64_t K, int64_t n_begin, int64_t n_end)
         : t_(t), K_(K), n_end_(n_end), first_{n_begin, n_begin, 0} {}
 
-    const Tiling& tiling() const { return t_; }
     BlockRef first() const { return first_; }
     bool done(const BlockRef& b) const { return b.n >= n_end_; }
     int64_t span_end(const BlockRef& b) const { return std::min(n_end_, b.span + t_.groups * t_.cols); }
@@ -489,7 +482,7 @@ int64_t gemm_bf16_prepared_bytes(int64_t M, int64_t K) { return M * steps_of(K) 
 
 void gemm_bf16_prepare(const float* x, int64_t M, int64_t K, void* prepared) {
     const int64_t steps = steps_of(K);
-    for_each_row_tile(M, [&](int64_t first, int64_t rows, int64_t, int64_t) {
+    for_each_row_tile(M, [&](int64_t first, int64_t rows) {
         Prepared* out = static_cast<Prepared*>(prepared) + tile_offset(first, K);
         for (int64_t s = 0; s < steps; ++s)
             for (int64_t r = 0; r < rows; ++r)
