@@ -118,7 +118,7 @@ struct BlockRef {
 };
 
 // The order in which the first pass over a chunk meets the weight blocks of [n_begin, n_end): span
-// by span, within a span K block by K block, within a block group by group.
+// by span, within a span K block by K block, within a block group by group (gemm_chunk's loops).
 class Schedule {
 public:
     Schedule(const Tiling& t, int64_t K, int64_t n_begin, int64_t n_end)
@@ -157,7 +157,8 @@ public:
         }
     }
 
-    // Inlined by hand: GCC drops a call whose only effect is a prefetch.
+    // Always inlined, as is all it calls: a call inside the tile loop would make the compiler spill
+    // every accumulator around it (and GCC drops a call whose only effect is a prefetch).
     __attribute__((always_inline)) void step() {
         if (--countdown_ > 0) return;
         countdown_ = passes_;
@@ -175,8 +176,7 @@ private:
         left_ = done ? 0 : schedule_->steps(at_);
     }
 
-    // Moves to the next block; false when there is none. Inlined like step(): a call inside the
-    // tile loop would make the compiler spill every accumulator around it.
+    // Moves to the next block; false when there is none.
     __attribute__((always_inline)) bool next_block() {
         if (schedule_->done(at_)) return false;
         at_ = schedule_->next(at_);
