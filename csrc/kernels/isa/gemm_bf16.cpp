@@ -30,6 +30,11 @@ using Accumulator = __m512;
 constexpr int64_t kStep = 32;
 constexpr int kMaxTileRows = 12;
 constexpr int kMaxTileCols = 2;  // 12 x 2 accumulators + 2 weights + 1 activation of 32 registers
+// Weight rows a tile of `rows` activation rows takes at once. Each weight row is a memory stream,
+// and this memory system serves one stream best: up to 4 activation rows the dot products keep up
+// with one. Past that a second weight row halves the activation loads per product. (A third would
+// leave too few registers: 8 x 3 spills in the loop.)
+constexpr int tile_cols(int64_t rows) { return rows <= 4 ? 1 : 2; }
 
 #elif defined(__AVX2__)
 
@@ -40,7 +45,12 @@ using Prepared = float;  // activations rounded to BF16, held as float
 using Accumulator = __m256;
 constexpr int64_t kStep = 16;
 constexpr int kMaxTileRows = 6;
-constexpr int kMaxTileCols = 2;  // 6 x 2 accumulators, the even and odd weights of one row, a constant
+constexpr int kMaxTileCols = 3;
+// Weight rows a tile of `rows` activation rows takes at once: up to 12 accumulators (the rest of the
+// 16 registers hold the even and odd weights of one weight row at a time and a constant). Each
+// output's two FMAs per step are a chain of 8 cycles, so one weight row at a time could not keep
+// up with memory: several give the independent chains.
+constexpr int tile_cols(int64_t rows) { return std::min<int64_t>(kMaxTileCols, 12 / rows); }
 
 #else
 
@@ -83,12 +93,6 @@ void for_each_row_tile(int64_t M, Visit visit) {
 int64_t tile_offset(int64_t first_row, int64_t K) { return first_row * steps_of(K) * kStep; }
 
 #if defined(__AVX2__)
-
-// Weight rows a tile of `rows` activation rows takes at once. Each weight row is a memory stream,
-// and this memory system serves one stream best: up to 4 activation rows the dot products keep up
-// with one. Past that a second weight row halves the activation loads per product. (A third would
-// leave too few registers: 8 x 3 spills in the AVX-512 loop.)
-constexpr int tile_cols(int64_t rows) { return rows <= 4 ? 1 : 2; }
 
 // How a row tile of `rows` rows meets the weights: weight rows go tile_cols(rows) at a time (a group). K is cut into equal blocks whose activations for one row tile stay
 // in L1, and `groups` groups (a span) share each block: the pass of a row tile runs through all of
@@ -401,8 +405,9 @@ constexpr std::array<std::array<TileKernel, kMaxTileCols>, sizeof...(Rows)> tile
     return {tiles_of_rows<Rows + 1>(std::make_integer_sequence<int, kMaxTileCols>())...};
 }
 
-// kTiles[rows - 1][cols - 1], every shape up to kMaxTileRows x kMaxTileCols (all fit the registers):
-// edge tiles of M and N run the same per-output code as full ones.
+// kTiles[rows - 1][cols - 1], every shape up to kMaxTileRows x kMaxTileCols: edge tiles of M and N
+// run the same per-output code as full ones, and an edge row tile may be narrower than the chosen
+// width allows (those shapes are compiled, and spill, but run only at the edges).
 constexpr auto kTiles = tile_table(std::make_integer_sequence<int, kMaxTileRows>());
 
 // Accumulators parked between K blocks: per calling thread, grown once to the largest need.
