@@ -1,5 +1,6 @@
 #include "kernels/linear.h"
 
+#include <algorithm>
 #include <cstddef>
 #include <memory>
 #include <vector>
@@ -36,6 +37,10 @@ void matmul_bf16(const KernelTable& k, const uint16_t* w, int64_t N, int64_t K, 
 
 void matmul(const Linear& w, const float* x, int64_t M, float* y) {
     if (M <= 0 || w.out_features <= 0) return;
+    if (w.in_features <= 0) {  // empty sums; the kernels assume at least one step of K
+        std::fill(y, y + M * w.out_features, 0.0f);
+        return;
+    }
     switch (w.type) {
         case WeightType::bf16:
             matmul_bf16(kernels(), static_cast<const uint16_t*>(w.data), w.out_features, w.in_features, x, M, y);
