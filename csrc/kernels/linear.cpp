@@ -1,5 +1,6 @@
 #include "kernels/linear.h"
 
+#include <algorithm>
 #include <cstddef>
 #include <memory>
 #include <vector>
@@ -40,6 +41,10 @@ void matmul_prepared(int64_t (*prepared_bytes)(int64_t M, int64_t K),
 
 void matmul(const Linear& w, const float* x, int64_t M, float* y) {
     if (M <= 0 || w.out_features <= 0) return;
+    if (w.in_features <= 0) {  // empty sums; the kernels assume at least one step of K
+        std::fill(y, y + M * w.out_features, 0.0f);
+        return;
+    }
     const KernelTable& k = kernels();
     const int64_t N = w.out_features, K = w.in_features;
     switch (w.type) {

@@ -2,30 +2,20 @@
 //
 // Batch invariance: every output is one accumulator that walks K in the same steps from k = 0 up,
 // then the same horizontal sum. Tiles of several rows and columns only share loads, never partial
-// sums, so y[m, n] has the same bits whatever tile, batch size, n range or thread computes it.
+// sums, and accumulators parked in memory between K blocks come back with the same bits, so
+// y[m, n] is the same whatever tile, batch size, n range or thread computes it.
 //
 // The scalar path is the reference: a plain sequential sum over k. The vector paths sum in lanes,
 // so they match it within rounding, not bit for bit.
 #include <algorithm>
 #include <array>
 #include <cstring>
+#include <memory>
 #include <utility>
+#include <vector>
 
 #include "kernels/bf16.h"
 #include "kernels/isa/isa.h"
-
-#ifndef PF_STEPS
-#define PF_STEPS 48
-#endif
-#ifndef X_BUDGET
-#define X_BUDGET 16384
-#endif
-#ifndef P_BUDGET
-#define P_BUDGET 8192
-#endif
-#ifndef PF_M1
-#define PF_M1 1
-#endif
 
 namespace mlspecqd {
 namespace MLSPECQD_ISA {
@@ -38,9 +28,13 @@ namespace {
 using Prepared = uint16_t;  // activations as BF16 bits
 using Accumulator = __m512;
 constexpr int64_t kStep = 32;
-constexpr int kMaxAccumulators = 24;  // of 32 registers: the rest hold weights and an activation
 constexpr int kMaxTileRows = 12;
-constexpr int kMaxTileCols = 3;
+constexpr int kMaxTileCols = 2;  // 12 x 2 accumulators + 2 weights + 1 activation of 32 registers
+// Weight rows a tile of `rows` activation rows takes at once. Each weight row is a memory stream,
+// and this memory system serves one stream best: up to 4 activation rows the dot products keep up
+// with one. Past that a second weight row halves the activation loads per product. (A third would
+// leave too few registers: 8 x 3 spills in the loop.)
+constexpr int tile_cols(int64_t rows) { return rows <= 4 ? 1 : 2; }
 
 #elif defined(__AVX2__)
 
@@ -50,63 +44,170 @@ constexpr int kMaxTileCols = 3;
 using Prepared = float;  // activations rounded to BF16, held as float
 using Accumulator = __m256;
 constexpr int64_t kStep = 16;
-constexpr int kMaxAccumulators = 12;  // of 16 registers: the rest hold weights and a constant
 constexpr int kMaxTileRows = 6;
 constexpr int kMaxTileCols = 3;
+// Weight rows a tile of `rows` activation rows takes at once: up to 12 accumulators (the rest of the
+// 16 registers hold the even and odd weights of one weight row at a time and a constant). Each
+// output's two FMAs per step are a chain of 8 cycles, so one weight row at a time could not keep
+// up with memory: several give the independent chains.
+constexpr int tile_cols(int64_t rows) { return std::min<int64_t>(kMaxTileCols, 12 / rows); }
 
 #else
 
 // The reference: activations rounded to BF16 (held as float), one sequential float32 sum per output.
 using Prepared = float;
 constexpr int64_t kStep = 1;
+constexpr int kMaxTileRows = 1;
 
 #endif
 
-// Prepared activations are step-major: the kStep values of step s of row m are at (s * M + m) *
-// kStep, zero-padded past K. A tile then reaches all its rows from one pointer, and a step of
-// every row is one contiguous run.
 int64_t steps_of(int64_t K) { return (K + kStep - 1) / kStep; }
 
+// Activation rows are taken 64 at a time (a chunk: one read of the weights each), and a chunk is
+// cut into balanced row tiles (13 rows: 7 + 6, not 12 + 1) that a register tile holds at once.
+constexpr int64_t kRowsPerChunk = 64;
+
+struct RowTiling {
+    int64_t passes, rows;  // tiles per chunk; rows per tile (the last may have fewer)
+};
+
+RowTiling row_tiling(int64_t chunk_rows) {
+    const int64_t passes = (chunk_rows + kMaxTileRows - 1) / kMaxTileRows;
+    return {passes, (chunk_rows + passes - 1) / passes};
+}
+
+// Calls visit(first_row, rows) for every row tile of M rows, in order.
+template <class Visit>
+void for_each_row_tile(int64_t M, Visit visit) {
+    for (int64_t chunk = 0; chunk < M; chunk += kRowsPerChunk) {
+        const int64_t chunk_rows = std::min(kRowsPerChunk, M - chunk);
+        const int64_t rows = row_tiling(chunk_rows).rows;
+        for (int64_t m = chunk; m < chunk + chunk_rows; m += rows) visit(m, std::min(rows, chunk + chunk_rows - m));
+    }
+}
+
+// Prepared activations: each row tile is one contiguous run, step-major inside (the kStep values
+// of step s of its row r are at s * rows + r, times kStep), zero-padded past K. A tile then reaches
+// all its rows from one pointer and reads its activations as one stream. The tile of first row f
+// starts at f * steps * kStep. (Scalar tiles are single rows: plain row-major.)
+int64_t tile_offset(int64_t first_row, int64_t K) { return first_row * steps_of(K) * kStep; }
+
 #if defined(__AVX2__)
+
+// How a row tile of `rows` rows meets the weights: weight rows go tile_cols(rows) at a time (a group). K is cut into equal blocks whose activations for one row tile stay
+// in L1, and `groups` groups (a span) share each block: the pass of a row tile runs through all of
+// them, so the span's weight block, read from memory by the first pass, is re-read from L2.
+struct Tiling {
+    int64_t cols, block, groups;
+};
+
+Tiling choose_tiling(int64_t rows, int64_t K) {
+    // Measured on Zen 5 (48 KiB L1, 1 MiB L2); activations read from L2 at every step halve the speed.
+    constexpr int64_t kActivationsInL1 = 32 << 10;       // a row tile's activations up to this: no K blocks
+    constexpr int64_t kActivationBlockBytes = 16 << 10;  // else blocks this size
+    constexpr int64_t kSpanBlockBytes = 128 << 10;       // L2 share for a span's weights
+    Tiling t;
+    t.cols = tile_cols(rows);
+    const int64_t fitting_steps =
+        std::max<int64_t>(8, kActivationBlockBytes / (rows * kStep * int64_t(sizeof(Prepared))));
+    const bool fits = rows * steps_of(K) * kStep * int64_t(sizeof(Prepared)) <= kActivationsInL1;
+    const int64_t blocks = fits ? 1 : (steps_of(K) + fitting_steps - 1) / fitting_steps;
+    t.block = (steps_of(K) + blocks - 1) / blocks * kStep;
+    t.groups = std::max<int64_t>(1, kSpanBlockBytes / (t.cols * t.block * int64_t(sizeof(uint16_t))));
+    return t;
+}
+
+// A group's K block: the group's span starts at weight row `span`, the group at row `n`, the block at k.
+struct BlockRef {
+    int64_t span, n, k;
+};
+
+// The order in which the first pass over a chunk meets the weight blocks of [n_begin, n_end): span
+// by span, within a span K block by K block, within a block group by group (gemm_chunk's loops).
+class Schedule {
+public:
+    Schedule(const Tiling& t, int64_t K, int64_t n_begin, int64_t n_end)
+        : t_(t), K_(K), n_end_(n_end), first_{n_begin, n_begin, 0} {}
+
+    BlockRef first() const { return first_; }
+    bool done(const BlockRef& b) const { return b.n >= n_end_; }
+    int64_t span_end(const BlockRef& b) const { return std::min(n_end_, b.span + t_.groups * t_.cols); }
+    int64_t cols(const BlockRef& b) const { return std::min(t_.cols, span_end(b) - b.n); }
+    int64_t steps(const BlockRef& b) const { return steps_of(std::min(K_, b.k + t_.block) - b.k); }
+
+    BlockRef next(const BlockRef& b) const {
+        if (b.n + t_.cols < span_end(b)) return {b.span, b.n + t_.cols, b.k};
+        if (b.k + t_.block < K_) return {b.span, b.span, b.k + t_.block};
+        return {span_end(b), span_end(b), 0};
+    }
+
+private:
+    Tiling t_;
+    int64_t K_, n_end_;
+    BlockRef first_;
+};
+
+// Walks the weights in schedule order a fixed distance ahead of the first pass and fetches them,
+// so the memory stream never waits for compute. The tiles step it once per k step of theirs; with
+// several passes it moves once every `passes` steps, which spreads the fetch of the next span
+// block over all the passes of the current one.
+class PrefetchCursor {
+public:
+    PrefetchCursor(const Schedule& schedule, const uint16_t* w, int64_t K, int64_t passes, int64_t lead_steps)
+        : schedule_(&schedule), w_(w), K_(K), passes_(passes), countdown_(passes), at_(schedule.first()) {
+        start_block();
+        for (int64_t s = 0; s < lead_steps && (left_ > 0 || next_block()); ++s) {
+            line_ += kStep;
+            --left_;
+        }
+    }
+
+    // Always inlined, as is all it calls: a call inside the tile loop would make the compiler spill
+    // every accumulator around it (and GCC drops a call whose only effect is a prefetch).
+    __attribute__((always_inline)) void step() {
+        if (--countdown_ > 0) return;
+        countdown_ = passes_;
+        if (left_ == 0 && !next_block()) return;
+        for (int64_t c = 0; c < cols_; ++c) _mm_prefetch(reinterpret_cast<const char*>(line_ + c * K_), _MM_HINT_T0);
+        line_ += kStep;
+        --left_;
+    }
+
+private:
+    __attribute__((always_inline)) void start_block() {
+        const bool done = schedule_->done(at_);
+        line_ = w_ + at_.n * K_ + at_.k;
+        cols_ = done ? 0 : schedule_->cols(at_);
+        left_ = done ? 0 : schedule_->steps(at_);
+    }
+
+    // Moves to the next block; false when there is none.
+    __attribute__((always_inline)) bool next_block() {
+        if (schedule_->done(at_)) return false;
+        at_ = schedule_->next(at_);
+        start_block();
+        return left_ > 0;
+    }
+
+    const Schedule* schedule_;
+    const uint16_t* w_;
+    const uint16_t* line_ = nullptr;
+    int64_t K_, passes_, countdown_, cols_ = 0, left_ = 0;
+    BlockRef at_;
+};
 
 // One tile's work: Rows activation rows times Cols weight rows over the K block [k_begin, k_end).
 // Between blocks the accumulators wait in `partial`; the first block starts them at zero and the
 // last one finishes them into y.
 struct TileWork {
-    const Prepared* x;      // the tile's first row at step k_begin / kStep; x_step_stride to the next step
-    int64_t x_step_stride;  // M * kStep
-    const uint16_t* w;      // first weight row, at k = 0; rows are K apart
+    const Prepared* x;  // the row tile's activations at step k_begin / kStep
+    const uint16_t* w;  // first weight row, at k = 0; rows are K apart
     int64_t K, k_begin, k_end;
     Accumulator* partial;  // Rows x Cols
     float* y;              // y[r * ldy + c]
     int64_t ldy;
-    // Weights fetched while this tile computes, so the memory stream never waits: `prefetch_steps`
-    // steps ahead, in this block (`rows` weight rows) then in the next block to be computed
-    // (`ahead`: its first row at its first step, `ahead_rows` rows, `ahead_steps` long). When a block
-    // is computed in several passes (one per tile of activation rows), the next block is the target
-    // and pass p fetches the steps s with s % passes == p: the fetch is spread over the whole block
-    // and each line is fetched once.
-    int64_t rows, prefetch_steps;
-    const uint16_t* ahead;
-    int64_t ahead_rows, ahead_steps, pass, passes;
+    PrefetchCursor* prefetch;
 };
-
-// Fetches what step `s` (counted from k_begin) of a block of `steps` steps looks ahead to. Inlined
-// by hand: GCC drops a call whose only effect is a prefetch.
-#define MLSPECQD_PREFETCH_AHEAD(work, s, steps, countdown)                                          \
-    do {                                                                                            \
-        if (countdown-- == 0) {                                                                     \
-            countdown = (work).passes - 1;                                                          \
-            const int64_t target_ = (s) + (work).prefetch_steps;                                    \
-            const bool here_ = target_ < (steps);                                                   \
-            const uint16_t* at_ = here_ ? (work).w + (work).k_begin + target_ * kStep               \
-                                        : (work).ahead + (target_ - (steps)) * kStep;              \
-            const int64_t count_ = here_ ? (work).rows                                              \
-                                         : target_ - (steps) < (work).ahead_steps ? (work).ahead_rows : 0; \
-            for (int64_t c_ = 0; c_ < count_; ++c_)                                                 \
-                _mm_prefetch(reinterpret_cast<const char*>(at_ + c_ * (work).K), _MM_HINT_T0);     \
-        }                                                                                           \
-    } while (0)
 
 #endif
 
@@ -120,6 +221,7 @@ void prepare_step(const float* x, int64_t count, Prepared* out) {
     _mm512_storeu_si512(out, (__m512i)_mm512_cvtne2ps_pbh(high, low));
 }
 
+// The one horizontal sum of every output: lanes i + 8, then i + 4, then i + 2, then i + 1.
 float sum_lanes(__m512 v) {
     const __m256 half = _mm256_add_ps(_mm512_castps512_ps256(v), _mm512_extractf32x8_ps(v, 1));
     const __m128 quarter = _mm_add_ps(_mm256_castps256_ps128(half), _mm256_extractf128_ps(half, 1));
@@ -127,12 +229,48 @@ float sum_lanes(__m512 v) {
     return _mm_cvtss_f32(_mm_add_ss(eighth, _mm_movehdup_ps(eighth)));
 }
 
+// sum_lanes of 16 vectors at once, each addition with the same operands in the same order, so
+// the same bits. Element 4 * l + j of the result is the sum of v[l + 4 * j].
+__attribute__((always_inline)) inline __m512 sum_lanes_of_16(const __m512 (&v)[16]) {
+    // Each level adds a pair of shuffles of two vectors: the first picks the lanes the single sum
+    // puts first (low halves, low quarters, ...), the second their partners.
+    __m512 half[8], quarter[4], eighth[2];
+    for (int i = 0; i < 8; ++i)  // lanes i + 8; result: 256-bit half h holds source 2i + h
+        half[i] = _mm512_add_ps(_mm512_shuffle_f32x4(v[2 * i], v[2 * i + 1], 0x44),
+                                _mm512_shuffle_f32x4(v[2 * i], v[2 * i + 1], 0xee));
+    for (int i = 0; i < 4; ++i)  // lanes i + 4; 128-bit lane l holds source 4i + l
+        quarter[i] = _mm512_add_ps(_mm512_shuffle_f32x4(half[2 * i], half[2 * i + 1], 0x88),
+                                   _mm512_shuffle_f32x4(half[2 * i], half[2 * i + 1], 0xdd));
+    for (int i = 0; i < 2; ++i)  // lanes i + 2, within 128-bit lanes
+        eighth[i] = _mm512_add_ps(_mm512_shuffle_ps(quarter[2 * i], quarter[2 * i + 1], 0x44),
+                                  _mm512_shuffle_ps(quarter[2 * i], quarter[2 * i + 1], 0xee));
+    // lanes i + 1
+    return _mm512_add_ps(_mm512_shuffle_ps(eighth[0], eighth[1], 0x88), _mm512_shuffle_ps(eighth[0], eighth[1], 0xdd));
+}
+
+// Inlined so the accumulators never have their address taken: the tile loop keeps them in registers.
+template <int Rows, int Cols>
+__attribute__((always_inline)) inline void finish(const __m512 (&acc)[Rows][Cols], float* y, int64_t ldy) {
+    constexpr int kOutputs = Rows * Cols;
+    int done = 0;
+    for (; kOutputs - done >= 8; done += 16) {  // batches of 16, the last padded with zeros
+        __m512 v[16];
+        for (int i = 0; i < 16; ++i)
+            v[i] = done + i < kOutputs ? acc[(done + i) / Cols][(done + i) % Cols] : _mm512_setzero_ps();
+        alignas(64) float sums[16];
+        _mm512_store_ps(sums, sum_lanes_of_16(v));
+        for (int i = 0; i < 16 && done + i < kOutputs; ++i)
+            y[(done + i) / Cols * ldy + (done + i) % Cols] = sums[(i % 4) * 4 + i / 4];
+    }
+    for (; done < kOutputs; ++done) y[done / Cols * ldy + done % Cols] = sum_lanes(acc[done / Cols][done % Cols]);
+}
+
 template <int Rows, int Cols>
 void tile(const TileWork& work) {
-    const int64_t K = work.K, steps = steps_of(work.k_end - work.k_begin);
-    const int64_t full_steps = (work.k_end - work.k_begin) / kStep;
+    const int64_t K = work.K, length = work.k_end - work.k_begin, full_steps = length / kStep;
     const uint16_t* w = work.w + work.k_begin;
     const Prepared* x = work.x;
+    PrefetchCursor prefetch = *work.prefetch;  // a local copy stays in registers
     __m512 acc[Rows][Cols];
     for (int r = 0; r < Rows; ++r)
         for (int c = 0; c < Cols; ++c) acc[r][c] = work.k_begin == 0 ? _mm512_setzero_ps() : work.partial[r * Cols + c];
@@ -142,28 +280,27 @@ void tile(const TileWork& work) {
             for (int c = 0; c < Cols; ++c)
                 acc[r][c] = _mm512_dpbf16_ps(acc[r][c], (__m512bh)xv, (__m512bh)weights[c]);
         }
-        x += work.x_step_stride;
+        x += Rows * kStep;
     };
-    int64_t countdown = work.pass;
     for (int64_t s = 0; s < full_steps; ++s) {
         __m512i weights[Cols];
         for (int c = 0; c < Cols; ++c) weights[c] = _mm512_loadu_si512(w + c * K + s * kStep);
-        MLSPECQD_PREFETCH_AHEAD(work, s, steps, countdown);
+        prefetch.step();
         accumulate(weights);
     }
-    if (full_steps < steps) {  // masked: never read past a row, zeros add nothing (x is zero-padded)
-        const __mmask32 mask = (__mmask32{1} << (work.k_end - work.k_begin - full_steps * kStep)) - 1;
+    if (full_steps * kStep < length) {  // masked: never read past a row, zeros add nothing (x is zero-padded)
+        const __mmask32 mask = (__mmask32{1} << (length - full_steps * kStep)) - 1;
         __m512i weights[Cols];
         for (int c = 0; c < Cols; ++c) weights[c] = _mm512_maskz_loadu_epi16(mask, w + c * K + full_steps * kStep);
         accumulate(weights);
     }
-    for (int r = 0; r < Rows; ++r)
-        for (int c = 0; c < Cols; ++c) {
-            if (work.k_end == K)
-                work.y[r * work.ldy + c] = sum_lanes(acc[r][c]);
-            else
-                work.partial[r * Cols + c] = acc[r][c];
-        }
+    *work.prefetch = prefetch;
+    if (work.k_end == K) {
+        finish(acc, work.y, work.ldy);
+    } else {
+        for (int r = 0; r < Rows; ++r)
+            for (int c = 0; c < Cols; ++c) work.partial[r * Cols + c] = acc[r][c];
+    }
 }
 
 #elif defined(__AVX2__)
@@ -191,6 +328,7 @@ void prepare_step(const float* x, int64_t count, Prepared* out) {
     _mm256_storeu_ps(out + 8, _mm256_permutevar8x32_ps(odd, order));
 }
 
+// The one horizontal sum of every output: lanes i + 4, then i + 2, then i + 1.
 float sum_lanes(__m256 v) {
     const __m128 half = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     const __m128 quarter = _mm_add_ps(half, _mm_movehl_ps(half, half));
@@ -199,10 +337,10 @@ float sum_lanes(__m256 v) {
 
 template <int Rows, int Cols>
 void tile(const TileWork& work) {
-    const int64_t K = work.K, steps = steps_of(work.k_end - work.k_begin);
-    const int64_t full_steps = (work.k_end - work.k_begin) / kStep;
+    const int64_t K = work.K, length = work.k_end - work.k_begin, full_steps = length / kStep;
     const uint16_t* w = work.w + work.k_begin;
     const Prepared* x = work.x;
+    PrefetchCursor prefetch = *work.prefetch;  // a local copy stays in registers
     __m256 acc[Rows][Cols];
     for (int r = 0; r < Rows; ++r)
         for (int c = 0; c < Cols; ++c) acc[r][c] = work.k_begin == 0 ? _mm256_setzero_ps() : work.partial[r * Cols + c];
@@ -216,26 +354,25 @@ void tile(const TileWork& work) {
                 acc[r][c] = _mm256_fmadd_ps(_mm256_load_ps(x + r * kStep + 8), odd, acc[r][c]);
             }
         }
-        x += work.x_step_stride;
+        x += Rows * kStep;
     };
-    int64_t countdown = work.pass;
     for (int64_t s = 0; s < full_steps; ++s) {
         __m256i weights[Cols];
         for (int c = 0; c < Cols; ++c)
             weights[c] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + c * K + s * kStep));
-        MLSPECQD_PREFETCH_AHEAD(work, s, steps, countdown);
+        prefetch.step();
         accumulate(weights);
     }
-    if (full_steps < steps) {  // copy the tail so no load reads past a row; zeros add nothing
+    if (full_steps * kStep < length) {  // copy the tail so no load reads past a row; zeros add nothing
         __m256i weights[Cols];
         for (int c = 0; c < Cols; ++c) {
             uint16_t tail[kStep] = {};
-            std::memcpy(tail, w + c * K + full_steps * kStep,
-                        sizeof(uint16_t) * (work.k_end - work.k_begin - full_steps * kStep));
+            std::memcpy(tail, w + c * K + full_steps * kStep, sizeof(uint16_t) * (length - full_steps * kStep));
             weights[c] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(tail));
         }
         accumulate(weights);
     }
+    *work.prefetch = prefetch;
     for (int r = 0; r < Rows; ++r)
         for (int c = 0; c < Cols; ++c) {
             if (work.k_end == K)
@@ -259,9 +396,7 @@ using TileKernel = void (*)(const TileWork&);
 
 template <int Rows, int... Cols>
 constexpr std::array<TileKernel, sizeof...(Cols)> tiles_of_rows(std::integer_sequence<int, Cols...>) {
-    // Shapes that would not fit the registers are never chosen (see gemm_chunk) nor compiled.
-    return {(Rows * (Cols + 1) <= kMaxAccumulators ? &tile<Rows, std::min(Cols + 1, kMaxAccumulators / Rows)>
-                                                    : nullptr)...};
+    return {&tile<Rows, Cols + 1>...};
 }
 
 template <int... Rows>
@@ -270,96 +405,76 @@ constexpr std::array<std::array<TileKernel, kMaxTileCols>, sizeof...(Rows)> tile
     return {tiles_of_rows<Rows + 1>(std::make_integer_sequence<int, kMaxTileCols>())...};
 }
 
-// kTiles[rows - 1][cols - 1]: edge tiles of M and N run the same per-output code as full ones.
+// kTiles[rows - 1][cols - 1], every shape up to kMaxTileRows x kMaxTileCols: edge tiles of M and N
+// run the same per-output code as full ones, and an edge row tile may be narrower than the chosen
+// width allows (those shapes are compiled, and spill, but run only at the edges).
 constexpr auto kTiles = tile_table(std::make_integer_sequence<int, kMaxTileRows>());
 
-constexpr int64_t kRowsPerChunk = 64;  // activation rows that share one read of the weights
-
-// How a chunk of M activation rows meets the weights. Rows are cut into `passes` balanced tiles
-// (13 rows: 7 + 6, not 12 + 1) of at most `rows` rows; weight rows go `cols` at a time (a group),
-// as many as the registers allow. When the activations do not fit in L1, K is cut into blocks whose
-// activations do, and `groups` groups share each block of activations before the next block.
-struct Tiling {
-    int64_t passes, rows, cols, block, blocks, groups;
-};
-
-Tiling choose_tiling(int64_t M, int64_t K) {
-    constexpr int64_t kActivationBlockBytes = X_BUDGET;
-    constexpr int64_t kPartialBytes = P_BUDGET;
-    Tiling t;
-    t.passes = (M + kMaxTileRows - 1) / kMaxTileRows;
-    t.rows = (M + t.passes - 1) / t.passes;
-    t.cols = std::min<int64_t>(kMaxTileCols, kMaxAccumulators / t.rows);
-    const int64_t fitting_steps = std::max<int64_t>(4, kActivationBlockBytes / (M * kStep * int64_t(sizeof(Prepared))));
-    t.blocks = (steps_of(K) + fitting_steps - 1) / fitting_steps;
-    t.block = (steps_of(K) + t.blocks - 1) / t.blocks * kStep;  // equal blocks: the prefetch keeps pace
-    t.groups = t.blocks == 1 ? 1 : std::max<int64_t>(1, kPartialBytes / (M * t.cols * int64_t(sizeof(Accumulator))));
-    return t;
+// Accumulators parked between K blocks: per calling thread, grown once to the largest need.
+Accumulator* partial_sums(size_t count) {
+    constexpr size_t kFloats = sizeof(Accumulator) / sizeof(float);
+    thread_local std::vector<float> buffer;
+    if (buffer.size() < (count + 1) * kFloats) buffer.resize((count + 1) * kFloats);
+    void* start = buffer.data();
+    size_t space = buffer.size() * sizeof(float);
+    return static_cast<Accumulator*>(std::align(alignof(Accumulator), count * sizeof(Accumulator), start, space));
 }
 
-void gemm_chunk(const Prepared* x, int64_t x_step_stride, int64_t M, int64_t K, const uint16_t* w,
+// Activation rows [chunk, chunk + chunk_rows) against weight rows [n_begin, n_end).
+void gemm_chunk(const Prepared* prepared, int64_t chunk, int64_t chunk_rows, int64_t K, const uint16_t* w,
                 int64_t n_begin, int64_t n_end, float* y, int64_t ldy) {
-    const Tiling t = choose_tiling(M, K);
-    constexpr int64_t kMaxPartials = P_BUDGET / int64_t(sizeof(Accumulator)) + kRowsPerChunk * kMaxTileCols;
-    alignas(64) Accumulator partial[kMaxPartials];
-    const bool prefetch = PF_M1 || M > 1;
+    const RowTiling rows = row_tiling(chunk_rows);
+    const Tiling t = choose_tiling(rows.rows, K);
+    const Schedule schedule(t, K, n_begin, n_end);
+    // One pass reads a block as it streams in: a fixed distance ahead is enough. Several passes
+    // re-read a span's block from cache: the next one is what memory must bring meanwhile.
+    // (Distances measured on Zen 5: 16 KiB for one weight row, 9 KiB for two.)
+    const int64_t lead_bytes = t.cols == 1 ? 16 << 10 : 9 << 10;
+    const int64_t lead = rows.passes > 1 ? t.groups * t.block / kStep
+                                         : lead_bytes / (t.cols * kStep * int64_t(sizeof(uint16_t)));
+    PrefetchCursor prefetch(schedule, w, K, rows.passes, lead);
+    const int64_t span_rows = t.groups * t.cols;
+    Accumulator* partial = t.block < K ? partial_sums(span_rows * chunk_rows) : nullptr;
     TileWork work{};
-    work.x_step_stride = x_step_stride;
     work.K = K;
     work.ldy = ldy;
-    work.passes = t.passes;
-    const int64_t block_steps = t.block / kStep;
-    // One pass reads a block as it streams in: look a fixed distance ahead. Several passes read it
-    // from cache after the first: the next block is what the memory stream must bring meanwhile.
-    work.prefetch_steps = t.passes == 1 ? std::min<int64_t>(PF_STEPS, block_steps) : block_steps;
-    const int64_t span = t.groups * t.cols;  // weight rows sharing each block of activations
-    for (int64_t n_first = n_begin; n_first < n_end; n_first += span) {
-        const int64_t n_last = std::min(n_end, n_first + span);
+    work.prefetch = &prefetch;
+    for (int64_t span = n_begin; span < n_end; span += span_rows) {
+        const int64_t span_end = std::min(n_end, span + span_rows);
         for (int64_t k = 0; k < K; k += t.block) {
             work.k_begin = k;
             work.k_end = std::min(K, k + t.block);
-            for (int64_t n = n_first; n < n_last; n += t.cols) {
-                const int64_t cols = std::min(t.cols, n_last - n);
-                // The block computed next: the next group here, else the first group at the next
-                // block, else the first group of the next span.
-                int64_t ahead_n = n + cols, ahead_k = k, ahead_end = n_last;
-                if (ahead_n == n_last) {
-                    ahead_n = n_first, ahead_k = k + t.block;
-                    if (ahead_k >= K) ahead_n = n_last, ahead_k = 0, ahead_end = std::min(n_end, n_last + span);
-                }
-                work.w = w + n * K;
-                work.rows = prefetch ? cols : 0;
-                work.ahead = w + ahead_n * K + ahead_k;
-                work.ahead_rows = prefetch ? std::min(t.cols, ahead_end - ahead_n) : 0;
-                work.ahead_steps = steps_of(std::min(K, ahead_k + t.block) - ahead_k);
-                for (int64_t m = 0, pass = 0; m < M; m += t.rows, ++pass) {
-                    const int64_t rows = std::min(t.rows, M - m);
-                    work.x = x + (k / kStep) * x_step_stride + m * kStep;
+            for (int64_t m = chunk; m < chunk + chunk_rows; m += rows.rows) {
+                const int64_t tile_rows = std::min(rows.rows, chunk + chunk_rows - m);
+                work.x = prepared + tile_offset(m, K) + k * tile_rows;
+                for (int64_t n = span; n < span_end; n += t.cols) {
+                    const int64_t cols = std::min(t.cols, span_end - n);
+                    work.w = w + n * K;
                     work.y = y + m * ldy + n;
-                    work.partial = partial + ((n - n_first) * M + m * cols);
-                    work.pass = pass;
-                    kTiles[rows - 1][cols - 1](work);
+                    work.partial = partial + (n - span) * chunk_rows + (m - chunk) * cols;
+                    kTiles[tile_rows - 1][cols - 1](work);
                 }
             }
         }
     }
 }
 
-void gemm_rows(const Prepared* x, int64_t M, int64_t K, const uint16_t* w, int64_t n_begin, int64_t n_end, float* y,
-               int64_t ldy) {
-    for (int64_t m = 0; m < M; m += kRowsPerChunk)
-        gemm_chunk(x + m * kStep, M * kStep, std::min(kRowsPerChunk, M - m), K, w, n_begin, n_end, y + m * ldy, ldy);
+void gemm_rows(const Prepared* prepared, int64_t M, int64_t K, const uint16_t* w, int64_t n_begin, int64_t n_end,
+               float* y, int64_t ldy) {
+    for (int64_t chunk = 0; chunk < M; chunk += kRowsPerChunk)
+        gemm_chunk(prepared, chunk, std::min(kRowsPerChunk, M - chunk), K, w, n_begin, n_end, y, ldy);
 }
 
 #else
 
-void gemm_rows(const Prepared* x, int64_t M, int64_t K, const uint16_t* w, int64_t n_begin, int64_t n_end, float* y,
-               int64_t ldy) {
+void gemm_rows(const Prepared* prepared, int64_t M, int64_t K, const uint16_t* w, int64_t n_begin, int64_t n_end,
+               float* y, int64_t ldy) {
     for (int64_t n = n_begin; n < n_end; ++n) {
         const uint16_t* row = w + n * K;
         for (int64_t m = 0; m < M; ++m) {
+            const Prepared* xm = prepared + m * K;
             float sum = 0.0f;
-            for (int64_t k = 0; k < K; ++k) sum += x[k * M + m] * bf16_to_float(row[k]);
+            for (int64_t k = 0; k < K; ++k) sum += xm[k] * bf16_to_float(row[k]);
             y[m * ldy + n] = sum;
         }
     }
@@ -372,11 +487,13 @@ void gemm_rows(const Prepared* x, int64_t M, int64_t K, const uint16_t* w, int64
 int64_t gemm_bf16_prepared_bytes(int64_t M, int64_t K) { return M * steps_of(K) * kStep * int64_t(sizeof(Prepared)); }
 
 void gemm_bf16_prepare(const float* x, int64_t M, int64_t K, void* prepared) {
-    auto* out = static_cast<Prepared*>(prepared);
     const int64_t steps = steps_of(K);
-    for (int64_t m = 0; m < M; ++m)
+    for_each_row_tile(M, [&](int64_t first, int64_t rows) {
+        Prepared* out = static_cast<Prepared*>(prepared) + tile_offset(first, K);
         for (int64_t s = 0; s < steps; ++s)
-            prepare_step(x + m * K + s * kStep, std::min(kStep, K - s * kStep), out + (s * M + m) * kStep);
+            for (int64_t r = 0; r < rows; ++r)
+                prepare_step(x + (first + r) * K + s * kStep, std::min(kStep, K - s * kStep), out + (s * rows + r) * kStep);
+    });
 }
 
 void gemm_bf16(const void* prepared, int64_t M, int64_t K, const uint16_t* w, int64_t n_begin, int64_t n_end,
