@@ -152,7 +152,8 @@ def run_batch(llm: LLM, in_path: str | os.PathLike[str], out_path: str | os.Path
             try:
                 custom_id, request = parse_request(line, number)
                 if custom_id in seen:
-                    raise RequestError(f"line-{number}", f"line {number}: custom_id {custom_id!r} repeats an earlier line")
+                    raise RequestError(f"line-{number}",
+                                       f"line {number}: custom_id {custom_id!r} repeats an earlier line")
             except RequestError as error:
                 custom_id, message, request = error.custom_id, str(error), None
             seen.add(custom_id)

@@ -53,7 +53,8 @@ def test_answers_have_the_openai_batch_output_shape(tokenizer, tmp_path):
     assert a["response"]["status_code"] == 200 and a["response"]["request_id"].startswith("req_")
     assert a["response"]["body"]["object"] == "chat.completion"
     assert a["response"]["body"]["usage"]["completion_tokens"] == 8
-    assert b["response"]["body"]["object"] == "text_completion" and b["response"]["body"]["usage"]["completion_tokens"] == 6
+    assert b["response"]["body"]["object"] == "text_completion"
+    assert b["response"]["body"]["usage"]["completion_tokens"] == 6
     assert c["response"]["status_code"] == 400 and "temperature" in c["response"]["body"]["error"]["message"]
     assert (summary.total, summary.succeeded, summary.failed, summary.skipped) == (3, 2, 1, 0)
     assert summary.completion_tokens == 14
