@@ -101,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     _native.set_num_threads(args.threads)
+    load_before = os.getloadavg()[0]
     model = Model.load(args.model, precision="bf16", context_length=PROMPT_TOKENS + args.decode_tokens + args.max_k + 8)
     native = measure_native(model, args.decode_tokens, args.max_k, args.repeats)
     model.close()
@@ -110,6 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     report: dict[str, Any] = {
         "benchmark": "bench_decode", "model": str(args.model), "precision": "bf16", "threads": args.threads,
         "isa": _native.active_isa(), "native": native, "llama_cpp_bf16": llama,
+        # other processes on the machine make every timing slower and noisier: keep the load with them
+        "load_average_1min": {"start": load_before, "end": os.getloadavg()[0]},
     }
     if llama:
         report["ratios"] = {
