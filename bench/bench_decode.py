@@ -1,13 +1,12 @@
 """Decode, verification-batch and prompt speed of the native decoder, next to llama.cpp on the same model.
 
-    python3 bench/bench_decode.py [--model GGUF] [--threads 2] [--json-out FILE]
+    python3 bench/bench_decode.py [--model GGUF] [--precision bf16|mxfp4] [--threads 2] [--json-out FILE]
 
 Default model: Qwen2.5-Coder-1.5B-Instruct (Q4_K_M GGUF) upcast to BF16 at load. Measures
   - decode: tokens/s of one-token forwards after a 512-token prompt;
   - verification: time of a forward of K + 1 tokens relative to a one-token forward, K = 1..16;
   - prompt: tokens/s of one 512-token forward from position 0.
-If llama.cpp's llama-bench is present (LLAMA_BENCH, default /root/.cache/llamacpp-ref/bin/llama-bench),
-the same model converted to a BF16 GGUF (llama-quantize, cached next to the source file) is measured
+If llama.cpp is built (bench/llamacpp.py), its own BF16 or MXFP4 copy of the same model is measured
 with -t THREADS -p 512 -n 32 and the ratios printed. Prints JSON, then a markdown table.
 Goals: decode >= 0.95x llama.cpp tg, a 9-token forward <= 1.3x a 1-token forward, prompt >= llama.cpp pp512.
 
@@ -30,12 +29,13 @@ from typing import Any
 
 import numpy as np
 
-from mlspecqd import _native
-from mlspecqd.model import Model
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-MODELS_DIR = Path(os.environ.get("MLSPECQD_MODELS_DIR", "/root/.cache/mlspecqd-models"))
-DEFAULT_MODEL = MODELS_DIR / "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf"
-LLAMA_BIN = Path(os.environ.get("LLAMA_BENCH", "/root/.cache/llamacpp-ref/bin/llama-bench")).parent
+from bench import llamacpp  # noqa: E402
+from mlspecqd import _native, hub  # noqa: E402
+from mlspecqd.model import Model  # noqa: E402
+
+DEFAULT_MODEL = hub.cache_dir() / hub.NAMED_MODELS[hub.DEFAULT_MODEL].filename
 PROMPT_TOKENS = 512
 
 
@@ -72,23 +72,13 @@ def measure_native(model: Model, decode_tokens: int, max_k: int, repeats: int) -
     }
 
 
-def bf16_gguf(source: Path) -> Path:
-    """A BF16 copy of `source` made by llama-quantize, cached next to it."""
-    target = source.with_name(source.stem + ".bf16-from-q4.gguf")
-    if not target.exists():
-        partial = target.with_suffix(".partial")
-        subprocess.run([str(LLAMA_BIN / "llama-quantize"), "--allow-requantize", str(source), str(partial), "BF16"],
-                       check=True, capture_output=True)
-        partial.rename(target)
-    return target
-
-
-def measure_llama_cpp(source: Path, threads: int) -> dict[str, Any] | None:
-    if not (LLAMA_BIN / "llama-bench").exists():
+def measure_llama_cpp(source: Path, precision: str, threads: int) -> dict[str, Any] | None:
+    """llama-bench on llama.cpp's own copy of the model at the same precision (bench/llamacpp.py)."""
+    if not llamacpp.available():
         return None
-    model = bf16_gguf(source)
-    out = subprocess.run([str(LLAMA_BIN / "llama-bench"), "-m", str(model), "-t", str(threads), "-p", str(PROMPT_TOKENS),
-                          "-n", "32", "-o", "json"], check=True, capture_output=True, text=True).stdout
+    model = llamacpp.quantized_copy(source, precision)
+    out = subprocess.run([str(llamacpp.BIN / "llama-bench"), "-m", str(model), "-t", str(threads), "-p",
+                          str(PROMPT_TOKENS), "-n", "32", "-o", "json"], check=True, capture_output=True, text=True).stdout
     rows = {("prompt" if row["n_prompt"] else "decode"): row for row in json.loads(out)}
     return {
         "model": str(model),
@@ -103,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--precision", default="bf16", choices=("bf16", "mxfp4"),
+                        help="mxfp4: the linear layers and LM head cast (the self-draft), vs llama.cpp's MXFP4 copy")
     parser.add_argument("--decode-tokens", type=int, default=32)
     parser.add_argument("--max-k", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=3, help="best of this many for prompt and batch timings")
@@ -112,15 +104,15 @@ def main(argv: list[str] | None = None) -> int:
 
     _native.set_num_threads(args.threads)
     load_before = os.getloadavg()[0]
-    model = Model.load(args.model, precision="bf16", context_length=PROMPT_TOKENS + args.decode_tokens + args.max_k + 8)
+    model = Model.load(args.model, precision=args.precision, context_length=PROMPT_TOKENS + args.decode_tokens + args.max_k + 8)
     native = measure_native(model, args.decode_tokens, args.max_k, args.repeats)
     model.close()
     del model
-    llama = None if args.no_llama_cpp else measure_llama_cpp(args.model, args.threads)
+    llama = None if args.no_llama_cpp else measure_llama_cpp(args.model, args.precision, args.threads)
 
     report: dict[str, Any] = {
-        "benchmark": "bench_decode", "model": str(args.model), "precision": "bf16", "threads": args.threads,
-        "isa": _native.active_isa(), "native": native, "llama_cpp_bf16": llama,
+        "benchmark": "bench_decode", "model": str(args.model), "precision": args.precision, "threads": args.threads,
+        "isa": _native.active_isa(), "native": native, "llama_cpp": llama,
         # other processes on the machine make every timing slower and noisier: keep the load with them
         "load_average_1min": {"start": load_before, "end": os.getloadavg()[0]},
     }
@@ -134,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         args.json_out.write_text(json.dumps(report, indent=2) + "\n")
 
     print()
-    print(f"| measure ({args.threads} threads, best sample) | mlspecqd | llama.cpp BF16 | ratio |")
+    print(f"| measure ({args.threads} threads, best sample) | mlspecqd | llama.cpp {args.precision.upper()} | ratio |")
     print("|---|---|---|---|")
     for label, key in (("decode tok/s", "decode_tokens_per_second"), (f"prompt tok/s (pp{PROMPT_TOKENS})", "prompt_tokens_per_second")):
         theirs = f"{llama[key]:.1f}" if llama else "-"
