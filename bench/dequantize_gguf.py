@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 from gguf.quants import dequantize as reference_dequantize
 
-from mlspecqd import _native
+from mlspecqd import _native, hub
 from mlspecqd.gguf import open_gguf
 
-MODELS_DIR = Path(os.environ.get("MLSPECQD_MODELS_DIR", Path.home() / ".cache" / "mlspecqd-models"))
+MODELS_DIR = hub.cache_dir()
 DEFAULT_MODEL = MODELS_DIR / "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf"
 
 

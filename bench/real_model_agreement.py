@@ -23,8 +23,12 @@ from typing import Any
 
 import numpy as np
 
-MODELS_DIR = Path(os.environ.get("MLSPECQD_MODELS_DIR", "/root/.cache/mlspecqd-models"))
-WIKI_TEXT = Path(os.environ.get("MLSPECQD_DATA_DIR", "/root/.cache/mlspecqd/data")) / "wiki.utf8"
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.datasets import text as calibration_text  # noqa: E402
+from mlspecqd import hub  # noqa: E402
+
+MODELS_DIR = hub.cache_dir()
 MODELS = {
     "SmolLM2-135M (llama)": "SmolLM2-135M-Instruct.Q4_1.gguf",
     "Qwen2.5-Coder-0.5B (qwen2)": "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
@@ -94,12 +98,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json-out", type=Path, help="also write the JSON here")
     args = parser.parse_args(argv)
 
-    text = WIKI_TEXT.read_text(encoding="utf-8")
+    text = calibration_text("wiki")
     results = []
     for label, file_name in MODELS.items():
         result = compare(MODELS_DIR / file_name, text, args.positions, args.window)
         results.append({"label": label, **result})
-    report = {"benchmark": "real_model_agreement", "text": str(WIKI_TEXT), "results": results}
+    report = {"benchmark": "real_model_agreement", "text": "wiki.utf8 (exllamav2 0.3.2)", "results": results}
     print(json.dumps(report, indent=2))
     if args.json_out:
         args.json_out.write_text(json.dumps(report, indent=2) + "\n")

@@ -18,6 +18,7 @@ import gguf
 import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
+from mlspecqd import hub
 from mlspecqd.gguf import ModelSpec, RopeScaling, expected_tensor_shapes
 
 # Small sizes every architecture accepts; rows are multiples of 32 so the 32-value block types work.
@@ -288,5 +289,5 @@ def tensor_entry_offset(data: bytes, name: str) -> int:
 
 
 def models_dir() -> Path:
-    """Where the real GGUF checkpoints are cached (MLSPECQD_MODELS_DIR, default ~/.cache/mlspecqd-models)."""
-    return Path(os.environ.get("MLSPECQD_MODELS_DIR", Path.home() / ".cache" / "mlspecqd-models"))
+    """Where `mlspecqd pull` caches the real GGUF checkpoints."""
+    return hub.cache_dir()

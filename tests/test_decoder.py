@@ -362,8 +362,6 @@ def test_real_model_agrees_with_transformers():
     spec = importlib.util.spec_from_file_location("real_model_agreement", AGREEMENT_SCRIPT)
     agreement = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(agreement)
-    if not agreement.WIKI_TEXT.exists():
-        pytest.skip(f"needs {agreement.WIKI_TEXT}")
-    result = agreement.compare(gguf_path, agreement.WIKI_TEXT.read_text(encoding="utf-8"), positions=300, window=300)
+    result = agreement.compare(gguf_path, agreement.calibration_text("wiki"), positions=300, window=300)
     assert result["top1_agreement"] >= 0.99, result
     assert abs(result["perplexity_relative_difference"]) < 0.01, result

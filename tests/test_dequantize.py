@@ -6,9 +6,8 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 from gguf import GGMLQuantizationType as Q
 from gguf.quants import dequantize as reference_dequantize
 from gguf.quants import quantize as reference_quantize
-from gguf_fixtures import models_dir
 
-from mlspecqd import _native
+from mlspecqd import _native, hub
 from mlspecqd.gguf import DEQUANTIZABLE_TYPES, open_gguf
 
 TYPES = sorted(DEQUANTIZABLE_TYPES)
@@ -101,7 +100,7 @@ def test_element_count_must_be_whole_blocks():
         _native.dequantize(np.zeros(34, np.uint8), int(GGMLQuantizationType.Q8_0), 31, False)
 
 
-REAL_MODELS = sorted(models_dir().glob("*.gguf")) if models_dir().is_dir() else []
+REAL_MODELS = [path for path in map(hub.cached_path, hub.NAMED_MODELS) if path is not None]
 
 
 @pytest.mark.real_model
