@@ -24,6 +24,7 @@ from gguf_fixtures import (
 )
 
 from mlspecqd.gguf import CASTS, GGUFError, ModelSpec, RopeScaling, convert, open_gguf, write_gguf
+from mlspecqd.quant import cast_to_mxfp4
 
 
 @pytest.fixture
@@ -533,3 +534,22 @@ def test_real_model_converts_to_bf16(tmp_path):
     if bench:  # llama.cpp loads the file and runs it
         command = [bench, "-m", str(out_path), "-p", "0", "-n", "1", "-t", "2"]
         subprocess.run(command, check=True, capture_output=True, timeout=300)
+
+
+@pytest.mark.real_model
+def test_real_model_converts_to_mxfp4_that_llama_cpp_runs(tmp_path):
+    source_path = real_model("SmolLM2-135M-Instruct.Q4_1.gguf")
+    out_path = tmp_path / "smollm2-mxfp4.gguf"
+    convert(source_path, out_path, "mxfp4")
+    with open_gguf(source_path) as source, open_gguf(out_path) as converted:
+        assert converted.tensors["blk.0.attn_q.weight"].ggml_type == Q.MXFP4
+        assert converted.tensors["token_embd.weight"].ggml_type == Q.BF16  # a row lookup stays BF16
+        name = "blk.3.ffn_down.weight"
+        expected = cast_to_mxfp4(source.tensor_f32(name), name)
+        assert np.array_equal(converted.tensors[name].raw.reshape(expected.shape), expected)
+    completion = shutil.which("llama-completion", path=LLAMA_CPP_BIN)
+    if completion:  # llama.cpp reads our MXFP4 file and decodes with it
+        command = [completion, "-m", str(out_path), "-p", "def add(a, b):", "-n", "8", "--temp", "0", "-t", "2",
+                   "-no-cnv"]
+        result = subprocess.run(command, check=True, capture_output=True, text=True, timeout=300)
+        assert result.stdout.startswith("def add(a, b):") and len(result.stdout) > len("def add(a, b):")
