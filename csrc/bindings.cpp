@@ -48,6 +48,16 @@ py::array output_array(const py::object& out, int64_t M, int64_t N, const std::s
 }
 
 // BF16 GEMM and the streaming-read baseline
+// Runs a checked matrix product with the GIL released; y is the (M, N) float32 output.
+py::array run_matmul(const Linear& linear, const FloatArray& x, py::array y) {
+    float* y_data = static_cast<float*>(y.mutable_data());
+    {
+        py::gil_scoped_release release;
+        matmul(linear, x.data(), x.shape(0), y_data);
+    }
+    return y;
+}
+
 // Matrix product against BF16 weights, for tests and benchmarks of the kernel itself. `out`, when
 // given, must be a C-contiguous float32 (M, N) array; it is written in place and returned.
 py::array matmul_bf16(const FloatArray& x, const py::array& w, const py::object& out) {
@@ -63,13 +73,7 @@ py::array matmul_bf16(const FloatArray& x, const py::array& w, const py::object&
                                     std::to_string(w.shape(1)));
     if (K == 0 || N == 0) throw std::invalid_argument("matmul_bf16: w is empty (N=" + std::to_string(N) + ", K=" + std::to_string(K) + ")");
     py::array y = output_array(out, M, N, "matmul_bf16");
-    Linear linear{WeightType::bf16, N, K, w.data()};
-    float* y_data = static_cast<float*>(y.mutable_data());
-    {
-        py::gil_scoped_release release;
-        matmul(linear, x.data(), M, y_data);
-    }
-    return y;
+    return run_matmul(Linear{WeightType::bf16, N, K, w.data()}, x, y);
 }
 
 // Bytes of one row of K values as MXFP4 blocks; refuses a K the format cannot hold.
@@ -327,13 +331,7 @@ py::array matmul_mxfp4(const FloatArray& x, const py::array& blocks, int64_t K, 
     const auto w = py::array_t<uint8_t, py::array::c_style | py::array::forcecast>::ensure(blocks);
     const int64_t M = x.shape(0), N = w.shape(0);
     py::array y = output_array(out, M, N, "matmul_mxfp4");
-    Linear linear{WeightType::mxfp4, N, K, w.data()};
-    float* y_data = static_cast<float*>(y.mutable_data());
-    {
-        py::gil_scoped_release release;
-        matmul(linear, x.data(), M, y_data);
-    }
-    return y;
+    return run_matmul(Linear{WeightType::mxfp4, N, K, w.data()}, x, y);
 }
 
 // GGUF dequantization: the raw bytes of one tensor to float32 values or BF16 bit patterns (1-D).

@@ -19,11 +19,10 @@ from pathlib import Path
 from typing import Sequence
 
 from mlspecqd import _native, hub
-from mlspecqd.gguf import open_gguf
 from mlspecqd.llm import LLM
 from mlspecqd.speculative import Cascade, ModelLevel, NgramDrafter
 from mlspecqd.speculative.policies import check_draft_max, check_policy_name
-from mlspecqd.tokenizer import Tokenizer, TokenizerError
+from mlspecqd.tokenizer import Tokenizer
 
 PRECISIONS = ("bf16", "mxfp4")
 
@@ -82,15 +81,6 @@ def check_threads(threads: int | None) -> int:
     return threads
 
 
-def _read_tokenizer(path: Path) -> Tokenizer:
-    with open_gguf(path) as file:
-        metadata = file.metadata
-    try:
-        return Tokenizer.from_gguf_metadata(metadata)
-    except TokenizerError as error:
-        raise TokenizerError(f"{path}: {error}") from None
-
-
 def load(model: str | os.PathLike[str] = hub.DEFAULT_MODEL, drafts: Sequence[str] | None = None,
          threads: int | None = None, ctx: int = 4096, draft_policy: str = "cost", draft_max: int = 8,
          precision: str = "bf16") -> LLM:
@@ -121,11 +111,11 @@ def load(model: str | os.PathLike[str] = hub.DEFAULT_MODEL, drafts: Sequence[str
         raise LoadError("draft spec 'mxfp4': the target already runs in mxfp4, so its MXFP4 copy would be itself")
 
     target_path = hub.resolve(name)
-    tokenizer = _read_tokenizer(target_path)
+    tokenizer = Tokenizer.from_gguf(target_path)
     draft_paths = {spec.text: hub.resolve(spec.model) for spec in specs if spec.kind == "model"}
     draft_tokenizers = {}
     for spec_text, path in draft_paths.items():
-        draft_tokenizers[spec_text] = _read_tokenizer(path)
+        draft_tokenizers[spec_text] = Tokenizer.from_gguf(path)
         difference = draft_tokenizers[spec_text].same_vocabulary(tokenizer)
         if difference is not None:
             raise LoadError(f"draft {spec_text!r} ({path}): its vocabulary differs from the target's "
