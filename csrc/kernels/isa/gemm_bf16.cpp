@@ -28,13 +28,17 @@ namespace {
 using Prepared = uint16_t;  // activations as BF16 bits
 using Accumulator = __m512;
 constexpr int64_t kStep = 32;
-constexpr int kMaxTileRows = 12;
-constexpr int kMaxTileCols = 2;  // 12 x 2 accumulators + 2 weights + 1 activation of 32 registers
-// Weight rows a tile of `rows` activation rows takes at once. Each weight row is a memory stream,
-// and this memory system serves one stream best: up to 4 activation rows the dot products keep up
-// with one. Past that a second weight row halves the activation loads per product. (A third would
-// leave too few registers: 8 x 3 spills in the loop.)
-constexpr int tile_cols(int64_t rows) { return rows <= 4 ? 1 : 2; }
+// 10 rows: a row tile's activations at K = 1536 (30 KiB) stay in L1 without K blocks; 12 rows needed
+// them (and parked partial sums), and prompts ran 18% slower (pp512 189 vs 223 tokens/s).
+constexpr int kMaxTileRows = 10;
+constexpr int kMaxTileCols = 2;  // 10 x 2 accumulators + 2 weights + 1 activation of 32 registers
+// Weight rows a tile of `rows` activation rows takes at once, when a chunk has `passes` row tiles.
+// Each weight row is a memory stream, and this memory system serves one stream best: with a single
+// pass (M <= 10: decoding and verification) the weights come from memory and one row at a time is
+// fastest (measured at M = 5..9: a 9-row forward 1.32x a 1-row one, 1.38x with two). With several
+// passes the weights come from L2, and a second weight row halves the activation loads per product.
+// (A third would leave too few registers: 8 x 3 spills in the loop.)
+constexpr int tile_cols(int64_t rows, int64_t passes) { return passes == 1 || rows <= 4 ? 1 : 2; }
 
 #elif defined(__AVX2__)
 
@@ -50,7 +54,7 @@ constexpr int kMaxTileCols = 3;
 // 16 registers hold the even and odd weights of one weight row at a time and a constant). Each
 // output's two FMAs per step are a chain of 8 cycles, so one weight row at a time could not keep
 // up with memory: several give the independent chains.
-constexpr int tile_cols(int64_t rows) { return std::min<int64_t>(kMaxTileCols, 12 / rows); }
+constexpr int tile_cols(int64_t rows, int64_t /*passes*/) { return std::min<int64_t>(kMaxTileCols, 12 / rows); }
 
 #else
 
@@ -64,7 +68,7 @@ constexpr int kMaxTileRows = 1;
 int64_t steps_of(int64_t K) { return (K + kStep - 1) / kStep; }
 
 // Activation rows are taken 64 at a time (a chunk: one read of the weights each), and a chunk is
-// cut into balanced row tiles (13 rows: 7 + 6, not 12 + 1) that a register tile holds at once.
+// cut into balanced row tiles (11 rows: 6 + 5, not 10 + 1) that a register tile holds at once.
 constexpr int64_t kRowsPerChunk = 64;
 
 struct RowTiling {
@@ -94,20 +98,20 @@ int64_t tile_offset(int64_t first_row, int64_t K) { return first_row * steps_of(
 
 #if defined(__AVX2__)
 
-// How a row tile of `rows` rows meets the weights: weight rows go tile_cols(rows) at a time (a group). K is cut into equal blocks whose activations for one row tile stay
+// How a row tile of `rows` rows meets the weights: weight rows go tile_cols(rows, passes) at a time (a group). K is cut into equal blocks whose activations for one row tile stay
 // in L1, and `groups` groups (a span) share each block: the pass of a row tile runs through all of
 // them, so the span's weight block, read from memory by the first pass, is re-read from L2.
 struct Tiling {
     int64_t cols, block, groups;
 };
 
-Tiling choose_tiling(int64_t rows, int64_t K) {
+Tiling choose_tiling(int64_t rows, int64_t passes, int64_t K) {
     // Measured on Zen 5 (48 KiB L1, 1 MiB L2); activations read from L2 at every step halve the speed.
     constexpr int64_t kActivationsInL1 = 32 << 10;       // a row tile's activations up to this: no K blocks
     constexpr int64_t kActivationBlockBytes = 16 << 10;  // else blocks this size
     constexpr int64_t kSpanBlockBytes = 128 << 10;       // L2 share for a span's weights
     Tiling t;
-    t.cols = tile_cols(rows);
+    t.cols = tile_cols(rows, passes);
     const int64_t fitting_steps =
         std::max<int64_t>(8, kActivationBlockBytes / (rows * kStep * int64_t(sizeof(Prepared))));
     const bool fits = rows * steps_of(K) * kStep * int64_t(sizeof(Prepared)) <= kActivationsInL1;
@@ -424,7 +428,7 @@ Accumulator* partial_sums(size_t count) {
 void gemm_chunk(const Prepared* prepared, int64_t chunk, int64_t chunk_rows, int64_t K, const uint16_t* w,
                 int64_t n_begin, int64_t n_end, float* y, int64_t ldy) {
     const RowTiling rows = row_tiling(chunk_rows);
-    const Tiling t = choose_tiling(rows.rows, K);
+    const Tiling t = choose_tiling(rows.rows, rows.passes, K);
     const Schedule schedule(t, K, n_begin, n_end);
     // One pass reads a block as it streams in: a fixed distance ahead is enough. Several passes
     // re-read a span's block from cache: the next one is what memory must bring meanwhile.
