@@ -4,7 +4,8 @@
     python3 bench/speculative.py --synthetic      # the cascade's own Python cost, with free models
 
 Real mode: greedy decoding of the first --prompts HumanEval prompts in the chat template, each
-configuration on the same prompts after an untimed warm-up; reports tokens/s, speedup over plain,
+configuration on the same prompts after an untimed warm-up, prompt by prompt with every configuration
+(llama.cpp's included) in turn so that drifts in the machine's speed hit all rows alike; reports tokens/s, speedup over plain,
 whether every output is identical to plain decoding, and per-level acceptance. Run it on an idle
 machine: other processes on the cores make the numbers meaningless. Synthetic mode: models whose forward costs
 nothing but returns Qwen-sized logits (151,936), so the time measured is the cascade's own work per
@@ -144,32 +145,47 @@ def real(args: argparse.Namespace) -> dict:
         arrays = {id(a): a.nbytes for m in [target] + [models[d] for d in drafts if d in models] for a in m.tensors.values()}
         return sum(arrays.values())
 
-    plain_outputs: list[list[int]] = []
+    # One cascade per configuration, as a server or chat session keeps it: the cost policy's
+    # measurements carry over between prompts. A short untimed run first warms caches and the policy.
+    cascades = {}
+    for name in selected:
+        levels = [level_factories[d]() for d in configurations[name]]
+        levels.append(ModelLevel(target, name=f"{args.target}:bf16", tokenizer=tokenizer))
+        cascades[name] = Cascade(levels, policy=args.policy, draft_max=args.draft_max)
+        generate(cascades[name], tokenizer, prompts[0], 8).run()
+    llama_runs = llama_cpp_runs(args, target_path, small_path) if args.llama_cpp and llamacpp.available() else {}
+    # Prompt by prompt, every configuration in turn: the speed of these shared machines drifts over
+    # minutes (memory bandwidth changes by up to 1.7x), and interleaving gives every row the same mix.
+    results: dict[str, list] = {name: [] for name in [*selected, *llama_runs]}
+    for index, (prompt, chat) in enumerate(zip(prompts, chats)):
+        for name in selected:
+            results[name].append(generate(cascades[name], tokenizer, prompt, args.max_new_tokens).run())
+        for name, run in llama_runs.items():
+            results[name].append(run(chat))
+        print(f"prompt {index + 1}/{len(prompts)} done", file=sys.stderr, flush=True)
+
+    plain = results.get("plain")
     summary = []
     for name in selected:
-        drafts = configurations[name]
-        levels = [level_factories[d]() for d in drafts] + [ModelLevel(target, name=f"{args.target}:bf16", tokenizer=tokenizer)]
-        # One cascade per configuration, as a server or chat session keeps it: the cost policy's
-        # measurements carry over between prompts. A short untimed run first warms caches and the policy.
-        cascade = Cascade(levels, policy=args.policy, draft_max=args.draft_max)
-        generate(cascade, tokenizer, prompts[0], 8).run()
-        predicted_n, predicted_ms, identical, per_prompt_levels = 0, 0.0, True, []
-        for index, prompt in enumerate(prompts):
-            result = generate(cascade, tokenizer, prompt, args.max_new_tokens).run()
-            predicted_n += result.timings["predicted_n"]
-            predicted_ms += result.timings["predicted_ms"]
-            if name == "plain":
-                plain_outputs.append(result.tokens)
-            elif plain_outputs:
-                identical &= result.tokens == plain_outputs[index]
-            per_prompt_levels.append(result.timings["levels"])
+        drafts, generations = configurations[name], results[name]
+        predicted_n = sum(r.timings["predicted_n"] for r in generations)
+        predicted_ms = sum(r.timings["predicted_ms"] for r in generations)
+        identical = all(r.tokens == p.tokens for r, p in zip(generations, plain)) if plain and name != "plain" else None
         summary.append({"configuration": f"BF16 <- {' <- '.join(reversed(drafts))}" if drafts else "plain BF16",
                         "engine": "mlspecqd", "predicted_n": predicted_n, "predicted_ms": predicted_ms,
-                        "tokens_per_second": predicted_n / (predicted_ms / 1e3),
-                        "identical_to_plain": identical if plain_outputs and name != "plain" else None,
-                        "weight_gib": weight_bytes(drafts) / 2**30, "levels": _level_totals(per_prompt_levels)})
-    if args.llama_cpp and llamacpp.available():
-        summary += llama_cpp_rows(args, target_path, small_path, chats)
+                        "tokens_per_second": predicted_n / (predicted_ms / 1e3), "identical_to_plain": identical,
+                        "weight_gib": weight_bytes(drafts) / 2**30,
+                        "levels": _level_totals([r.timings["levels"] for r in generations])})
+    for name in llama_runs:
+        generations = results[name]
+        predicted_n = sum(g.predicted_n for g in generations)
+        seconds = sum(g.predicted_seconds for g in generations)
+        drafted, accepted = sum(g.drafted for g in generations), sum(g.accepted for g in generations)
+        summary.append({"configuration": name, "engine": "llama.cpp", "predicted_n": predicted_n,
+                        "predicted_ms": seconds * 1e3, "tokens_per_second": predicted_n / seconds,
+                        "identical_to_plain": None, "weight_gib": None,
+                        "levels": [{"name": "draft", "draft_n": drafted, "draft_n_accepted": accepted,
+                                    "acceptance_rate": accepted / drafted if drafted else None}] if drafted else []})
     plain_rate = next((row["tokens_per_second"] for row in summary if row["configuration"] == "plain BF16"), None)
     for row in summary:
         row["speedup"] = row["tokens_per_second"] / plain_rate if plain_rate else None
@@ -181,32 +197,20 @@ def real(args: argparse.Namespace) -> dict:
             "results": summary}
 
 
-def llama_cpp_rows(args: argparse.Namespace, target_path: Path, small_path: Path, chats: list[str]) -> list[dict]:
+def llama_cpp_runs(args: argparse.Namespace, target_path: Path, small_path: Path) -> dict[str, Callable]:
     """llama.cpp on the same prompts: plain BF16, and llama-speculative with the 0.5B (its Q4_K_M file) and
-    with the MXFP4 copy of the target as drafts, at the same draft length."""
+    with the MXFP4 copy of the target as drafts, at the same draft length. Each run takes a chat prompt."""
     from bench import llamacpp
 
     threads = args.threads or os.cpu_count()
     bf16, mxfp4 = llamacpp.quantized_copy(target_path, "bf16"), llamacpp.quantized_copy(target_path, "mxfp4")
-    runs = {
+    return {
         "plain BF16": lambda chat: llamacpp.completion(bf16, chat, args.max_new_tokens, threads, args.context),
         "BF16 <- small (Q4_K_M)": lambda chat: llamacpp.speculative(
             bf16, small_path, chat, args.max_new_tokens, threads, args.context, args.draft_max),
         "BF16 <- mxfp4": lambda chat: llamacpp.speculative(
             bf16, mxfp4, chat, args.max_new_tokens, threads, args.context, args.draft_max),
     }
-    rows = []
-    for name, run in runs.items():
-        generations = [run(chat) for chat in chats]
-        predicted_n = sum(g.predicted_n for g in generations)
-        seconds = sum(g.predicted_seconds for g in generations)
-        drafted, accepted = sum(g.drafted for g in generations), sum(g.accepted for g in generations)
-        rows.append({"configuration": name, "engine": "llama.cpp", "predicted_n": predicted_n,
-                     "predicted_ms": seconds * 1e3, "tokens_per_second": predicted_n / seconds,
-                     "identical_to_plain": None, "weight_gib": None,
-                     "levels": [{"name": "draft", "draft_n": drafted, "draft_n_accepted": accepted,
-                                 "acceptance_rate": accepted / drafted if drafted else None}] if drafted else []})
-    return rows
 
 
 def _level_totals(per_prompt: list[list[dict]]) -> list[dict]:

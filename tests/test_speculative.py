@@ -15,7 +15,7 @@ from mlspecqd.speculative import (
     CostDraftLength,
     FixedDraftLength,
     HeuristicDraftLength,
-    LinearTimeModel,
+    TimeModel,
     ModelLevel,
     NgramDrafter,
     PolicyError,
@@ -298,7 +298,7 @@ def test_cost_policy_in_a_three_level_cascade_uses_each_useful_level():
 
 
 def test_cost_policy_choice_from_measurements():
-    verifier, cheap_drafter, slow_drafter = LinearTimeModel(), LinearTimeModel(1.0), LinearTimeModel(1.0)
+    verifier, cheap_drafter, slow_drafter = TimeModel(), TimeModel(1.0), TimeModel(1.0)
     for tokens in (1, 5, 9):
         verifier.record(tokens, 0.010 + 0.001 * tokens)
         cheap_drafter.record(tokens, 0.0005 * tokens)
@@ -312,7 +312,7 @@ def test_cost_policy_choice_from_measurements():
     assert useless.choose(slow_drafter, verifier) == 0
     zero_rounds = [useless.choose(slow_drafter, verifier) for _ in range(40)]
     assert 1 in zero_rounds and zero_rounds.count(0) >= 36  # re-probes, now and then
-    assert CostDraftLength(8, initial=3).choose(LinearTimeModel(1.0), verifier) == 3  # not measured: warm-up
+    assert CostDraftLength(8, initial=3).choose(TimeModel(1.0), verifier) == 3  # not measured: warm-up
     assert CostDraftLength(8, initial=3, warm_up=4).choose(cheap_drafter, verifier) == 3  # 3 calls: still warming
     # A half-accurate draft pays only for short drafts when drafting costs about what verifying does.
     half = CostDraftLength(8)
@@ -322,7 +322,7 @@ def test_cost_policy_choice_from_measurements():
 
 
 def test_time_model_prior_until_sizes_spread_then_least_squares():
-    verifier = LinearTimeModel()
+    verifier = TimeModel()
     verifier.record(1, 0.016)
     assert verifier.estimate(1) == pytest.approx(0.016)
     assert verifier.estimate(9) == pytest.approx(0.016 * 2)  # each extra token 1/8 of the first
@@ -330,14 +330,36 @@ def test_time_model_prior_until_sizes_spread_then_least_squares():
     assert verifier.estimate(1.5) == pytest.approx(0.028)
     verifier.record(3, 0.030)
     assert verifier.estimate(2) == pytest.approx(0.086 / 3)
-    drafter = LinearTimeModel(extra_token_share=1.0)
+    drafter = TimeModel(extra_token_share=1.0)
     drafter.record(4, 0.008)
     assert drafter.estimate(2) == pytest.approx(0.004)  # a drafter's time is proportional to its tokens
 
 
+def test_time_model_uses_measured_sizes_where_a_line_cannot_fit_the_steps():
+    # A forward flat up to 4 tokens, then growing by 4 ms a token (dot products, not memory, bound it).
+    def measured(tokens: int) -> float:
+        return 0.064 + 0.004 * max(tokens - 4, 0)
+
+    verifier = TimeModel()
+    for _ in range(3):
+        for tokens in (1, 3, 9):
+            verifier.record(tokens, measured(tokens))
+    verifier.record(5, measured(5))  # once: not enough to trust on its own
+    assert verifier.estimate(1) == pytest.approx(measured(1))
+    assert verifier.estimate(9) == pytest.approx(measured(9))
+    line = TimeModel(measured_at_size=10**9)  # the same calls, the line alone
+    for tokens, seconds in verifier._samples:
+        line.record(tokens, seconds)
+    assert verifier.estimate(5) == pytest.approx(line.estimate(5))
+    assert measured(1) - line.estimate(1) > 0.002  # the line puts one token too low
+    # The median of the recent calls at a size: one disturbed call does not move it.
+    verifier.record(1, 1.0)
+    assert verifier.estimate(1) == pytest.approx(measured(1))
+
+
 def test_heuristic_policy_grows_by_two_and_shrinks_by_one_within_bounds():
     policy = HeuristicDraftLength(6, initial=4)
-    unused = LinearTimeModel()
+    unused = TimeModel()
     policy.record(4, 4)
     assert policy.choose(unused, unused) == 6
     policy.record(6, 6)

@@ -19,8 +19,8 @@ from mlspecqd.speculative.policies import (
     DraftLengthPolicy,
     FixedDraftLength,
     HeuristicDraftLength,
-    LinearTimeModel,
     PolicyError,
+    TimeModel,
     make_policy,
 )
 
@@ -37,11 +37,11 @@ __all__ = [
     "LanguageModel",
     "Level",
     "LevelStats",
-    "LinearTimeModel",
     "ModelLevel",
     "NgramDrafter",
     "PolicyError",
     "Proposal",
+    "TimeModel",
     "VocabularyMismatchError",
     "make_policy",
 ]

@@ -18,7 +18,7 @@ import numpy as np
 
 from mlspecqd.sampling import Sampler, TokenDistribution
 from mlspecqd.speculative import verification
-from mlspecqd.speculative.policies import DraftLengthPolicy, LinearTimeModel
+from mlspecqd.speculative.policies import DraftLengthPolicy, TimeModel
 
 
 class LanguageModel(Protocol):
@@ -144,7 +144,7 @@ class Level:
         self.policy = policy
         self.clock: Callable[[], float] = time.perf_counter
         self.stats = LevelStats()
-        self.proposal_timing = LinearTimeModel(extra_token_share=1.0)
+        self.proposal_timing = TimeModel(extra_token_share=1.0)
         self._cascade: object | None = None
 
     def propose(self, sequence: list[int], count: int, decoding: Decoding) -> Proposal:
@@ -179,7 +179,7 @@ class ModelLevel(Level):
         self.model = model
         self.below: Level | None = None
         self.chunk = 256
-        self.round_timing = LinearTimeModel()  # a forward of T tokens and the verification of its rows
+        self.round_timing = TimeModel()  # a forward of T tokens and the verification of its rows
         self._cached: list[int] = []  # the tokens whose keys/values the model holds, in order
 
     @property

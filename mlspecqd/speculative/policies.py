@@ -16,18 +16,26 @@ class PolicyError(ValueError):
     """An unknown policy name or a policy argument outside its range."""
 
 
-class LinearTimeModel:
+class TimeModel:
     """Seconds to process T tokens (a forward and its verification; or a drafter's proposal of T tokens),
-    fitted as a + b*T by least squares over the recent calls.
+    learned online from the recent calls.
 
-    Until the recent calls span at least two different sizes, the line goes through their mean with a
-    prior slope: each token beyond the first costs `extra_token_share` of the first. For a verifier
-    that is 1/8 (a memory-bound CPU forward: an 8-token batch costs about 1.9x one token in llama.cpp),
-    for a drafter 1 (a model drafter's time grows with each token it proposes).
+    A size measured at least `measured_at_size` times among the recent calls is estimated by the median
+    of its last measurements: a CPU forward's time is a step function of T (flat while reading the
+    weights bounds it, rising once the dot products do), which a straight line misplaces (a one-token
+    forward of the MXFP4 draft was fitted at 27 ms, measured at 64 ms). Other sizes come from a line
+    a + b*T fitted by least squares over the recent calls. Until those span at least two different sizes,
+    the line goes through their mean with a prior slope: each token beyond the first costs
+    `extra_token_share` of the first. For a verifier that is 1/8 (a memory-bound CPU forward: an 8-token
+    batch costs about 1.9x one token in llama.cpp), for a drafter 1 (a model drafter's time grows with
+    each token it proposes).
     """
 
-    def __init__(self, extra_token_share: float = 0.125, window: int = 48) -> None:
+    def __init__(self, extra_token_share: float = 0.125, window: int = 48, measured_at_size: int = 2,
+                 medians_of: int = 5) -> None:
         self.extra_token_share = extra_token_share
+        self.measured_at_size = measured_at_size
+        self.medians_of = medians_of
         self._samples: deque[tuple[int, float]] = deque(maxlen=window)
         self._fit: tuple[float, float] | None = None  # (intercept, slope), refitted on demand
 
@@ -40,6 +48,9 @@ class LinearTimeModel:
         self._fit = None
 
     def estimate(self, tokens: int) -> float:
+        at_size = [s for t, s in self._samples if t == tokens]
+        if len(at_size) >= self.measured_at_size:
+            return float(np.median(at_size[-self.medians_of:]))
         if self._fit is None:
             self._fit = self._least_squares()
         intercept, slope = self._fit
@@ -76,7 +87,7 @@ class DraftLengthPolicy:
     def __init__(self, draft_max: int) -> None:
         self.draft_max = check_draft_max(draft_max)
 
-    def choose(self, drafter: LinearTimeModel, verifier: LinearTimeModel) -> int:
+    def choose(self, drafter: TimeModel, verifier: TimeModel) -> int:
         return self.draft_max
 
     def record(self, proposed: int, accepted: int) -> None:
@@ -94,7 +105,7 @@ class HeuristicDraftLength(DraftLengthPolicy):
         super().__init__(draft_max)
         self.current = min(max(initial, 1), draft_max)
 
-    def choose(self, drafter: LinearTimeModel, verifier: LinearTimeModel) -> int:
+    def choose(self, drafter: TimeModel, verifier: TimeModel) -> int:
         return self.current
 
     def record(self, proposed: int, accepted: int) -> None:
@@ -152,7 +163,7 @@ class CostDraftLength(DraftLengthPolicy):
 
         rate(K) = expected_tokens(K) / (verify_seconds(K + 1) + draft_seconds(K)),   draft_seconds(0) = 0
 
-    Both times are measured online (LinearTimeModel): for a recursive drafter draft_seconds is its whole
+    Both times are measured online (TimeModel): for a recursive drafter draft_seconds is its whole
     effective time, levels below included. Until both have `warm_up` measurements it drafts `initial`
     tokens (one slow call, on a busy machine, must not decide). After `reprobe_after` rounds at K = 0 it
     drafts one token, so a draft that became useful is noticed.
@@ -167,7 +178,7 @@ class CostDraftLength(DraftLengthPolicy):
         self.acceptance = AcceptanceByPosition(draft_max, smoothing)
         self.rounds_at_zero = 0
 
-    def choose(self, drafter: LinearTimeModel, verifier: LinearTimeModel) -> int:
+    def choose(self, drafter: TimeModel, verifier: TimeModel) -> int:
         if min(drafter.sample_count, verifier.sample_count) < self.warm_up:
             return self.initial
         if self.rounds_at_zero >= self.reprobe_after:
