@@ -28,17 +28,20 @@ namespace {
 using Prepared = uint16_t;  // activations as BF16 bits
 using Accumulator = __m512;
 constexpr int64_t kStep = 32;
-// 10 rows: a row tile's activations at K = 1536 (30 KiB) stay in L1 without K blocks; 12 rows needed
-// them (and parked partial sums), and prompts ran 18% slower (pp512 189 vs 223 tokens/s).
-constexpr int kMaxTileRows = 10;
-constexpr int kMaxTileCols = 2;  // 10 x 2 accumulators + 2 weights + 1 activation of 32 registers
+constexpr int kMaxTileRows = 12;
+constexpr int kMaxTileCols = 2;  // 12 x 2 accumulators + 2 weights + 1 activation of 32 registers
+// Rows per tile when a chunk takes several passes: 10 rows' activations at K = 1536 (30 KiB) stay in
+// L1 without K blocks; 12 needed them (and parked partial sums), and prompts ran 18% slower (pp512 189
+// vs 223 tokens/s).
+constexpr int kMultiPassTileRows = 10;
 // Weight rows a tile of `rows` activation rows takes at once, when a chunk has `passes` row tiles.
-// Each weight row is a memory stream, and this memory system serves one stream best: with a single
-// pass (M <= 10: decoding and verification) the weights come from memory and one row at a time is
-// fastest (measured at M = 5..9: a 9-row forward 1.32x a 1-row one, 1.38x with two). With several
-// passes the weights come from L2, and a second weight row halves the activation loads per product.
-// (A third would leave too few registers: 8 x 3 spills in the loop.)
-constexpr int tile_cols(int64_t rows, int64_t passes) { return passes == 1 || rows <= 4 ? 1 : 2; }
+// Each weight row is a memory stream. A single pass (decoding, verification) streams the weights from
+// memory: up to 7 rows one weight row at a time is fastest; from 8 rows a second weight row lets the
+// dot products keep up when memory is fast (this machine's bandwidth varies 1.7x over the day: a
+// 9-row forward cost 1.46x a 1-row one with two weight rows, 1.94x with one, at 82 GB/s; 1.37x and 1.31x
+// at 47 GB/s). With several passes the weights come from L2, and a second weight row halves the
+// activation loads per product. (A third would leave too few registers: 8 x 3 spills in the loop.)
+constexpr int tile_cols(int64_t rows, int64_t passes) { return rows <= (passes == 1 ? 7 : 4) ? 1 : 2; }
 
 #elif defined(__AVX2__)
 
@@ -49,6 +52,7 @@ using Prepared = float;  // activations rounded to BF16, held as float
 using Accumulator = __m256;
 constexpr int64_t kStep = 16;
 constexpr int kMaxTileRows = 6;
+constexpr int kMultiPassTileRows = 6;
 constexpr int kMaxTileCols = 3;
 // Weight rows a tile of `rows` activation rows takes at once: up to 12 accumulators (the rest of the
 // 16 registers hold the even and odd weights of one weight row at a time and a constant). Each
@@ -62,13 +66,15 @@ constexpr int tile_cols(int64_t rows, int64_t /*passes*/) { return std::min<int6
 using Prepared = float;
 constexpr int64_t kStep = 1;
 constexpr int kMaxTileRows = 1;
+constexpr int kMultiPassTileRows = 1;
 
 #endif
 
 int64_t steps_of(int64_t K) { return (K + kStep - 1) / kStep; }
 
-// Activation rows are taken 64 at a time (a chunk: one read of the weights each), and a chunk is
-// cut into balanced row tiles (11 rows: 6 + 5, not 10 + 1) that a register tile holds at once.
+// Activation rows are taken 64 at a time (a chunk: one read of the weights each). A chunk of up to
+// kMaxTileRows rows is one tile; a longer one is cut into balanced tiles of up to kMultiPassTileRows
+// (13 rows: 7 + 6, not 10 + 3).
 constexpr int64_t kRowsPerChunk = 64;
 
 struct RowTiling {
@@ -76,7 +82,7 @@ struct RowTiling {
 };
 
 RowTiling row_tiling(int64_t chunk_rows) {
-    const int64_t passes = (chunk_rows + kMaxTileRows - 1) / kMaxTileRows;
+    const int64_t passes = chunk_rows <= kMaxTileRows ? 1 : (chunk_rows + kMultiPassTileRows - 1) / kMultiPassTileRows;
     return {passes, (chunk_rows + passes - 1) / passes};
 }
 
