@@ -12,7 +12,9 @@ Goals: decode >= 0.95x llama.cpp tg, a 9-token forward <= 1.3x a 1-token forward
 
 The machine may be shared: other processes slow some samples down by large factors. Every rate is
 therefore given as the best sample (the least disturbed) and, for decode, also as the median; the
-load average at the start and end is recorded with the results.
+load average at the start and end is recorded with the results. Batch costs are medians of ratios
+taken within pairs (a one-token forward, then the K+1-token one), since the memory bandwidth of these
+machines drifts by up to 1.7x and with it the ratio: it is higher when memory is fast.
 """
 
 from __future__ import annotations
@@ -58,17 +60,24 @@ def measure_native(model: Model, decode_tokens: int, max_k: int, repeats: int) -
                     for i in range(decode_tokens)]
     one_token = min(decode_times)
 
-    batch_seconds = {}
-    for k in range(1, max_k + 1):
-        batch_seconds[k] = min(seconds(lambda: model.forward(continuation[: k + 1], PROMPT_TOKENS, all_logits=True))
-                               for _ in range(repeats))
+    # Each K+1-token forward is timed right after a one-token forward, and the ratio taken within
+    # the pair: this machine's memory bandwidth changes by up to 1.7x within minutes, and a ratio of
+    # two bests taken at different moments can mix the two speeds. Median over repeats.
+    ratios: dict[int, list[float]] = {k: [] for k in range(1, max_k + 1)}
+    batch_seconds: dict[int, list[float]] = {k: [] for k in range(1, max_k + 1)}
+    for _ in range(repeats):
+        for k in range(1, max_k + 1):
+            single = seconds(lambda: model.forward(continuation[:1], PROMPT_TOKENS))
+            batch = seconds(lambda: model.forward(continuation[: k + 1], PROMPT_TOKENS, all_logits=True))
+            batch_seconds[k].append(batch)
+            ratios[k].append(batch / single)
     return {
         "prompt_tokens_per_second": PROMPT_TOKENS / prompt_seconds,
         "decode_tokens_per_second": 1.0 / one_token,
         "decode_tokens_per_second_median": 1.0 / statistics.median(decode_times),
         "decode_ms": 1e3 * one_token,
-        "verify_ms": {k: 1e3 * s for k, s in batch_seconds.items()},
-        "verify_ratio_to_one_token": {k: s / one_token for k, s in batch_seconds.items()},
+        "verify_ms": {k: 1e3 * statistics.median(s) for k, s in batch_seconds.items()},
+        "verify_ratio_to_one_token": {k: statistics.median(r) for k, r in ratios.items()},
     }
 
 
@@ -97,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="mxfp4: the linear layers and LM head cast (the self-draft), vs llama.cpp's MXFP4 copy")
     parser.add_argument("--decode-tokens", type=int, default=32)
     parser.add_argument("--max-k", type=int, default=16)
-    parser.add_argument("--repeats", type=int, default=3, help="best of this many for prompt and batch timings")
+    parser.add_argument("--repeats", type=int, default=5, help="prompt: best of this many; batches: median of this many")
     parser.add_argument("--no-llama-cpp", action="store_true", help="skip the llama-bench comparison")
     parser.add_argument("--json-out", type=Path)
     args = parser.parse_args(argv)
@@ -133,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         ratio = f"{native[key] / llama[key]:.2f}x" if llama else "-"
         print(f"| {label} | {native[key]:.1f} | {theirs} | {ratio} |")
     print()
-    print("| K | forward of K+1 tokens (ms) | vs 1 token |")
+    print("| K | forward of K+1 tokens (ms, median) | vs 1 token (median of paired ratios) |")
     print("|---|---|---|")
     for k, ms in native["verify_ms"].items():
         print(f"| {k} | {ms:.1f} | {native['verify_ratio_to_one_token'][k]:.2f}x |")

@@ -22,15 +22,17 @@ import resource
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from mlspecqd.generation import generate  # noqa: E402
+from mlspecqd.model import Model  # noqa: E402
 from mlspecqd.sampling import SamplingParams  # noqa: E402
 from mlspecqd.speculative import Cascade, ModelLevel, NgramDrafter  # noqa: E402
+from mlspecqd.tokenizer import Tokenizer  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -104,13 +106,27 @@ def synthetic(args: argparse.Namespace) -> list[dict]:
     return rows
 
 
-def real(args: argparse.Namespace) -> dict:
-    from bench import llamacpp
+class RealSetup(NamedTuple):
+    """The Qwen pair of the benchmarks, loaded: BF16 target, its MXFP4 copy, the small draft; chat prompts."""
+
+    target_path: Path
+    small_path: Path
+    tokenizer: Tokenizer
+    small_tokenizer: Tokenizer
+    target: Model
+    self_draft: Model
+    small: Model
+    chats: list[str]
+    prompts: list[list[int]]
+    load_seconds: float
+
+
+def load_real(args: argparse.Namespace) -> RealSetup:
+    """Loads what args.target, args.small, args.small_precision, args.context, args.threads and
+    args.prompts name; the first args.prompts HumanEval prompts in the target's chat template."""
     from bench.datasets import human_eval_prompts
     from mlspecqd import _native, hub
     from mlspecqd.chat import render_chat
-    from mlspecqd.model import Model
-    from mlspecqd.tokenizer import Tokenizer
 
     target_path, small_path = hub.cached_path(args.target), hub.cached_path(args.small)
     if target_path is None or small_path is None:
@@ -124,6 +140,21 @@ def real(args: argparse.Namespace) -> dict:
     self_draft = target.sibling("mxfp4")
     small = Model.load(small_path, precision=args.small_precision, context_length=args.context)
     load_seconds = time.perf_counter() - loaded
+    chats = [render_chat(tokenizer.chat_template, [{"role": "user", "content": text}], add_generation_prompt=True)
+             for text in human_eval_prompts(args.prompts)]
+    prompts = [tokenizer.encode(chat, add_special=True, parse_special=True) for chat in chats]
+    return RealSetup(target_path, small_path, tokenizer, small_tokenizer, target, self_draft, small, chats, prompts,
+                     load_seconds)
+
+
+def real(args: argparse.Namespace) -> dict:
+    from bench import llamacpp
+    from mlspecqd import _native
+
+    setup = load_real(args)
+    target_path, small_path, tokenizer, small_tokenizer = (setup.target_path, setup.small_path, setup.tokenizer,
+                                                           setup.small_tokenizer)
+    target, self_draft, small, chats, prompts = setup.target, setup.self_draft, setup.small, setup.chats, setup.prompts
     small_name = f"{args.small}:{args.small_precision}"
     level_factories: dict[str, Callable[[], object]] = {
         "ngram": NgramDrafter,
@@ -137,9 +168,6 @@ def real(args: argparse.Namespace) -> dict:
         "ngram": ["ngram"], "ngram+mxfp4": ["ngram", "mxfp4"], "ngram+small+mxfp4": ["ngram", "small", "mxfp4"],
     }
     selected = args.configurations.split(",") if args.configurations else list(configurations)
-    chats = [render_chat(tokenizer.chat_template, [{"role": "user", "content": text}], add_generation_prompt=True)
-             for text in human_eval_prompts(args.prompts)]
-    prompts = [tokenizer.encode(chat, add_special=True, parse_special=True) for chat in chats]
 
     def weight_bytes(drafts: list[str]) -> int:
         arrays = {id(a): a.nbytes for m in [target] + [models[d] for d in drafts if d in models] for a in m.tensors.values()}
@@ -191,7 +219,7 @@ def real(args: argparse.Namespace) -> dict:
         row["speedup"] = row["tokens_per_second"] / plain_rate if plain_rate else None
     return {"target": args.target, "small": small_name, "policy": args.policy,
             "draft_max": args.draft_max, "prompts": args.prompts, "max_new_tokens": args.max_new_tokens,
-            "threads": _native.num_threads(), "isa": _native.active_isa(), "load_seconds": load_seconds,
+            "threads": _native.num_threads(), "isa": _native.active_isa(), "load_seconds": setup.load_seconds,
             "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
             "machine": platform.processor() or platform.machine(), "load_average": os.getloadavg(),
             "results": summary}
