@@ -12,6 +12,8 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <type_traits>
+#include <utility>
 
 #include "kernels/isa/isa.h"  // also brings <immintrin.h> in the vector builds
 
@@ -50,38 +52,6 @@ inline __m512 exp_ps(__m512 x) {
     return _mm512_scalef_ps(p, n);
 }
 
-// scores[j] = scale * sum_d q[d] k_j[d] for j < n. Four tiles at a time keep four independent FMA
-// chains in flight; the remaining tiles go one by one, masked past n.
-inline void key_scores(const float* q, const float* tiles, int64_t head_dim, int64_t n, float scale, float* scores) {
-    const int64_t tile_floats = head_dim * kKeyTile;
-    const __m512 vscale = _mm512_set1_ps(scale);
-    int64_t j = 0;
-    for (; j + 4 * kKeyTile <= n; j += 4 * kKeyTile) {
-        const float* t = tiles + (j / kKeyTile) * tile_floats;
-        __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-        for (int64_t d = 0; d < head_dim; ++d) {
-            const __m512 qd = _mm512_set1_ps(q[d]);
-            const float* row = t + d * kKeyTile;
-            a0 = _mm512_fmadd_ps(qd, _mm512_loadu_ps(row), a0);
-            a1 = _mm512_fmadd_ps(qd, _mm512_loadu_ps(row + tile_floats), a1);
-            a2 = _mm512_fmadd_ps(qd, _mm512_loadu_ps(row + 2 * tile_floats), a2);
-            a3 = _mm512_fmadd_ps(qd, _mm512_loadu_ps(row + 3 * tile_floats), a3);
-        }
-        _mm512_storeu_ps(scores + j, _mm512_mul_ps(a0, vscale));
-        _mm512_storeu_ps(scores + j + kKeyTile, _mm512_mul_ps(a1, vscale));
-        _mm512_storeu_ps(scores + j + 2 * kKeyTile, _mm512_mul_ps(a2, vscale));
-        _mm512_storeu_ps(scores + j + 3 * kKeyTile, _mm512_mul_ps(a3, vscale));
-    }
-    for (; j < n; j += kKeyTile) {
-        const __mmask16 m = tail_mask(n - j);
-        const float* t = tiles + (j / kKeyTile) * tile_floats;
-        __m512 a = _mm512_setzero_ps();
-        for (int64_t d = 0; d < head_dim; ++d)
-            a = _mm512_fmadd_ps(_mm512_set1_ps(q[d]), _mm512_maskz_loadu_ps(m, t + d * kKeyTile), a);
-        _mm512_mask_storeu_ps(scores + j, m, _mm512_mul_ps(a, vscale));
-    }
-}
-
 inline float max_of(const float* x, int64_t n) {
     __m512 max = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
     for (int64_t j = 0; j < n; j += kLanes) {
@@ -104,26 +74,105 @@ inline float exponentiate(float* scores, int64_t n, float max) {
     return _mm512_reduce_add_ps(sum);
 }
 
-// out[d] += sum_j weights[j] * v[j * head_dim + d] in key order, 64 dimensions per pass over the rows.
-inline void accumulate_values(const float* weights, const float* v, int64_t n, int64_t head_dim, float* out) {
-    for (int64_t d = 0; d < head_dim; d += 4 * kLanes) {
-        const __mmask16 m0 = tail_mask(head_dim - d), m1 = tail_mask(head_dim - d - kLanes),
-                        m2 = tail_mask(head_dim - d - 2 * kLanes), m3 = tail_mask(head_dim - d - 3 * kLanes);
-        __m512 a0 = _mm512_maskz_loadu_ps(m0, out + d), a1 = _mm512_maskz_loadu_ps(m1, out + d + kLanes),
-               a2 = _mm512_maskz_loadu_ps(m2, out + d + 2 * kLanes), a3 = _mm512_maskz_loadu_ps(m3, out + d + 3 * kLanes);
-        for (int64_t j = 0; j < n; ++j) {
-            const __m512 w = _mm512_set1_ps(weights[j]);
-            const float* row = v + j * head_dim + d;
-            a0 = _mm512_fmadd_ps(w, _mm512_maskz_loadu_ps(m0, row), a0);
-            a1 = _mm512_fmadd_ps(w, _mm512_maskz_loadu_ps(m1, row + kLanes), a1);
-            a2 = _mm512_fmadd_ps(w, _mm512_maskz_loadu_ps(m2, row + 2 * kLanes), a2);
-            a3 = _mm512_fmadd_ps(w, _mm512_maskz_loadu_ps(m3, row + 3 * kLanes), a3);
+// The query heads of a group share their keys and values: a key or value vector, once loaded, feeds up
+// to kHeadsPerPass heads, whose sums then run as independent FMA chains. Per head the operations are
+// those of the other paths' key_scores and accumulate_values, lane-wise: a score sums q[d] k[d] over d
+// in order, then is scaled; an output dimension sums weight times value over the keys in order.
+
+// Scores of `Heads` heads (q rows head_dim apart) against Tiles key tiles, the last masked by last_mask.
+template <int Heads, int Tiles>
+inline void score_tiles(const float* q, int64_t head_dim, const float* tiles, __mmask16 last_mask, __m512 scale,
+                        float* scores, int64_t scores_stride) {
+    const int64_t tile_floats = head_dim * kKeyTile;
+    __m512 sums[Heads][Tiles];
+    for (int h = 0; h < Heads; ++h)
+        for (int t = 0; t < Tiles; ++t) sums[h][t] = _mm512_setzero_ps();
+    for (int64_t d = 0; d < head_dim; ++d) {
+        __m512 keys[Tiles];
+        for (int t = 0; t < Tiles; ++t)
+            keys[t] = _mm512_maskz_loadu_ps(t == Tiles - 1 ? last_mask : __mmask16(0xffff),
+                                            tiles + t * tile_floats + d * kKeyTile);
+        for (int h = 0; h < Heads; ++h) {
+            const __m512 qd = _mm512_set1_ps(q[h * head_dim + d]);
+            for (int t = 0; t < Tiles; ++t) sums[h][t] = _mm512_fmadd_ps(qd, keys[t], sums[h][t]);
         }
-        _mm512_mask_storeu_ps(out + d, m0, a0);
-        _mm512_mask_storeu_ps(out + d + kLanes, m1, a1);
-        _mm512_mask_storeu_ps(out + d + 2 * kLanes, m2, a2);
-        _mm512_mask_storeu_ps(out + d + 3 * kLanes, m3, a3);
     }
+    for (int h = 0; h < Heads; ++h)
+        for (int t = 0; t < Tiles; ++t)
+            _mm512_mask_storeu_ps(scores + h * scores_stride + t * kKeyTile,
+                                  t == Tiles - 1 ? last_mask : __mmask16(0xffff), _mm512_mul_ps(sums[h][t], scale));
+}
+
+template <int Heads>
+inline void heads_key_scores(const float* q, const float* tiles, int64_t head_dim, int64_t n, __m512 scale,
+                             float* scores, int64_t scores_stride) {
+    const int64_t tile_floats = head_dim * kKeyTile;
+    int64_t j = 0;
+    for (; j + 2 * kKeyTile <= n; j += 2 * kKeyTile)
+        score_tiles<Heads, 2>(q, head_dim, tiles + (j / kKeyTile) * tile_floats, 0xffff, scale, scores + j,
+                              scores_stride);
+    for (; j < n; j += kKeyTile)
+        score_tiles<Heads, 1>(q, head_dim, tiles + (j / kKeyTile) * tile_floats, tail_mask(n - j), scale, scores + j,
+                              scores_stride);
+}
+
+// out[h * head_dim + d] += sum_j weights[h * weights_stride + j] * v[j * head_dim + d] for `Heads` heads,
+// 64 dimensions per pass over the keys.
+template <int Heads>
+inline void heads_accumulate_values(const float* weights, int64_t weights_stride, const float* v, int64_t n,
+                                    int64_t head_dim, float* out) {
+    constexpr int kVectors = 4;
+    for (int64_t d = 0; d < head_dim; d += kVectors * kLanes) {
+        __mmask16 masks[kVectors];
+        __m512 sums[Heads][kVectors];
+        for (int i = 0; i < kVectors; ++i) masks[i] = tail_mask(head_dim - d - i * kLanes);
+        for (int h = 0; h < Heads; ++h)
+            for (int i = 0; i < kVectors; ++i)
+                sums[h][i] = _mm512_maskz_loadu_ps(masks[i], out + h * head_dim + d + i * kLanes);
+        for (int64_t j = 0; j < n; ++j) {
+            __m512 values[kVectors];
+            for (int i = 0; i < kVectors; ++i)
+                values[i] = _mm512_maskz_loadu_ps(masks[i], v + j * head_dim + d + i * kLanes);
+            for (int h = 0; h < Heads; ++h) {
+                const __m512 w = _mm512_set1_ps(weights[h * weights_stride + j]);
+                for (int i = 0; i < kVectors; ++i) sums[h][i] = _mm512_fmadd_ps(w, values[i], sums[h][i]);
+            }
+        }
+        for (int h = 0; h < Heads; ++h)
+            for (int i = 0; i < kVectors; ++i)
+                _mm512_mask_storeu_ps(out + h * head_dim + d + i * kLanes, masks[i], sums[h][i]);
+    }
+}
+
+// Up to this many heads share one pass: 6 x 4 value accumulators, the 4 values and a weight fill 29
+// of the 32 registers (6 x 2 score accumulators leave room too).
+constexpr int64_t kHeadsPerPass = 6;
+
+// Calls call(std::integral_constant<int, heads>{}) for heads in 1 .. sizeof...(Heads).
+template <class Call, int... Heads>
+inline void dispatch_heads(int64_t heads, std::integer_sequence<int, Heads...>, Call&& call) {
+    ((heads == Heads + 1 ? (call(std::integral_constant<int, Heads + 1>{}), true) : false) || ...);
+}
+
+inline void group_key_scores(const float* q, int64_t group, const float* tiles, int64_t head_dim, int64_t n,
+                             float scale, float* scores, int64_t scores_stride) {
+    const __m512 vscale = _mm512_set1_ps(scale);
+    for (int64_t h = 0; h < group; h += kHeadsPerPass)
+        dispatch_heads(std::min(kHeadsPerPass, group - h), std::make_integer_sequence<int, kHeadsPerPass>(),
+                       [&](auto heads) {
+                           heads_key_scores<heads()>(q + h * head_dim, tiles, head_dim, n, vscale,
+                                                     scores + h * scores_stride, scores_stride);
+                       });
+}
+
+inline void group_accumulate_values(const float* weights, int64_t weights_stride, int64_t group, const float* v,
+                                    int64_t n, int64_t head_dim, float* out) {
+    for (int64_t h = 0; h < group; h += kHeadsPerPass)
+        dispatch_heads(std::min(kHeadsPerPass, group - h), std::make_integer_sequence<int, kHeadsPerPass>(),
+                       [&](auto heads) {
+                           heads_accumulate_values<heads()>(weights + h * weights_stride, weights_stride, v, n,
+                                                            head_dim, out + h * head_dim);
+                       });
 }
 
 #elif defined(__AVX2__)
@@ -281,6 +330,23 @@ inline void accumulate_values(const float* weights, const float* v, int64_t n, i
 
 #endif
 
+#if !defined(__AVX512BF16__)
+
+// The heads of a group one after another (the AVX-512 path shares each key and value load among them).
+inline void group_key_scores(const float* q, int64_t group, const float* tiles, int64_t head_dim, int64_t n,
+                             float scale, float* scores, int64_t scores_stride) {
+    for (int64_t g = 0; g < group; ++g)
+        key_scores(q + g * head_dim, tiles, head_dim, n, scale, scores + g * scores_stride);
+}
+
+inline void group_accumulate_values(const float* weights, int64_t weights_stride, int64_t group, const float* v,
+                                    int64_t n, int64_t head_dim, float* out) {
+    for (int64_t g = 0; g < group; ++g)
+        accumulate_values(weights + g * weights_stride, v, n, head_dim, out + g * head_dim);
+}
+
+#endif
+
 }  // namespace
 
 void causal_attention(const AttentionProblem& p, int64_t item_begin, int64_t item_end, float* scores) {
@@ -301,9 +367,8 @@ void causal_attention(const AttentionProblem& p, int64_t item_begin, int64_t ite
         float* out = p.out + row * row_stride + kv_head * group * p.head_dim;
 
         for (int64_t j = 0; j < n_keys; j += kBlock)
-            for (int64_t g = 0; g < group; ++g)
-                key_scores(q + g * p.head_dim, keys + key_offset(j, p.head_dim), p.head_dim,
-                           std::min(kBlock, n_keys - j), p.scale, scores + g * scores_stride + j);
+            group_key_scores(q, group, keys + key_offset(j, p.head_dim), p.head_dim, std::min(kBlock, n_keys - j),
+                             p.scale, scores + j, scores_stride);
         for (int64_t g = 0; g < group; ++g) {
             float* head_scores = scores + g * scores_stride;
             const float sum = exponentiate(head_scores, n_keys, max_of(head_scores, n_keys));
@@ -312,9 +377,8 @@ void causal_attention(const AttentionProblem& p, int64_t item_begin, int64_t ite
         }
         std::fill(out, out + group * p.head_dim, 0.0f);
         for (int64_t j = 0; j < n_keys; j += kBlock)
-            for (int64_t g = 0; g < group; ++g)
-                accumulate_values(scores + g * scores_stride + j, values + j * p.head_dim,
-                                  std::min(kBlock, n_keys - j), p.head_dim, out + g * p.head_dim);
+            group_accumulate_values(scores + j, scores_stride, group, values + j * p.head_dim,
+                                    std::min(kBlock, n_keys - j), p.head_dim, out);
     }
 }
 
