@@ -15,10 +15,10 @@ from mlspecqd.speculative import (
     CostDraftLength,
     FixedDraftLength,
     HeuristicDraftLength,
-    TimeModel,
     ModelLevel,
     NgramDrafter,
     PolicyError,
+    TimeModel,
     VocabularyMismatchError,
     verification,
 )
@@ -341,15 +341,12 @@ def test_time_model_uses_measured_sizes_where_a_line_cannot_fit_the_steps():
         return 0.064 + 0.004 * max(tokens - 4, 0)
 
     verifier = TimeModel()
-    for _ in range(3):
-        for tokens in (1, 3, 9):
-            verifier.record(tokens, measured(tokens))
-    verifier.record(5, measured(5))  # once: not enough to trust on its own
+    line = TimeModel(measured_at_size=10**9)  # the same calls, the line alone
+    for tokens in (1, 3, 9) * 3 + (5,):  # 5 once: not enough to trust on its own
+        verifier.record(tokens, measured(tokens))
+        line.record(tokens, measured(tokens))
     assert verifier.estimate(1) == pytest.approx(measured(1))
     assert verifier.estimate(9) == pytest.approx(measured(9))
-    line = TimeModel(measured_at_size=10**9)  # the same calls, the line alone
-    for tokens, seconds in verifier._samples:
-        line.record(tokens, seconds)
     assert verifier.estimate(5) == pytest.approx(line.estimate(5))
     assert measured(1) - line.estimate(1) > 0.002  # the line puts one token too low
     # The median of the recent calls at a size: one disturbed call does not move it.

@@ -22,8 +22,8 @@ class TimeModel:
 
     A size measured at least `measured_at_size` times among the recent calls is estimated by the median
     of its last measurements: a CPU forward's time is a step function of T (flat while reading the
-    weights bounds it, rising once the dot products do), which a straight line misplaces (a one-token
-    forward of the MXFP4 draft was fitted at 27 ms, measured at 64 ms). Other sizes come from a line
+    weights bounds it, rising once the dot products do), which a straight line misplaces (in a
+    three-level cascade the BF16 target's one-token forward was fitted at 27 ms, measured at 64 ms). Other sizes come from a line
     a + b*T fitted by least squares over the recent calls. Until those span at least two different sizes,
     the line goes through their mean with a prior slope: each token beyond the first costs
     `extra_token_share` of the first. For a verifier that is 1/8 (a memory-bound CPU forward: an 8-token
