@@ -4,11 +4,17 @@
 // GEMM paths. All take activations rounded to BF16 (gemm_mxfp4_prepare), so the products are exact in
 // float32 and the paths differ only in the order of the sums. Scalar: summed in order of k. AVX2:
 // blocks decoded to float32, FMA. AVX-512: blocks decoded to exact BF16 (one vpermw through a table per
-// exponent byte), one vdpbf16ps per block and activation row. An int8 path (vpdpbusd on activations
-// quantized per block) was measured against it: about 2x slower per block in cache (M = 1..6), since
-// each block's int32 sum then needs its own convert and scale per row, and 3x the error
-// (bench/mxfp4_int8_vs_bf16.cpp). Every path keeps one accumulator per output through the blocks in
-// order, so y[m, n] does not depend on M, the tile shapes or the n range (batch invariance).
+// exponent byte), one vdpbf16ps per block and activation row. Every path keeps one accumulator per output
+// through the blocks in order, so y[m, n] does not depend on M, the tile shapes or the n range (batch
+// invariance).
+//
+// Int8 activations (vpdpbusd, activations quantized per block of 32) were measured twice:
+// - on these row-major blocks: about 2x slower per block in cache (M = 1..6), since each block's int32
+//   sum needs its own convert and scale per output (bench/mxfp4_int8_vs_bf16.cpp);
+// - on weights repacked into panels of 16 rows (4 values of 16 rows per vector, so the convert and scale
+//   serve 16 outputs; branch mxfp4-int8-panels): 1.35-1.6x faster at M = 9 and pp512 +20%, but 10-20%
+//   slower at M = 1 and 2, where the weights stream from memory. The three-level cascade runs its
+//   MXFP4 levels mostly there (T = 1 and 2), and measured slower, so it was not merged.
 #include <algorithm>
 #include <array>
 #include <cmath>
