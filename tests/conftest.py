@@ -7,7 +7,16 @@ from pathlib import Path
 
 import pytest
 
-from mlspecqd import hub
+from mlspecqd import _native, hub
+
+
+@pytest.fixture(autouse=True)
+def restore_isa_and_threads():
+    """Tests may switch the instruction set or the thread count; the next test starts from the defaults."""
+    isa, threads = _native.active_isa(), _native.num_threads()
+    yield
+    _native.set_isa(isa)
+    _native.set_num_threads(threads)
 
 
 def real_model_path(name: str) -> Path:

@@ -74,14 +74,6 @@ def random_tensors(spec: ModelSpec, seed: int = 0) -> dict[str, np.ndarray]:
     return tensors
 
 
-@pytest.fixture(autouse=True)
-def restore_isa_and_threads():
-    isa, threads = _native.active_isa(), _native.num_threads()
-    yield
-    _native.set_isa(isa)
-    _native.set_num_threads(threads)
-
-
 ARCHITECTURE_CASES = {
     "llama-mha-tied": tiny_spec("llama", n_kv_heads=4, tied_output=True),
     "llama-gqa4-untied": tiny_spec("llama", n_heads=8, n_kv_heads=2, head_dim=8, rope_dim=8),

@@ -27,14 +27,6 @@ def summation_bound(K: int) -> float:
     return K * UNIT_ROUNDOFF / (1 - K * UNIT_ROUNDOFF)
 
 
-@pytest.fixture(autouse=True)
-def restore_isa_and_threads():
-    isa, threads = _native.active_isa(), _native.num_threads()
-    yield
-    _native.set_isa(isa)
-    _native.set_num_threads(threads)
-
-
 def random_problem(M: int, N: int, K: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((M, K)).astype(np.float32)

@@ -39,14 +39,6 @@ def gguf_quantize(values: np.ndarray) -> np.ndarray:
     return gguf.quants.quantize(values, gguf.GGMLQuantizationType.MXFP4)
 
 
-@pytest.fixture(autouse=True)
-def restore_isa_and_threads():
-    isa, threads = _native.active_isa(), _native.num_threads()
-    yield
-    _native.set_isa(isa)
-    _native.set_num_threads(threads)
-
-
 def random_blocks(rng: np.random.Generator, n_blocks: int) -> np.ndarray:
     """Normal values, each block scaled by its own power of two across the whole float32 range."""
     values = rng.standard_normal((n_blocks, 32))
