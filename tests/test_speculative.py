@@ -22,6 +22,7 @@ from mlspecqd.speculative import (
     VocabularyMismatchError,
     verification,
 )
+from mlspecqd.speculative.policies import AcceptanceByPosition
 
 VOCAB = 64
 PROMPT = [1, 2, 3, 4, 5]
@@ -347,11 +348,38 @@ def test_time_model_uses_measured_sizes_where_a_line_cannot_fit_the_steps():
         line.record(tokens, measured(tokens))
     assert verifier.estimate(1) == pytest.approx(measured(1))
     assert verifier.estimate(9) == pytest.approx(measured(9))
-    assert verifier.estimate(5) == pytest.approx(line.estimate(5))
+    assert verifier.estimate(5) == pytest.approx(measured(3) + (measured(9) - measured(3)) * 2 / 6)  # between
+    assert verifier.estimate(12) == pytest.approx(measured(9) * (1 + 11 / 8) / (1 + 8 / 8))  # beyond: prior shape
     assert measured(1) - line.estimate(1) > 0.002  # the line puts one token too low
     # The median of the recent calls at a size: one disturbed call does not move it.
     verifier.record(1, 1.0)
     assert verifier.estimate(1) == pytest.approx(measured(1))
+
+
+def test_time_model_extrapolates_from_the_nearest_measured_size_not_a_noisy_line():
+    # A drafter called almost always for 5 tokens, with the spread of a busy machine (as measured for
+    # the MXFP4 level of a three-level cascade): a line through these calls prices 6 tokens at 81 ms.
+    drafter = TimeModel(extra_token_share=1.0)
+    drafter.record(3, 0.0389)
+    drafter.record(4, 0.0435)
+    drafter.record(4, 0.0482)
+    for seconds in np.linspace(0.049, 0.090, 45):
+        drafter.record(5, float(seconds))
+    five = float(np.median(np.linspace(0.049, 0.090, 45)[-5:]))
+    assert drafter.estimate(5) == pytest.approx(five)
+    assert drafter.estimate(6) == pytest.approx(five * 6 / 5)
+    assert drafter.estimate(8) == pytest.approx(five * 8 / 5)
+
+
+def test_acceptance_of_a_new_position_starts_from_the_position_before_it():
+    acceptance = AcceptanceByPosition(8)
+    for _ in range(60):
+        acceptance.record(5, 5)
+    assert acceptance.rates[4] > 0.99
+    acceptance.record(6, 6)  # the sixth position, seen once: about as good as the fifth, not the 0.6 prior
+    assert acceptance.rates[5] > 0.99
+    expected = acceptance.expected_tokens()
+    assert expected[8] - expected[5] > 2.9  # three more positions, each nearly sure
 
 
 def test_heuristic_policy_grows_by_two_and_shrinks_by_one_within_bounds():

@@ -23,12 +23,16 @@ class TimeModel:
     A size measured at least `measured_at_size` times among the recent calls is estimated by the median
     of its last measurements: a CPU forward's time is a step function of T (flat while reading the
     weights bounds it, rising once the dot products do), which a straight line misplaces (in a
-    three-level cascade the BF16 target's one-token forward was fitted at 27 ms, measured at 64 ms). Other sizes come from a line
-    a + b*T fitted by least squares over the recent calls. Until those span at least two different sizes,
-    the line goes through their mean with a prior slope: each token beyond the first costs
+    three-level cascade the BF16 target's one-token forward was fitted at 27 ms, measured at 64 ms).
+    A size between two measured ones is interpolated between them. A size beyond the measured ones
+    takes the nearest measured time, scaled by the prior shape: each token beyond the first costs
     `extra_token_share` of the first. For a verifier that is 1/8 (a memory-bound CPU forward: an 8-token
     batch costs about 1.9x one token in llama.cpp), for a drafter 1 (a model drafter's time grows with
-    each token it proposes).
+    each token it proposes). A line fitted through calls that are nearly all of one size extrapolates
+    its noise: in a three-level cascade that priced a sixth drafted token at 23 ms where five cost 57,
+    and the policy never drafted six. Until some size is measured, the estimate is a line a + b*T
+    fitted by least squares over the recent calls, or, while those span fewer than three sizes, the
+    prior shape through their mean.
     """
 
     def __init__(self, extra_token_share: float = 0.125, window: int = 48, measured_at_size: int = 2,
@@ -38,6 +42,7 @@ class TimeModel:
         self.medians_of = medians_of
         self._samples: deque[tuple[int, float]] = deque(maxlen=window)
         self._fit: tuple[float, float] | None = None  # (intercept, slope), refitted on demand
+        self._medians: dict[int, float] | None = None  # by measured size, recomputed on demand
 
     @property
     def sample_count(self) -> int:
@@ -46,15 +51,38 @@ class TimeModel:
     def record(self, tokens: int, seconds: float) -> None:
         self._samples.append((tokens, seconds))
         self._fit = None
+        self._medians = None
 
     def estimate(self, tokens: int) -> float:
-        at_size = [s for t, s in self._samples if t == tokens]
-        if len(at_size) >= self.measured_at_size:
-            return float(np.median(at_size[-self.medians_of:]))
+        if self._medians is None:
+            self._medians = self._measured_sizes()
+        measured = self._medians
+        if tokens in measured:
+            return measured[tokens]
+        below = [t for t in measured if t < tokens]
+        above = [t for t in measured if t > tokens]
+        if below and above:
+            low, high = max(below), min(above)
+            return measured[low] + (measured[high] - measured[low]) * (tokens - low) / (high - low)
+        anchors = [t for t in measured if t >= 1]  # a proposal of 0 tokens has no shape to scale
+        if anchors:
+            nearest = min(anchors, key=lambda t: abs(t - tokens))
+            return measured[nearest] * self._prior_shape(tokens) / self._prior_shape(nearest)
         if self._fit is None:
             self._fit = self._least_squares()
         intercept, slope = self._fit
         return intercept + slope * tokens
+
+    def _measured_sizes(self) -> dict[int, float]:
+        """Median of the last `medians_of` calls for each size called at least `measured_at_size` times."""
+        by_size: dict[int, list[float]] = {}
+        for t, s in self._samples:
+            by_size.setdefault(t, []).append(s)
+        return {t: float(np.median(seconds[-self.medians_of:]))
+                for t, seconds in by_size.items() if len(seconds) >= self.measured_at_size}
+
+    def _prior_shape(self, tokens: float) -> float:
+        return 1.0 + (tokens - 1.0) * self.extra_token_share
 
     def _least_squares(self) -> tuple[float, float]:
         count = len(self._samples)
@@ -65,7 +93,7 @@ class TimeModel:
             spread = sum((t - mean_tokens) ** 2 for t in sizes)
             slope = max(sum((t - mean_tokens) * (s - mean_seconds) for t, s in self._samples) / spread, 0.0)
             return max(mean_seconds - slope * mean_tokens, 0.0), slope
-        first_token = mean_seconds / max(1.0 + (mean_tokens - 1.0) * self.extra_token_share, 1e-9)
+        first_token = mean_seconds / max(self._prior_shape(mean_tokens), 1e-9)
         slope = first_token * self.extra_token_share
         return first_token - slope, slope
 
@@ -131,7 +159,10 @@ class AcceptanceByPosition:
 
     Starts as a running mean in which the prior counts as `prior_weight` observations (one unlucky
     first round must not switch a draft off), and becomes an exponential moving average once the
-    observations outweigh 1/smoothing, so the estimate follows the text.
+    observations outweigh 1/smoothing, so the estimate follows the text. The prior of the first
+    position is `prior`; that of a later one is the rate of the position before it when it is first
+    observed: a draft accepted 99% of the time at five tokens is no worse at the sixth, and a fixed
+    prior of 0.6 there made a sixth token look too risky to try.
     """
 
     def __init__(self, draft_max: int, smoothing: float = 0.1, prior: float = 0.6, prior_weight: float = 2.0) -> None:
@@ -142,6 +173,8 @@ class AcceptanceByPosition:
 
     def record(self, proposed: int, accepted: int) -> None:
         for position in range(min(accepted + 1, proposed)):
+            if position and not self.observations[position]:
+                self.rates[position] = self.rates[position - 1]
             self.observations[position] += 1
             weight = max(self.smoothing, 1.0 / (self.observations[position] + self.prior_weight))
             outcome = 1.0 if position < accepted else 0.0
