@@ -14,7 +14,11 @@
 // - on weights repacked into panels of 16 rows (4 values of 16 rows per vector, so the convert and scale
 //   serve 16 outputs; branch mxfp4-int8-panels): 1.35-1.6x faster at M = 9 and pp512 +20%, but 10-20%
 //   slower at M = 1 and 2, where the weights stream from memory. The three-level cascade runs its
-//   MXFP4 levels mostly there (T = 1 and 2), and measured slower, so it was not merged.
+//   MXFP4 levels mostly there (T = 1 and 2), and measured slower, so it was not merged. The loss is the
+//   access pattern, not arithmetic: with the weights in cache the panel kernel runs 2x faster than
+//   this one at M = 1, but its one sequential stream per thread reads memory at 41-46 GB/s with no
+//   arithmetic at all, where this kernel's 8 row streams reach 49-51 (NTA prefetch 8-16 KiB ahead
+//   recovers about half the gap).
 #include <algorithm>
 #include <array>
 #include <cmath>
