@@ -505,7 +505,7 @@ def test_real_model_specs(name):
     assert spec.qk_norm == (architecture == "gemma3")
 
 
-LLAMA_CPP_BIN = "/root/.cache/llamacpp-ref/bin"
+LLAMA_CPP_BIN = os.environ.get("LLAMA_CPP_BIN", str(Path.home() / ".cache" / "llamacpp-ref" / "bin"))  # as bench/llamacpp.py
 
 
 @pytest.mark.real_model
