@@ -7,12 +7,13 @@ import pytest
 
 from fake_models import ByteTokenizer, FakeClock, FakeLanguageModel, reference_greedy
 from mlspecqd.generation import generate
-from mlspecqd.sampling import SamplingParams, token_distribution
+from mlspecqd.sampling import Sampler, SamplingParams, token_distribution
 from mlspecqd.speculative import (
     Cascade,
     CascadeError,
     ConfidenceDraftLength,
     CostDraftLength,
+    Decoding,
     FixedDraftLength,
     HeuristicDraftLength,
     ModelLevel,
@@ -296,6 +297,25 @@ def test_cost_policy_in_a_three_level_cascade_uses_each_useful_level():
     for level in result.timings["levels"][:2]:
         assert level["draft_n_accepted"] > 50, level
     assert_caches_match_accepted_text(cascade, PROMPT + result.tokens)
+
+
+def test_a_drafter_catching_up_after_a_pause_does_not_price_its_drafts_by_it():
+    # A draft that sat out rounds must first forward the tokens it missed. Priced into its proposals,
+    # that made every probe after a pause look too dear to resume drafting.
+    clock = FakeClock()
+    target = target_model(clock=clock, call_seconds=0.010, token_seconds=0.001)
+    draft = ModelLevel(target.like(call_seconds=0.001, token_seconds=0.002))
+    Cascade([draft, target.like()], policy="cost", clock=clock)
+    decoding = Decoding(Sampler(SamplingParams(temperature=0.0)), frozenset())
+    draft.prefill(PROMPT)
+    in_step = PROMPT + [7]  # one token (the verifier's own) the draft has not seen
+    draft.propose(in_step, 2, decoding)
+    assert draft.proposal_timing.sample_count == 1
+    after_pause = in_step + [9] * 20  # 20 tokens from rounds it sat out
+    proposal = draft.propose(after_pause, 2, decoding)
+    assert len(proposal) == 2  # it drafted, caught up ...
+    assert draft.model.n_past == len(after_pause) + 1
+    assert draft.proposal_timing.sample_count == 1  # ... and its draft price is still the in-step one
 
 
 def test_cost_policy_choice_from_measurements():

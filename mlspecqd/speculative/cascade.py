@@ -76,6 +76,7 @@ class Cascade:
             if isinstance(level, ModelLevel):
                 level.chunk = prompt_chunk
                 level.below = self.levels[index - 1] if index > 0 else None
+                level.in_step_lag = len(self.levels) - index
             if level is not target and level.policy is None:
                 level.policy = make_policy(policy, draft_max)
 
