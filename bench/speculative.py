@@ -21,6 +21,7 @@ import platform
 import resource
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Callable, NamedTuple, Sequence
 
@@ -166,6 +167,8 @@ def real(args: argparse.Namespace) -> dict:
     configurations = {
         "plain": [], "small": ["small"], "mxfp4": ["mxfp4"], "small+mxfp4": ["small", "mxfp4"],
         "ngram": ["ngram"], "ngram+mxfp4": ["ngram", "mxfp4"], "ngram+small+mxfp4": ["ngram", "small", "mxfp4"],
+        # The strict chain: each level drafts only for the next (Cascade(skip_levels=False)).
+        "small+mxfp4-chain": ["small", "mxfp4"],
     }
     selected = args.configurations.split(",") if args.configurations else list(configurations)
 
@@ -179,7 +182,8 @@ def real(args: argparse.Namespace) -> dict:
     for name in selected:
         levels = [level_factories[d]() for d in configurations[name]]
         levels.append(ModelLevel(target, name=f"{args.target}:bf16", tokenizer=tokenizer))
-        cascades[name] = Cascade(levels, policy=args.policy, draft_max=args.draft_max)
+        cascades[name] = Cascade(levels, policy=args.policy, draft_max=args.draft_max,
+                                 skip_levels=not name.endswith("-chain"))
         generate(cascades[name], tokenizer, prompts[0], 8).run()
     llama_runs = llama_cpp_runs(args, target_path, small_path) if args.llama_cpp and llamacpp.available() else {}
     # Prompt by prompt, every configuration in turn: the speed of these shared machines drifts over
@@ -199,7 +203,8 @@ def real(args: argparse.Namespace) -> dict:
         predicted_n = sum(r.timings["predicted_n"] for r in generations)
         predicted_ms = sum(r.timings["predicted_ms"] for r in generations)
         identical = all(r.tokens == p.tokens for r, p in zip(generations, plain)) if plain and name != "plain" else None
-        summary.append({"configuration": f"BF16 <- {' <- '.join(reversed(drafts))}" if drafts else "plain BF16",
+        label = f"BF16 <- {' <- '.join(reversed(drafts))}" if drafts else "plain BF16"
+        summary.append({"configuration": label + (" (strict chain)" if name.endswith("-chain") else ""),
                         "engine": "mlspecqd", "predicted_n": predicted_n, "predicted_ms": predicted_ms,
                         "tokens_per_second": predicted_n / (predicted_ms / 1e3), "identical_to_plain": identical,
                         "weight_gib": weight_bytes(drafts) / 2**30,
@@ -242,14 +247,21 @@ def llama_cpp_runs(args: argparse.Namespace, target_path: Path, small_path: Path
 
 
 def _level_totals(per_prompt: list[list[dict]]) -> list[dict]:
-    """Per level, summed over prompts: drafted, accepted, acceptance rate, forward time."""
+    """Per level, summed over prompts: drafted, accepted, acceptance rate, forward time, the draft
+    lengths chosen and the drafting rounds by the level drafted for."""
     totals = []
     for index, first in enumerate(per_prompt[0]):
         drafted = sum(levels[index]["draft_n"] for levels in per_prompt)
         accepted = sum(levels[index]["draft_n_accepted"] for levels in per_prompt)
+        choices, rounds_by_verifier = Counter(), Counter()
+        for levels in per_prompt:
+            choices.update({int(k): v for k, v in levels[index]["draft_length_choices"].items()})
+            rounds_by_verifier.update(levels[index]["rounds_by_verifier"])
         totals.append({"name": first["name"], "draft_n": drafted, "draft_n_accepted": accepted,
                        "acceptance_rate": accepted / drafted if drafted else None,
-                       "forward_ms": sum(levels[index]["forward_ms"] for levels in per_prompt)})
+                       "forward_ms": sum(levels[index]["forward_ms"] for levels in per_prompt),
+                       "draft_length_choices": dict(sorted(choices.items())),
+                       "rounds_by_verifier": dict(rounds_by_verifier)})
     return totals
 
 

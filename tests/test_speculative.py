@@ -237,6 +237,26 @@ def test_sampled_sequences_follow_the_target_distribution(size, case):
         assert 0.2 * drafted < accepted < 0.9 * drafted
 
 
+def test_sampled_sequences_follow_the_target_distribution_when_the_middle_level_is_skipped():
+    # Costs that make the middle level about as dear as stepping around it: the cost policy takes both
+    # routes, and every round must still be exact speculative sampling.
+    clock = FakeClock()
+    target, small, middle = small_models()
+    levels = [small.like(clock=clock, call_seconds=0.001), middle.like(clock=clock, call_seconds=0.002),
+              target.like(clock=clock, call_seconds=0.020)]
+    params = SAMPLING_CASES["truncated"]
+    cascade = Cascade(levels, policy="cost", draft_max=2, clock=clock)
+    counts, routes = {}, {}
+    for seed in range(SAMPLES):
+        result = generate(cascade, ByteTokenizer(SMALL_VOCAB), SAMPLED_PROMPT, SAMPLED_LENGTH,
+                          sampling=dataclasses.replace(params, seed=seed)).run()
+        counts[tuple(result.tokens)] = counts.get(tuple(result.tokens), 0) + 1
+        for verifier, rounds in result.timings["levels"][0]["rounds_by_verifier"].items():
+            routes[verifier] = routes.get(verifier, 0) + rounds
+    assert min(routes.get("draft2", 0), routes.get("target", 0)) > 100, routes
+    assert chi_square_p_value(counts, exact_sequence_distribution(target, params), SAMPLES) > 1e-3
+
+
 def test_sampled_runs_are_reproducible_with_a_seed():
     target, small, _ = small_models()
     params = SamplingParams(temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, seed=5)
@@ -286,17 +306,36 @@ def test_cost_policy_drafts_long_with_a_cheap_accurate_draft():
     assert result.timings["levels"][1]["tokens_per_verify_round"] > 6
 
 
-def test_cost_policy_in_a_three_level_cascade_uses_each_useful_level():
+def three_level_run(middle_seconds, skip_levels=True):
+    """A three-level greedy run on fake models: checks the output and the caches; returns the stats
+    of the two drafting levels and the simulated seconds the 200 tokens took."""
     clock = FakeClock()
     target = target_model(clock=clock, call_seconds=0.050, token_seconds=0.002)
-    middle = target.noisy(0.3, seed=4, call_seconds=0.010, token_seconds=0.001)
+    middle = target.noisy(0.3, seed=4, call_seconds=middle_seconds[0], token_seconds=middle_seconds[1])
     small = target.noisy(0.8, seed=5, call_seconds=0.001, token_seconds=0.0001)
-    cascade = Cascade([small, middle, target.like()], policy="cost", draft_max=8, clock=clock)
+    cascade = Cascade([small, middle, target.like()], policy="cost", draft_max=8, skip_levels=skip_levels,
+                      clock=clock)
+    started = clock.seconds
     result = generate(cascade, ByteTokenizer(VOCAB), PROMPT, 200).run()
     assert result.tokens == reference_greedy(target, PROMPT, 200)
-    for level in result.timings["levels"][:2]:
-        assert level["draft_n_accepted"] > 50, level
     assert_caches_match_accepted_text(cascade, PROMPT + result.tokens)
+    return result.timings["levels"][:2], clock.seconds - started
+
+
+def test_cost_policy_in_a_three_level_cascade_uses_a_middle_level_that_pays():
+    (small, middle), _ = three_level_run(middle_seconds=(0.005, 0.0005))
+    for level in (small, middle):
+        assert level["draft_n_accepted"] > 50, level
+    assert small["rounds_by_verifier"]["draft2"] > 0.8 * sum(small["rounds_by_verifier"].values())
+
+
+def test_cost_policy_steps_around_a_middle_level_that_does_not_pay():
+    # The middle level costs 60% of the target: the small level drafting for the target directly is
+    # faster than through it.
+    (small, middle), seconds = three_level_run(middle_seconds=(0.030, 0.003))
+    assert small["rounds_by_verifier"]["target"] > 0.8 * sum(small["rounds_by_verifier"].values())
+    _, chain_seconds = three_level_run(middle_seconds=(0.030, 0.003), skip_levels=False)
+    assert seconds < 0.7 * chain_seconds
 
 
 def test_a_drafter_catching_up_after_a_pause_does_not_price_its_drafts_by_it():

@@ -10,8 +10,8 @@ from __future__ import annotations
 import time
 from typing import Callable, Sequence
 
-from mlspecqd.speculative.levels import Decoding, LanguageModel, Level, ModelLevel, Proposal
-from mlspecqd.speculative.policies import check_draft_max, check_policy_name, make_policy
+from mlspecqd.speculative.levels import Decoding, LanguageModel, Level, ModelLevel, Proposal, Route
+from mlspecqd.speculative.policies import CostDraftLength, check_draft_max, check_policy_name, make_policy
 
 
 class CascadeError(ValueError):
@@ -37,10 +37,15 @@ def _as_level(item: Level | LanguageModel, index: int) -> Level:
 
 class Cascade:
     """Levels smallest first, last = target. Raw models are wrapped in ModelLevel. Levels without a
-    policy of their own get a fresh `policy` (see policies.POLICY_NAMES) with `draft_max`."""
+    policy of their own get a fresh `policy` (see policies.POLICY_NAMES) with `draft_max`.
+
+    `skip_levels`: under the cost policy a level may also take its drafts straight from a level further
+    down, round by round, where that promises more tokens per second (ModelLevel._choose_route); False
+    keeps the strict chain, each level drafting only for the next."""
 
     def __init__(self, levels: Sequence[Level | LanguageModel], *, policy: str = "cost", draft_max: int = 8,
-                 prompt_chunk: int = 256, clock: Callable[[], float] = time.perf_counter) -> None:
+                 prompt_chunk: int = 256, skip_levels: bool = True,
+                 clock: Callable[[], float] = time.perf_counter) -> None:
         if len(levels) == 0:
             raise CascadeError("a cascade needs at least one level (the target model)")
         check_policy_name(policy)
@@ -75,10 +80,16 @@ class Cascade:
             level.clock = clock
             if isinstance(level, ModelLevel):
                 level.chunk = prompt_chunk
-                level.below = self.levels[index - 1] if index > 0 else None
                 level.in_step_lag = len(self.levels) - index
             if level is not target and level.policy is None:
                 level.policy = make_policy(policy, draft_max)
+        for index, level in enumerate(self.levels):
+            if isinstance(level, ModelLevel) and index > 0:
+                nearest = self.levels[index - 1]
+                may_skip = skip_levels and index >= 2 and isinstance(nearest.policy, CostDraftLength)
+                further = self.levels[index - 2 :: -1] if may_skip else []
+                level.routes = [Route(nearest, nearest.policy)] + [Route(below, CostDraftLength(draft_max))
+                                                                   for below in further]
 
     def _check_vocabularies(self) -> None:
         target = self.target

@@ -18,7 +18,7 @@ import numpy as np
 
 from mlspecqd.sampling import Sampler, TokenDistribution
 from mlspecqd.speculative import verification
-from mlspecqd.speculative.policies import DraftLengthPolicy, TimeModel
+from mlspecqd.speculative.policies import CostDraftLength, DraftLengthPolicy, TimeModel
 
 
 class LanguageModel(Protocol):
@@ -98,6 +98,7 @@ class LevelStats:
     forward_seconds: float = 0.0
     verify_rounds: int = 0
     emitted_tokens: int = 0
+    rounds_by_verifier: Counter = field(default_factory=Counter)  # rounds that drafted, by level drafted for
 
     def record_round(self, proposed: int, accepted: int) -> None:
         if proposed == 0:
@@ -122,6 +123,7 @@ class LevelStats:
             "mean_accepted_length": self.draft_n_accepted / self.draft_rounds if self.draft_rounds else None,
             "draft_rounds": self.draft_rounds,
             "draft_length_choices": dict(sorted(self.draft_length_choices.items())),
+            "rounds_by_verifier": dict(self.rounds_by_verifier),
             "verify_rounds": self.verify_rounds,
             "tokens_per_verify_round": self.emitted_tokens / self.verify_rounds if self.verify_rounds else None,
             "forward_calls": self.forward_calls,
@@ -154,12 +156,28 @@ class Level:
     def sync(self, sequence: Sequence[int]) -> None:
         """Drop any cached state past the longest common prefix with `sequence` (model-free: nothing)."""
 
-    def record_round(self, chosen: int, proposed: int, accepted: int) -> None:
-        """The level above chose `chosen` tokens, got `proposed`, accepted `accepted` of them."""
+    def catch_up_seconds(self, sequence: Sequence[int]) -> float:
+        """Time a proposal continuing `sequence` would first spend on tokens this level missed while it
+        sat rounds out, beyond what an in-step drafter forwards (model-free: none)."""
+        return 0.0
+
+    def record_round(self, verifier: str | None, chosen: int, proposed: int, accepted: int) -> None:
+        """The level `verifier` chose `chosen` tokens, got `proposed`, accepted `accepted` of them."""
         self.stats.draft_length_choices[chosen] += 1
         self.stats.record_round(proposed, accepted)
-        if self.policy is not None:
-            self.policy.record(proposed, accepted)
+        if chosen > 0:
+            self.stats.rounds_by_verifier[verifier] += 1
+
+
+@dataclass
+class Route:
+    """A level below a verifier that may draft for it, with the draft-length policy of that pairing.
+    The nearest level below is the first route, with the drafter's own policy; under the cost policy the
+    levels further down are routes too (the levels between them sit such rounds out)."""
+
+    drafter: Level
+    policy: DraftLengthPolicy
+    rounds_unused: int = 0
 
 
 # id(model) -> id(the ModelLevel that last used its cache). One model may serve several cascades in
@@ -177,7 +195,8 @@ class ModelLevel(Level):
                  policy: DraftLengthPolicy | None = None) -> None:
         super().__init__(name, tokenizer, policy)
         self.model = model
-        self.below: Level | None = None
+        self.routes: list[Route] = []  # who may draft for this level: set by the Cascade
+        self.reprobe_after = 32  # rounds after which a route not taken is tried once, where it is in step
         self.chunk = 256
         self.round_timing = TimeModel()  # a forward of T tokens and the verification of its rows
         # Tokens a drafter's cache may lack when it drafted in every round so far: one from each model
@@ -218,20 +237,50 @@ class ModelLevel(Level):
         """
         chosen = 0
         draft = Proposal()
-        if self.below is not None and budget > 1:
-            chosen = min(self.below.policy.choose(self.below.proposal_timing, self.round_timing), budget - 1)
+        route = self._choose_route(sequence) if self.routes and budget > 1 else None
+        if route is not None:
+            chosen = min(route.policy.choose(route.drafter.proposal_timing, self.round_timing), budget - 1)
             if chosen > 0:
-                draft = self.below.propose(sequence, chosen, decoding)
+                draft = route.drafter.propose(sequence, chosen, decoding)
         started = self.clock()
         extended = sequence + draft.tokens
         rows, forwarded = self._evaluate(extended, len(draft) + 1)
         emitted, accepted = self._verify(sequence, extended, draft, rows, decoding)
         self.round_timing.record(forwarded, self.clock() - started)
-        if self.below is not None and budget > 1:
-            self.below.record_round(chosen, len(draft), accepted)
+        if route is not None:
+            route.drafter.record_round(self.name, chosen, len(draft), accepted)
+            route.policy.record(len(draft), accepted)
         self.stats.verify_rounds += 1
         self.stats.emitted_tokens += len(emitted)
         return emitted
+
+    def _choose_route(self, sequence: list[int]) -> Route:
+        """The route of the next round: the nearest level below, unless, under the cost policy, a level
+        further down promises more tokens per second, its catch-up priced in. A middle level whose drafts
+        cost more than their better acceptance saves is thus stepped around (the 1.5B's MXFP4 copy between
+        the 0.5B and the BF16 target, on 2 cores). A route not taken for `reprobe_after` rounds is tried
+        once when its drafter is in step, so that what it would give is measured, not assumed."""
+        nearest = self.routes[0]
+        if len(self.routes) == 1 or not isinstance(nearest.policy, CostDraftLength):
+            return nearest
+        chosen, best_rate = nearest, None
+        for route in self.routes:
+            catch_up = route.drafter.catch_up_seconds(sequence)
+            if route.rounds_unused >= self.reprobe_after and catch_up == 0.0:
+                chosen = route
+                break
+            own = route.drafter.policy  # the drafter's record with the level it drafts for when in step
+            plan = route.policy.plan(route.drafter.proposal_timing, self.round_timing, catch_up,
+                                     prior=own if isinstance(own, CostDraftLength) else None)
+            if plan is None:
+                if route is nearest:
+                    break  # still warming up: the nearest drafts
+                continue
+            if best_rate is None or plan[1] > best_rate:
+                chosen, best_rate = route, plan[1]
+        for route in self.routes:
+            route.rounds_unused = 0 if route is chosen else route.rounds_unused + 1
+        return chosen
 
     def _verify(self, sequence: list[int], extended: list[int], draft: Proposal, rows: np.ndarray,
                 decoding: Decoding) -> tuple[Proposal, int]:
@@ -285,6 +334,13 @@ class ModelLevel(Level):
         if behind <= self.in_step_lag:
             self.proposal_timing.record(len(proposal), self.clock() - started)
         return proposal
+
+    def catch_up_seconds(self, sequence: Sequence[int]) -> float:
+        self._check_cache()
+        behind = len(sequence) - common_prefix_length(self._cached, sequence)
+        if behind <= self.in_step_lag:
+            return 0.0
+        return max(self.round_timing.estimate(behind) - self.round_timing.estimate(self.in_step_lag), 0.0)
 
     def _check_cache(self) -> None:
         # Another level (of another cascade) used this model since: its cache holds unknown text.

@@ -212,17 +212,31 @@ class CostDraftLength(DraftLengthPolicy):
         self.rounds_at_zero = 0
 
     def choose(self, drafter: TimeModel, verifier: TimeModel) -> int:
-        if min(drafter.sample_count, verifier.sample_count) < self.warm_up:
+        planned = self.plan(drafter, verifier)
+        if planned is None:
             return self.initial
         if self.rounds_at_zero >= self.reprobe_after:
             self.rounds_at_zero = 0
             return 1
-        seconds = np.array([verifier.estimate(k + 1) + (drafter.estimate(k) if k else 0.0)
-                            for k in range(self.draft_max + 1)])
-        rates = self.acceptance.expected_tokens() / np.maximum(seconds, 1e-12)
-        best = int(np.argmax(rates))  # first maximum: ties go to the shorter draft
+        best = planned[0]
         self.rounds_at_zero = self.rounds_at_zero + 1 if best == 0 else 0
         return best
+
+    def plan(self, drafter: TimeModel, verifier: TimeModel, extra_seconds: float = 0.0,
+             prior: CostDraftLength | None = None) -> tuple[int, float] | None:
+        """The best K and its expected tokens per second; None while warming up. `extra_seconds` is
+        added to every round that drafts (a drafter's catch-up); `prior` lends its acceptance while this
+        policy has observed nothing (a drafter's record with another verifier)."""
+        if min(drafter.sample_count, verifier.sample_count) < self.warm_up:
+            return None
+        seconds = np.array([verifier.estimate(k + 1) + (drafter.estimate(k) + extra_seconds if k else 0.0)
+                            for k in range(self.draft_max + 1)])
+        acceptance = self.acceptance
+        if prior is not None and prior.draft_max == self.draft_max and not acceptance.observations.any():
+            acceptance = prior.acceptance
+        rates = acceptance.expected_tokens() / np.maximum(seconds, 1e-12)
+        best = int(np.argmax(rates))  # first maximum: ties go to the shorter draft
+        return best, float(rates[best])
 
     def record(self, proposed: int, accepted: int) -> None:
         self.acceptance.record(proposed, accepted)
