@@ -382,7 +382,7 @@ def test_cost_policy_choice_from_measurements():
 
 
 def test_time_model_prior_until_sizes_spread_then_least_squares():
-    verifier = TimeModel()
+    verifier = TimeModel(extra_token_share=1 / 8)
     verifier.record(1, 0.016)
     assert verifier.estimate(1) == pytest.approx(0.016)
     assert verifier.estimate(9) == pytest.approx(0.016 * 2)  # each extra token 1/8 of the first
@@ -408,7 +408,7 @@ def test_time_model_uses_measured_sizes_where_a_line_cannot_fit_the_steps():
     assert verifier.estimate(1) == pytest.approx(measured(1))
     assert verifier.estimate(9) == pytest.approx(measured(9))
     assert verifier.estimate(5) == pytest.approx(measured(3) + (measured(9) - measured(3)) * 2 / 6)  # between
-    assert verifier.estimate(12) == pytest.approx(measured(9) * (1 + 11 / 8) / (1 + 8 / 8))  # beyond: prior shape
+    assert verifier.estimate(12) == pytest.approx(measured(9) * (1 + 11 / 32) / (1 + 8 / 32))  # beyond: prior shape
     assert measured(1) - line.estimate(1) > 0.002  # the line puts one token too low
     # The median of the recent calls at a size: one disturbed call does not move it.
     verifier.record(1, 1.0)

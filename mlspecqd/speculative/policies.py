@@ -26,16 +26,18 @@ class TimeModel:
     three-level cascade the BF16 target's one-token forward was fitted at 27 ms, measured at 64 ms).
     A size between two measured ones is interpolated between them. A size beyond the measured ones
     takes the nearest measured time, scaled by the prior shape: each token beyond the first costs
-    `extra_token_share` of the first. For a verifier that is 1/8 (a memory-bound CPU forward: an 8-token
-    batch costs about 1.9x one token in llama.cpp), for a drafter 1 (a model drafter's time grows with
-    each token it proposes). A line fitted through calls that are nearly all of one size extrapolates
+    `extra_token_share` of the first. For a verifier that is 1/32, on purpose optimistic: a size priced
+    too low is tried and then measured, one priced too high is never tried (at 1/8, llama.cpp's shape, the
+    BF16 target's 9-token forward, 1.1x its 5-token one here, was priced 1.33x, and the 0.5B drafted 4
+    tokens a round where 8 paid). For a drafter it is 1 (a model drafter's time grows with each token it
+    proposes). A line fitted through calls that are nearly all of one size extrapolates
     its noise: in a three-level cascade it priced six drafted tokens at 81 ms where five measured 57
     (11 ms a token), and the policy never drafted six. Until some size is measured, the estimate is a line a + b*T
     fitted by least squares over the recent calls, or, while those span fewer than three sizes, the
     prior shape through their mean.
     """
 
-    def __init__(self, extra_token_share: float = 0.125, window: int = 48, measured_at_size: int = 2,
+    def __init__(self, extra_token_share: float = 1 / 32, window: int = 48, measured_at_size: int = 2,
                  medians_of: int = 5) -> None:
         self.extra_token_share = extra_token_share
         self.measured_at_size = measured_at_size
