@@ -31,6 +31,9 @@ def format_stats(timings: dict) -> list[str]:
             line += (f"drafted {level['draft_n']}, accepted {level['draft_n_accepted']} "
                      f"({level['acceptance_rate']:.1%}), mean accepted length {level['mean_accepted_length']:.2f}, "
                      f"by position [{by_position}]")
+            drafted_for = level["rounds_by_verifier"]
+            if len(drafted_for) > 1:  # the cost policy stepped around the level above in some rounds
+                line += ", rounds by level drafted for: " + ", ".join(f"{name} {n}" for name, n in drafted_for.items())
         elif level["verify_rounds"]:
             line += (f"{level['verify_rounds']} verify rounds, "
                      f"{level['tokens_per_verify_round']:.2f} tokens per round")

@@ -7,6 +7,7 @@ import pytest
 
 from fake_models import ByteTokenizer, FakeClock, FakeLanguageModel, reference_greedy
 from mlspecqd.generation import generate
+from mlspecqd.repl import format_stats
 from mlspecqd.sampling import Sampler, SamplingParams, token_distribution
 from mlspecqd.speculative import (
     Cascade,
@@ -537,3 +538,10 @@ def test_bad_cascades_are_refused():
     Cascade([level])
     with pytest.raises(CascadeError, match="already belongs"):
         Cascade([level])
+
+
+def test_verbose_stats_say_which_level_a_draft_was_for_when_levels_were_skipped():
+    (small, _), _ = three_level_run(middle_seconds=(0.030, 0.003))
+    line = format_stats({"prompt_n": 5, "cache_n": 0, "prompt_ms": 1.0, "predicted_n": 200, "predicted_ms": 1.0,
+                         "predicted_per_second": 1.0, "levels": [{**small, "level": 0, "kind": "model"}]})[-1]
+    assert "rounds by level drafted for: " in line and f"target {small['rounds_by_verifier']['target']}" in line
