@@ -339,6 +339,29 @@ def test_cost_policy_steps_around_a_middle_level_that_does_not_pay():
     assert seconds < 0.7 * chain_seconds
 
 
+def test_a_drafter_that_sat_a_prompt_out_is_prefilled_only_every_few_prompts():
+    clock = FakeClock()
+    target = target_model(clock=clock, call_seconds=0.050, token_seconds=0.002)
+    middle = target.noisy(0.3, seed=4, call_seconds=0.005, token_seconds=0.0005)
+    small = target.noisy(0.8, seed=5, call_seconds=0.001, token_seconds=0.0001)
+    cascade = Cascade([small, middle, target.like()], policy="cost", clock=clock)
+    cascade.prefill_all_every = 3
+    prompts = [PROMPT + [i] * 6 + [7] for i in range(4)]
+    prefilled = []
+    for prompt in prompts:
+        cascade.levels[1].drafted_since_prefill = False  # as if it had sat the last generation out
+        cascade.prefill(prompt)
+        prefilled.append(middle.n_past == len(prompt) - 1)
+        assert middle.cache == middle.fresh_cache(prompt[: middle.n_past])  # a prefix of the new text only
+    assert prefilled == [True, False, False, True]
+    # Called on after a prompt it was not prefilled with, the middle level catches up: same output.
+    cascade.levels[1].drafted_since_prefill = False
+    result = generate(cascade, ByteTokenizer(VOCAB), prompts[1], 100).run()
+    assert result.tokens == reference_greedy(target, prompts[1], 100)
+    assert result.timings["levels"][1]["draft_n_accepted"] > 20
+    assert_caches_match_accepted_text(cascade, prompts[1] + result.tokens)
+
+
 def test_a_drafter_catching_up_after_a_pause_does_not_price_its_drafts_by_it():
     # A draft that sat out rounds must first forward the tokens it missed. Priced into its proposals,
     # that made every probe after a pause look too dear to resume drafting.

@@ -147,6 +147,7 @@ class Level:
         self.clock: Callable[[], float] = time.perf_counter
         self.stats = LevelStats()
         self.proposal_timing = TimeModel(extra_token_share=1.0)
+        self.drafted_since_prefill = True  # the Cascade prefills a drafter that sat a prompt out only now and then
         self._cascade: object | None = None
 
     def propose(self, sequence: list[int], count: int, decoding: Decoding) -> Proposal:
@@ -167,6 +168,7 @@ class Level:
         self.stats.record_round(proposed, accepted)
         if chosen > 0:
             self.stats.rounds_by_verifier[verifier] += 1
+            self.drafted_since_prefill = True
 
 
 @dataclass
@@ -338,7 +340,7 @@ class ModelLevel(Level):
     def catch_up_seconds(self, sequence: Sequence[int]) -> float:
         self._check_cache()
         behind = len(sequence) - common_prefix_length(self._cached, sequence)
-        if behind <= self.in_step_lag:
+        if behind <= self.in_step_lag or self.round_timing.sample_count == 0:  # nothing measured: no price yet
             return 0.0
         return max(self.round_timing.estimate(behind) - self.round_timing.estimate(self.in_step_lag), 0.0)
 
