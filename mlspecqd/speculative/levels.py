@@ -198,7 +198,7 @@ class ModelLevel(Level):
         super().__init__(name, tokenizer, policy)
         self.model = model
         self.routes: list[Route] = []  # who may draft for this level: set by the Cascade
-        self.reprobe_after = 32  # rounds after which a route not taken is tried once, where it is in step
+        self.route_reprobe_after = 32  # rounds after which a route not taken is tried once, where it is in step
         self.chunk = 256
         self.round_timing = TimeModel()  # a forward of T tokens and the verification of its rows
         # Tokens a drafter's cache may lack when it drafted in every round so far: one from each model
@@ -259,16 +259,16 @@ class ModelLevel(Level):
     def _choose_route(self, sequence: list[int]) -> Route:
         """The route of the next round: the nearest level below, unless, under the cost policy, a level
         further down promises more tokens per second, its catch-up priced in. A middle level whose drafts
-        cost more than their better acceptance saves is thus stepped around (the 1.5B's MXFP4 copy between
-        the 0.5B and the BF16 target, on 2 cores). A route not taken for `reprobe_after` rounds is tried
-        once when its drafter is in step, so that what it would give is measured, not assumed."""
+        cost more than their better acceptance saves is thus stepped around (the 1.5B's MXFP4 copy
+        between the 0.5B and the BF16 target, on 2 cores). A route not taken for `route_reprobe_after`
+        rounds is tried once when its drafter is in step, so that what it would give is measured."""
         nearest = self.routes[0]
         if len(self.routes) == 1 or not isinstance(nearest.policy, CostDraftLength):
             return nearest
         chosen, best_rate = nearest, None
         for route in self.routes:
             catch_up = route.drafter.catch_up_seconds(sequence)
-            if route.rounds_unused >= self.reprobe_after and catch_up == 0.0:
+            if route.rounds_unused >= self.route_reprobe_after and catch_up == 0.0:
                 chosen = route
                 break
             own = route.drafter.policy  # the drafter's record with the level it drafts for when in step
