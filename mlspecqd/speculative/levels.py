@@ -314,8 +314,7 @@ class ModelLevel(Level):
 
     def propose(self, sequence: list[int], count: int, decoding: Decoding) -> Proposal:
         started = self.clock()
-        self._check_cache()
-        behind = len(sequence) - common_prefix_length(self._cached, sequence)
+        behind = self._tokens_behind(sequence)
         count = min(count, self.context_length - len(sequence))
         threshold = None if self.policy is None else self.policy.confidence_threshold
         proposal = Proposal()
@@ -338,11 +337,15 @@ class ModelLevel(Level):
         return proposal
 
     def catch_up_seconds(self, sequence: Sequence[int]) -> float:
-        self._check_cache()
-        behind = len(sequence) - common_prefix_length(self._cached, sequence)
+        behind = self._tokens_behind(sequence)
         if behind <= self.in_step_lag or self.round_timing.sample_count == 0:  # nothing measured: no price yet
             return 0.0
         return max(self.round_timing.estimate(behind) - self.round_timing.estimate(self.in_step_lag), 0.0)
+
+    def _tokens_behind(self, sequence: Sequence[int]) -> int:
+        """Tokens of `sequence` past the longest prefix this level's cache holds."""
+        self._check_cache()
+        return len(sequence) - common_prefix_length(self._cached, sequence)
 
     def _check_cache(self) -> None:
         # Another level (of another cascade) used this model since: its cache holds unknown text.
