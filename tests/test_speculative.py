@@ -24,7 +24,7 @@ from mlspecqd.speculative import (
     VocabularyMismatchError,
     verification,
 )
-from mlspecqd.speculative.policies import AcceptanceByPosition
+from mlspecqd.speculative.policies import AcceptanceByPosition, ConfidenceCalibration, CostStoppingRule
 
 VOCAB = 64
 PROMPT = [1, 2, 3, 4, 5]
@@ -98,8 +98,8 @@ def test_end_of_generation_inside_a_draft_stops_there():
     draft = ModelLevel(target.like())
     original_propose = draft.propose
 
-    def spy(sequence, count, decoding):
-        proposal = original_propose(sequence, count, decoding)
+    def spy(sequence, count, decoding, *args, **kwargs):
+        proposal = original_propose(sequence, count, decoding, *args, **kwargs)
         proposals.append(list(proposal.tokens))
         return proposal
 
@@ -398,11 +398,83 @@ def test_cost_policy_choice_from_measurements():
     assert 1 in zero_rounds and zero_rounds.count(0) >= 36  # re-probes, now and then
     assert CostDraftLength(8, initial=3).choose(TimeModel(1.0), verifier) == 3  # not measured: warm-up
     assert CostDraftLength(8, initial=3, warm_up=4).choose(cheap_drafter, verifier) == 3  # 3 calls: still warming
-    # A half-accurate draft pays only for short drafts when drafting costs about what verifying does.
+    # A half-accurate draft pays only for short drafts when drafting costs about what verifying does:
+    # the plan is short, and the round, which may run to draft_max, is ended there by its stopping rule.
     half = CostDraftLength(8)
     for _ in range(30):
         half.record(2, 1)
-    assert 1 <= half.choose(cheap_drafter, verifier) <= 3
+    assert 1 <= half.plan(cheap_drafter, verifier)[0] <= 3
+    assert half.choose(cheap_drafter, verifier) == 8
+    rule = half.stopping_rule(cheap_drafter, verifier)
+    drafted = 0
+    while drafted < 8 and rule.draft_more() and rule.keep(0.97):
+        drafted += 1
+    assert 1 <= drafted <= 3
+
+
+def test_confidence_calibration_learns_the_acceptance_of_each_confidence():
+    calibration = ConfidenceCalibration()
+    assert calibration.acceptance(0.3) == pytest.approx(0.3)  # before any round: taken at its word
+    rng = np.random.default_rng(0)
+    for _ in range(2000):
+        calibration.record(0.97, rng.random() < 0.9)  # a little overconfident
+        calibration.record(0.45, False)  # never right when unsure
+    assert calibration.acceptance(0.96) == pytest.approx(0.9, abs=0.06)
+    assert calibration.acceptance(0.45) < 0.05
+    assert calibration.acceptance(0.75) == pytest.approx(0.75)  # a bin never seen keeps its prior
+
+
+def trained_cost_policy(verifier: TimeModel, drafter: TimeModel, stop_early: bool = True) -> CostDraftLength:
+    """A cost policy that has seen rounds in which sure tokens (0.97) were accepted and unsure ones
+    (0.45) rejected, with the times of a 10 ms verifier and a 1 ms-a-token drafter."""
+    for tokens in (1, 5, 9):
+        verifier.record(tokens, 0.010 + 0.0002 * tokens)
+        drafter.record(tokens, 0.001 * tokens)
+    policy = CostDraftLength(8, stop_early=stop_early)
+    for _ in range(40):
+        policy.record(8, 8, [0.97] * 8)
+        policy.record(3, 2, [0.97, 0.97, 0.45])
+    return policy
+
+
+def test_cost_stopping_rule_runs_on_while_sure_and_drops_the_first_doubtful_token():
+    verifier, drafter = TimeModel(), TimeModel(1.0)
+    policy = trained_cost_policy(verifier, drafter)
+    assert policy.choose(drafter, verifier) == 8  # drafting pays: up to draft_max ...
+    rule = policy.stopping_rule(drafter, verifier)
+    kept = 0
+    while kept < 8 and rule.draft_more() and rule.keep(0.97):
+        kept += 1
+    assert kept >= 6  # ... as long as the tokens are sure
+    rule = policy.stopping_rule(drafter, verifier)
+    assert [rule.keep(c) for c in (0.97, 0.97, 0.45)] == [True, True, False]  # ... and not past a doubtful one
+    assert policy.stopping_rule(drafter, verifier).draft_more()
+
+
+def test_cost_stopping_rule_stops_when_drafting_is_dear():
+    verifier, drafter = TimeModel(), TimeModel(1.0)
+    policy = trained_cost_policy(verifier, drafter)
+    dear = TimeModel(1.0)
+    for tokens in (1, 5, 9):
+        dear.record(tokens, 0.005 * tokens)  # half a verification per drafted token
+    assert policy.choose(dear, verifier) == 8
+    rule = policy.stopping_rule(dear, verifier)
+    kept = 0
+    while kept < 8 and rule.draft_more() and rule.keep(0.97):
+        kept += 1
+    assert 1 <= kept <= 3
+    planned_only = trained_cost_policy(TimeModel(), TimeModel(1.0), stop_early=False)
+    assert planned_only.choose(dear, verifier) == planned_only.plan(dear, verifier)[0] == 2
+    assert planned_only.stopping_rule(dear, verifier) is None
+
+
+def test_policies_without_confidence_draft_what_they_chose():
+    verifier, drafter = TimeModel(), TimeModel(1.0)
+    assert FixedDraftLength(4).stopping_rule(drafter, verifier) is None
+    assert not FixedDraftLength(4).uses_confidence
+    assert CostDraftLength(8).stopping_rule(drafter, verifier) is None  # nothing planned yet
+    rule = ConfidenceDraftLength(8, threshold=0.6).stopping_rule(drafter, verifier)
+    assert rule.draft_more() and rule.keep(0.6) and not rule.keep(0.59)
 
 
 def test_time_model_prior_until_sizes_spread_then_least_squares():

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from mlspecqd.speculative.levels import Decoding, Level, Proposal
-from mlspecqd.speculative.policies import DraftLengthPolicy, PolicyError
+from mlspecqd.speculative.policies import DraftLengthPolicy, PolicyError, StoppingRule
 
 
 class NgramDrafter(Level):
@@ -46,15 +46,16 @@ class NgramDrafter(Level):
         follow = int(ends[-1]) + 1  # the most recent of the longest matches
         return [int(t) for t in tokens[follow : follow + count]], length
 
-    def propose(self, sequence: list[int], count: int, decoding: Decoding) -> Proposal:
+    def propose(self, sequence: list[int], count: int, decoding: Decoding, stopping: StoppingRule | None = None,
+                confidences: bool = False) -> Proposal:
         started = self.clock()
         continuation, match_length = self.find_continuation(sequence, count)
-        threshold = None if self.policy is None else self.policy.confidence_threshold
         proposal = Proposal()
         for j, token in enumerate(continuation):
-            if threshold is not None and match_length / (match_length + 1 + j) < threshold:
+            confidence = match_length / (match_length + 1 + j)
+            if stopping is not None and not stopping.keep(confidence):  # its drafts cost no time
                 break
-            proposal.append(token, None, None)
+            proposal.append(token, None, None, confidence if stopping or confidences else None)
             if token in decoding.end_ids:
                 break
         self.proposal_timing.record(len(proposal), self.clock() - started)

@@ -1,13 +1,17 @@
 """Draft-length policies: how many tokens a level proposes to the level above in the next round.
 
-Every policy answers `choose(...)` before a round and learns from `record(proposed, accepted)` after it.
-The `cost` policy (the default) models time and acceptance online and may choose 0: speculation then
-switches itself off where it cannot pay, and probes again now and then.
+Every policy answers `choose(...)` before a round, may give a `stopping_rule(...)` that ends the draft
+early token by token, and learns from `record(proposed, accepted, confidences)` after it. The `cost`
+policy (the default) models time and acceptance online and may choose 0: speculation then switches
+itself off where it cannot pay, and probes again now and then. Within a round it stops as SpecDec++
+does, once the chance that the draft so far is all accepted is too low, with the threshold set by the
+measured costs instead of trained.
 """
 
 from __future__ import annotations
 
 from collections import deque
+from typing import Protocol, Sequence
 
 import numpy as np
 
@@ -106,13 +110,27 @@ def check_draft_max(draft_max: object) -> int:
     return draft_max
 
 
-class DraftLengthPolicy:
-    """Base: a fixed number of tokens. `confidence_threshold`, where set, lets the drafter stop early.
+class StoppingRule(Protocol):
+    """Ends one round's draft early. The drafter asks `draft_more()` before it spends time on more
+    tokens, and `keep(confidence)` for each token it drafted: a token not kept ends the draft. A
+    confidence is the top probability of the distribution the token was drawn from (the n-gram
+    drafter's match-length estimate): it depends on the distribution alone, never on which token was
+    drawn, so dropping a token by it leaves speculative sampling exact."""
 
-    `choose` gets the measured time models of the drafter's proposals and of the verifier's rounds.
+    def draft_more(self) -> bool: ...
+
+    def keep(self, confidence: float) -> bool: ...
+
+
+class DraftLengthPolicy:
+    """Base: a fixed number of tokens.
+
+    `choose` gets the measured time models of the drafter's proposals and of the verifier's rounds;
+    `stopping_rule` (None: draft all that was chosen) is asked for right after it, for the same round.
+    A policy with `uses_confidence` is given the confidences of the proposed tokens in `record`.
     """
 
-    confidence_threshold: float | None = None
+    uses_confidence = False
 
     def __init__(self, draft_max: int) -> None:
         self.draft_max = check_draft_max(draft_max)
@@ -120,7 +138,10 @@ class DraftLengthPolicy:
     def choose(self, drafter: TimeModel, verifier: TimeModel) -> int:
         return self.draft_max
 
-    def record(self, proposed: int, accepted: int) -> None:
+    def stopping_rule(self, drafter: TimeModel, verifier: TimeModel) -> StoppingRule | None:
+        return None
+
+    def record(self, proposed: int, accepted: int, confidences: Sequence[float] = ()) -> None:
         """Learn from a round in which `accepted` of `proposed` drafted tokens were accepted."""
 
 
@@ -138,7 +159,7 @@ class HeuristicDraftLength(DraftLengthPolicy):
     def choose(self, drafter: TimeModel, verifier: TimeModel) -> int:
         return self.current
 
-    def record(self, proposed: int, accepted: int) -> None:
+    def record(self, proposed: int, accepted: int, confidences: Sequence[float] = ()) -> None:
         if proposed == 0:
             return
         step = 2 if accepted == proposed else -1
@@ -146,14 +167,30 @@ class HeuristicDraftLength(DraftLengthPolicy):
 
 
 class ConfidenceDraftLength(DraftLengthPolicy):
-    """SpecDec++-style: draft up to draft_max, stopping at the first token whose draft confidence (top
-    probability, or the n-gram drafter's match-length estimate) falls below the threshold."""
+    """Draft up to draft_max, stopping at the first token whose draft confidence (top probability, or
+    the n-gram drafter's match-length estimate) falls below a fixed threshold."""
 
     def __init__(self, draft_max: int, threshold: float = 0.5) -> None:
         super().__init__(draft_max)
         if not 0.0 <= threshold <= 1.0:
             raise PolicyError(f"confidence threshold must be in [0, 1] (got {threshold!r})")
-        self.confidence_threshold = threshold
+        self.threshold = threshold
+
+    def stopping_rule(self, drafter: TimeModel, verifier: TimeModel) -> StoppingRule:
+        return ConfidenceThreshold(self.threshold)
+
+
+class ConfidenceThreshold:
+    """Keeps tokens while their confidence is at least the threshold."""
+
+    def __init__(self, threshold: float) -> None:
+        self.threshold = threshold
+
+    def draft_more(self) -> bool:
+        return True
+
+    def keep(self, confidence: float) -> bool:
+        return confidence >= self.threshold
 
 
 class AcceptanceByPosition:
@@ -193,6 +230,35 @@ class AcceptanceByPosition:
         return 1.0 + np.concatenate(([0.0], np.cumsum(np.cumprod(rates))))
 
 
+class ConfidenceCalibration:
+    """Online map from a drafted token's confidence to the chance that it is accepted, given that the
+    drafts before it were. Confidences fall into bins, finer near 1 where most drafts sit; a bin starts
+    at its midpoint (the chance a perfectly calibrated drafter would give) counted as `prior_weight`
+    observations, and follows an exponential moving average once its observations outweigh 1/smoothing.
+    """
+
+    EDGES = np.array([0.2, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99])  # bin i: [EDGES[i-1], EDGES[i])
+
+    def __init__(self, smoothing: float = 0.02, prior_weight: float = 2.0) -> None:
+        self.smoothing = smoothing
+        self.prior_weight = prior_weight
+        bounds = np.concatenate(([0.0], self.EDGES, [1.0]))
+        self.rates = (bounds[:-1] + bounds[1:]) / 2
+        self.observations = np.zeros(self.rates.size, dtype=np.int64)
+
+    def _bin(self, confidence: float) -> int:
+        return int(np.searchsorted(self.EDGES, confidence, side="right"))
+
+    def acceptance(self, confidence: float) -> float:
+        return float(self.rates[self._bin(confidence)])
+
+    def record(self, confidence: float, accepted: bool) -> None:
+        b = self._bin(confidence)
+        self.observations[b] += 1
+        weight = max(self.smoothing, 1.0 / (self.observations[b] + self.prior_weight))
+        self.rates[b] += weight * (float(accepted) - self.rates[b])
+
+
 class CostDraftLength(DraftLengthPolicy):
     """Pick K in 0..draft_max maximizing expected tokens per second of the verifying level:
 
@@ -202,27 +268,46 @@ class CostDraftLength(DraftLengthPolicy):
     effective time, levels below included. Until both have `warm_up` measurements it drafts `initial`
     tokens (one slow call, on a busy machine, must not decide). After `reprobe_after` rounds at K = 0 it
     drafts one token, so a draft that became useful is noticed.
+
+    Where drafting pays (K > 0) and `stop_early` is on, the round may draft up to draft_max and the
+    `stopping_rule` ends it token by token (CostStoppingRule): a confident draft runs long, an unsure one
+    stops at its first doubtful token. With `stop_early` off every round drafts the planned K.
     """
 
+    uses_confidence = True
+
     def __init__(self, draft_max: int, initial: int = 4, warm_up: int = 3, reprobe_after: int = 16,
-                 smoothing: float = 0.1) -> None:
+                 smoothing: float = 0.1, stop_early: bool = True) -> None:
         super().__init__(draft_max)
+        self.stop_early = stop_early
         self.initial = min(max(initial, 1), draft_max)
         self.warm_up = warm_up
         self.reprobe_after = reprobe_after
         self.acceptance = AcceptanceByPosition(draft_max, smoothing)
+        self.calibration = ConfidenceCalibration()
         self.rounds_at_zero = 0
+        self.expected_rate: float | None = None  # tokens per second the last choice expects; None: not planned
 
     def choose(self, drafter: TimeModel, verifier: TimeModel) -> int:
         planned = self.plan(drafter, verifier)
+        self.expected_rate = None
         if planned is None:
             return self.initial
         if self.rounds_at_zero >= self.reprobe_after:
             self.rounds_at_zero = 0
             return 1
-        best = planned[0]
+        best, rate = planned
         self.rounds_at_zero = self.rounds_at_zero + 1 if best == 0 else 0
-        return best
+        if best == 0 or not self.stop_early:
+            return best
+        self.expected_rate = rate
+        return self.draft_max
+
+    def stopping_rule(self, drafter: TimeModel, verifier: TimeModel) -> StoppingRule | None:
+        """The rule for the round just chosen; None for warm-up and probe rounds, which draft as chosen."""
+        if self.expected_rate is None:
+            return None
+        return CostStoppingRule(self, drafter, verifier, self.expected_rate)
 
     def plan(self, drafter: TimeModel, verifier: TimeModel, extra_seconds: float = 0.0,
              prior: CostDraftLength | None = None) -> tuple[int, float] | None:
@@ -240,8 +325,50 @@ class CostDraftLength(DraftLengthPolicy):
         best = int(np.argmax(rates))  # first maximum: ties go to the shorter draft
         return best, float(rates[best])
 
-    def record(self, proposed: int, accepted: int) -> None:
+    def record(self, proposed: int, accepted: int, confidences: Sequence[float] = ()) -> None:
         self.acceptance.record(proposed, accepted)
+        for position, confidence in enumerate(confidences[: min(accepted + 1, proposed)]):
+            self.calibration.record(confidence, position < accepted)
+
+
+class CostStoppingRule:
+    """Drafts while one more token is worth its time at the rate the round expects (`expected_rate`,
+    tokens per second, the plan's best). With P the chance that every token kept so far is accepted:
+
+    - another token is drafted if P times the acceptance rate of its position (a token yet unseen) is
+      at least expected_rate times its cost: one more drafted token and one more verified row;
+    - a drafted token is kept if P times the calibrated acceptance of its confidence is at least
+      expected_rate times the verifier's extra row (its drafting is paid for already).
+
+    This is the usual rule for maximizing a rate: go on while the next step yields more per second
+    than the whole does. The rate of the plan is that of a fixed length, a floor of what stopping
+    early achieves, so the rule errs toward drafting on.
+    """
+
+    def __init__(self, policy: CostDraftLength, drafter: TimeModel, verifier: TimeModel, expected_rate: float) -> None:
+        self.policy = policy
+        self.drafter = drafter
+        self.verifier = verifier
+        self.expected_rate = expected_rate
+        self.kept = 0
+        self.all_accepted = 1.0  # the chance that every kept token is accepted
+
+    def _extra_row_seconds(self) -> float:
+        return max(self.verifier.estimate(self.kept + 2) - self.verifier.estimate(self.kept + 1), 0.0)
+
+    def draft_more(self) -> bool:
+        rates = self.policy.acceptance.rates
+        chance = self.all_accepted * rates[min(self.kept, rates.size - 1)]
+        draft_seconds = max(self.drafter.estimate(self.kept + 1) - self.drafter.estimate(self.kept), 0.0)
+        return chance >= self.expected_rate * (draft_seconds + self._extra_row_seconds())
+
+    def keep(self, confidence: float) -> bool:
+        chance = self.all_accepted * self.policy.calibration.acceptance(confidence)
+        if chance < self.expected_rate * self._extra_row_seconds():
+            return False
+        self.all_accepted = chance
+        self.kept += 1
+        return True
 
 
 POLICY_NAMES = ("cost", "fixed", "heuristic", "confidence")
