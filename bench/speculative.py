@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from mlspecqd.generation import generate  # noqa: E402
 from mlspecqd.model import Model  # noqa: E402
 from mlspecqd.sampling import SamplingParams  # noqa: E402
-from mlspecqd.speculative import Cascade, ModelLevel, NgramDrafter  # noqa: E402
+from mlspecqd.speculative import Cascade, CostDraftLength, ModelLevel, NgramDrafter  # noqa: E402
 from mlspecqd.tokenizer import Tokenizer  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -160,15 +160,19 @@ def real(args: argparse.Namespace) -> dict:
     level_factories: dict[str, Callable[[], object]] = {
         "ngram": NgramDrafter,
         "small": lambda: ModelLevel(small, name=small_name, tokenizer=small_tokenizer),
+        # The cost policy as it was before it stopped drafts token by token: every round drafts the planned K.
+        "small-planned": lambda: ModelLevel(small, name=small_name, tokenizer=small_tokenizer,
+                                            policy=CostDraftLength(args.draft_max, stop_early=False)),
         "mxfp4": lambda: ModelLevel(self_draft, name="mxfp4", tokenizer=tokenizer),
     }
-    models = {"small": small, "mxfp4": self_draft}
+    models = {"small": small, "small-planned": small, "mxfp4": self_draft}
     # Rows: drafts smallest first, then the BF16 target ("plain" has none).
     configurations = {
         "plain": [], "small": ["small"], "mxfp4": ["mxfp4"], "small+mxfp4": ["small", "mxfp4"],
         "ngram": ["ngram"], "ngram+mxfp4": ["ngram", "mxfp4"], "ngram+small+mxfp4": ["ngram", "small", "mxfp4"],
         # The strict chain: each level drafts only for the next (Cascade(skip_levels=False)).
         "small+mxfp4-chain": ["small", "mxfp4"],
+        "small-planned": ["small-planned"],
     }
     selected = args.configurations.split(",") if args.configurations else list(configurations)
 
@@ -203,8 +207,9 @@ def real(args: argparse.Namespace) -> dict:
         predicted_n = sum(r.timings["predicted_n"] for r in generations)
         predicted_ms = sum(r.timings["predicted_ms"] for r in generations)
         identical = all(r.tokens == p.tokens for r, p in zip(generations, plain)) if plain and name != "plain" else None
-        label = f"BF16 <- {' <- '.join(reversed(drafts))}" if drafts else "plain BF16"
-        summary.append({"configuration": label + (" (strict chain)" if name.endswith("-chain") else ""),
+        label = f"BF16 <- {' <- '.join(d.removesuffix('-planned') for d in reversed(drafts))}" if drafts else "plain BF16"
+        label += " (strict chain)" if name.endswith("-chain") else " (planned lengths)" if name.endswith("-planned") else ""
+        summary.append({"configuration": label,
                         "engine": "mlspecqd", "predicted_n": predicted_n, "predicted_ms": predicted_ms,
                         "tokens_per_second": predicted_n / (predicted_ms / 1e3), "identical_to_plain": identical,
                         "weight_gib": weight_bytes(drafts) / 2**30,
