@@ -258,6 +258,32 @@ def test_sampled_sequences_follow_the_target_distribution_when_the_middle_level_
     assert chi_square_p_value(counts, exact_sequence_distribution(target, params), SAMPLES) > 1e-3
 
 
+def test_sampled_sequences_follow_the_target_distribution_when_the_cost_policy_stops_drafts_early(monkeypatch):
+    # The cost policy's stopping rule drops tokens by their confidence; sampling must stay exact.
+    decisions = []
+    keep = CostStoppingRule.keep
+
+    def recorded_keep(rule, confidence):
+        decisions.append(keep(rule, confidence))
+        return decisions[-1]
+
+    monkeypatch.setattr(CostStoppingRule, "keep", recorded_keep)
+    clock = FakeClock()
+    target, small, _ = small_models()
+    # A verified row costs as much as a round's fixed part: doubtful tokens are not worth keeping.
+    levels = [small.like(clock=clock, call_seconds=0.002),
+              target.like(clock=clock, call_seconds=0.010, token_seconds=0.010)]
+    cascade = Cascade(levels, policy="cost", draft_max=4, clock=clock)
+    params = SAMPLING_CASES["softmax"]
+    counts = {}
+    for seed in range(SAMPLES):
+        result = generate(cascade, ByteTokenizer(SMALL_VOCAB), SAMPLED_PROMPT, SAMPLED_LENGTH,
+                          sampling=dataclasses.replace(params, seed=seed)).run()
+        counts[tuple(result.tokens)] = counts.get(tuple(result.tokens), 0) + 1
+    assert decisions.count(False) > 200 and decisions.count(True) > 200, decisions.count(False)
+    assert chi_square_p_value(counts, exact_sequence_distribution(target, params), SAMPLES) > 1e-3
+
+
 def test_sampled_runs_are_reproducible_with_a_seed():
     target, small, _ = small_models()
     params = SamplingParams(temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, seed=5)

@@ -253,10 +253,10 @@ class ConfidenceCalibration:
         return float(self.rates[self._bin(confidence)])
 
     def record(self, confidence: float, accepted: bool) -> None:
-        b = self._bin(confidence)
-        self.observations[b] += 1
-        weight = max(self.smoothing, 1.0 / (self.observations[b] + self.prior_weight))
-        self.rates[b] += weight * (float(accepted) - self.rates[b])
+        index = self._bin(confidence)
+        self.observations[index] += 1
+        weight = max(self.smoothing, 1.0 / (self.observations[index] + self.prior_weight))
+        self.rates[index] += weight * (float(accepted) - self.rates[index])
 
 
 class CostDraftLength(DraftLengthPolicy):
