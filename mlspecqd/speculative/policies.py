@@ -271,7 +271,9 @@ class CostDraftLength(DraftLengthPolicy):
 
     Where drafting pays (K > 0) and `stop_early` is on, the round may draft up to draft_max and the
     `stopping_rule` ends it token by token (CostStoppingRule): a confident draft runs long, an unsure one
-    stops at its first doubtful token. With `stop_early` off every round drafts the planned K.
+    stops at its first doubtful token. With `stop_early` off every round drafts the planned K. With the 0.5B drafting for the 1.5B on 100
+    HumanEval prompts, stopping early drafted 20% fewer tokens for 3% fewer accepted, and gave 4% more
+    tokens per second (bench/results/speculative-real-stopping-rule.json).
     """
 
     uses_confidence = True
