@@ -431,11 +431,15 @@ def test_cost_policy_choice_from_measurements():
         half.record(2, 1)
     assert 1 <= half.plan(cheap_drafter, verifier)[0] <= 3
     assert half.choose(cheap_drafter, verifier) == 8
-    rule = half.stopping_rule(cheap_drafter, verifier)
+    assert 1 <= sure_tokens_drafted(half.stopping_rule(cheap_drafter, verifier)) <= 3
+
+
+def sure_tokens_drafted(rule, draft_max: int = 8) -> int:
+    """How many tokens of confidence 0.97 a round drafts under `rule`."""
     drafted = 0
-    while drafted < 8 and rule.draft_more() and rule.keep(0.97):
+    while drafted < draft_max and rule.draft_more() and rule.keep(0.97):
         drafted += 1
-    assert 1 <= drafted <= 3
+    return drafted
 
 
 def test_confidence_calibration_learns_the_acceptance_of_each_confidence():
@@ -467,11 +471,7 @@ def test_cost_stopping_rule_runs_on_while_sure_and_drops_the_first_doubtful_toke
     verifier, drafter = TimeModel(), TimeModel(1.0)
     policy = trained_cost_policy(verifier, drafter)
     assert policy.choose(drafter, verifier) == 8  # drafting pays: up to draft_max ...
-    rule = policy.stopping_rule(drafter, verifier)
-    kept = 0
-    while kept < 8 and rule.draft_more() and rule.keep(0.97):
-        kept += 1
-    assert kept >= 6  # ... as long as the tokens are sure
+    assert sure_tokens_drafted(policy.stopping_rule(drafter, verifier)) >= 6  # ... as long as the tokens are sure
     rule = policy.stopping_rule(drafter, verifier)
     assert [rule.keep(c) for c in (0.97, 0.97, 0.45)] == [True, True, False]  # ... and not past a doubtful one
     assert policy.stopping_rule(drafter, verifier).draft_more()
@@ -484,11 +484,7 @@ def test_cost_stopping_rule_stops_when_drafting_is_dear():
     for tokens in (1, 5, 9):
         dear.record(tokens, 0.005 * tokens)  # half a verification per drafted token
     assert policy.choose(dear, verifier) == 8
-    rule = policy.stopping_rule(dear, verifier)
-    kept = 0
-    while kept < 8 and rule.draft_more() and rule.keep(0.97):
-        kept += 1
-    assert 1 <= kept <= 3
+    assert 1 <= sure_tokens_drafted(policy.stopping_rule(dear, verifier)) <= 3
     planned_only = trained_cost_policy(TimeModel(), TimeModel(1.0), stop_early=False)
     assert planned_only.choose(dear, verifier) == planned_only.plan(dear, verifier)[0] == 2
     assert planned_only.stopping_rule(dear, verifier) is None
