@@ -3,6 +3,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
 #include <cmath>
 #include <map>
 #include <memory>
@@ -267,6 +268,17 @@ FloatArray causal_attention(const FloatArray& q, const FloatArray& k, const Floa
     return out;
 }
 
+// The gated MLP's activation kernel alone, for tests: silu(gate) * up, elementwise, as a new array.
+FloatArray silu_multiply(const FloatArray& gate, const FloatArray& up) {
+    if (gate.ndim() != 1 || up.ndim() != 1 || gate.shape(0) != up.shape(0))
+        throw std::invalid_argument("silu_multiply wants two 1-D arrays of one length, got " + shape_text(gate) +
+                                    " and " + shape_text(up));
+    FloatArray out({gate.shape(0)});
+    std::copy(gate.data(), gate.data() + gate.shape(0), out.mutable_data());
+    kernels().silu_multiply(out.mutable_data(), up.data(), gate.shape(0));
+    return out;
+}
+
 uint64_t stream_read_array(const py::array& buffer) {
     if (!(buffer.flags() & py::array::c_style)) throw std::invalid_argument("stream_read: buffer must be C-contiguous");
     if (buffer.nbytes() % 8 != 0 || reinterpret_cast<uintptr_t>(buffer.data()) % 8 != 0)
@@ -404,6 +416,8 @@ PYBIND11_MODULE(_native, m) {
         .def_property_readonly("vocab_size", &NativeModel::vocab_size);
     m.def("causal_attention", &causal_attention, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("first_position"),
           "The active instruction set's attention kernel on its own (for tests).");
+    m.def("silu_multiply", &silu_multiply, py::arg("gate"), py::arg("up"),
+          "The active instruction set's silu(gate) * up kernel on its own (for tests).");
 
     // GGUF dequantization
     m.def("dequantize", &dequantize, py::arg("raw"), py::arg("ggml_type"), py::arg("n_elements"),

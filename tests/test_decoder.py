@@ -183,6 +183,23 @@ def test_attention_kernel_matches_scalar(isa, shape):
             np.testing.assert_allclose(scalar[t, h], expected, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("isa", [isa for isa in _native.supported_isas() if isa != "scalar"])
+def test_silu_multiply_kernel_matches_scalar(isa):
+    """Every length from 0 to 40 (vector tails), and gates far into both tails of the exponential."""
+    rng = np.random.default_rng(11)
+    for n in range(41):
+        gate = (rng.standard_normal(n) * 6).astype(np.float32)
+        gate[: n // 10] = [-200.0, 200.0, -90.0, 90.0][: n // 10]
+        up = rng.standard_normal(n).astype(np.float32)
+        _native.set_isa("scalar")
+        scalar = _native.silu_multiply(gate, up)
+        _native.set_isa(isa)
+        vector = _native.silu_multiply(gate, up)
+        np.testing.assert_allclose(vector, scalar, rtol=2e-6, atol=1e-30)
+        exact = gate.astype(np.float64) / (1 + np.exp(-gate.astype(np.float64))) * up
+        np.testing.assert_allclose(scalar, exact, rtol=1e-6, atol=1e-30)
+
+
 # Prefixes for the batches: a short one, and one whose batches straddle the attention kernel's key
 # block of 128 positions (and its groups of 64).
 BATCH_PREFIXES = (5, 120)

@@ -69,6 +69,9 @@ struct KernelTable {
     // (n_heads / n_kv_heads) * (first_position + T) floats. Each query visits its keys in position order
     // and sums in an order fixed by the row's position alone, so a row's output is the same bits in any batch.
     void (*causal_attention)(const AttentionProblem& p, int64_t item_begin, int64_t item_end, float* scores);
+
+    // The gated MLP's activation, elementwise over n floats: gate[i] <- gate[i] / (1 + exp(-gate[i])) * up[i].
+    void (*silu_multiply)(float* gate, const float* up, int64_t n);
 };
 
 }  // namespace mlspecqd

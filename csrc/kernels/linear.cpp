@@ -12,6 +12,9 @@ namespace mlspecqd {
 
 namespace {
 
+// Thread slices of N are multiples of this many rows, so they never share a cache line of y.
+constexpr int64_t kWeightRowsPerChunk = 64;
+
 // The calling thread's buffer for converted activations: the pool threads share it read-only, and
 // steady-state decoding reuses it instead of allocating on every call.
 std::byte* activation_scratch(size_t bytes) {
@@ -23,40 +26,94 @@ std::byte* activation_scratch(size_t bytes) {
     return static_cast<std::byte*>(std::align(kAlignment, bytes, start, space));
 }
 
-// Activations are prepared once, by the calling thread, in the layout the kernel reads; then the kernel
-// runs on slices of N across the pool.
-template <class Weight>
-void matmul_prepared(int64_t (*prepared_bytes)(int64_t M, int64_t K),
-                     void (*prepare)(const float* x, int64_t M, int64_t K, void* prepared),
-                     void (*gemm)(const void* prepared, int64_t M, int64_t K, const Weight* w, int64_t n_begin,
-                                  int64_t n_end, float* y, int64_t ldy),
-                     const Weight* w, int64_t N, int64_t K, const float* x, int64_t M, float* y) {
-    std::byte* prepared = activation_scratch(static_cast<size_t>(prepared_bytes(M, K)));
-    prepare(x, M, K, prepared);
-    constexpr int64_t kWeightRowsPerChunk = 64;  // thread slices of N never share a cache line of y
-    parallel_for(N, kWeightRowsPerChunk, [&](int64_t begin, int64_t end) { gemm(prepared, M, K, w, begin, end, y, N); });
+// x prepared once, by the calling thread, in the layout the kernels for `type` read. The result lives
+// in the calling thread's scratch buffer, until its next call.
+const void* prepare_input(WeightType type, const float* x, int64_t M, int64_t K) {
+    const KernelTable& k = kernels();
+    const bool bf16 = type == WeightType::bf16;
+    std::byte* prepared = activation_scratch(
+        static_cast<size_t>(bf16 ? k.gemm_bf16_prepared_bytes(M, K) : k.gemm_mxfp4_prepared_bytes(M, K)));
+    (bf16 ? k.gemm_bf16_prepare : k.gemm_mxfp4_prepare)(x, M, K, prepared);
+    return prepared;
+}
+
+// Columns [n_begin, n_end) of y = x W^T from prepared x, on the calling thread.
+void multiply_rows(const Linear& w, const void* prepared, int64_t M, int64_t n_begin, int64_t n_end, float* y) {
+    const KernelTable& k = kernels();
+    const int64_t N = w.out_features, K = w.in_features;
+    switch (w.type) {
+        case WeightType::bf16:
+            k.gemm_bf16(prepared, M, K, static_cast<const uint16_t*>(w.data), n_begin, n_end, y, N);
+            return;
+        case WeightType::mxfp4:
+            k.gemm_mxfp4(prepared, M, K, static_cast<const uint8_t*>(w.data), n_begin, n_end, y, N);
+            return;
+    }
+}
+
+// Whether the weights can share one prepared x: same type and the same K, and K > 0 (the kernels
+// assume at least one step of K).
+bool share_input(std::initializer_list<const Linear*> weights) {
+    const Linear* first = *weights.begin();
+    return std::all_of(weights.begin(), weights.end(), [&](const Linear* w) {
+        return w->type == first->type && w->in_features == first->in_features && w->in_features > 0;
+    });
 }
 
 }  // namespace
 
 void matmul(const Linear& w, const float* x, int64_t M, float* y) {
     if (M <= 0 || w.out_features <= 0) return;
-    if (w.in_features <= 0) {  // empty sums; the kernels assume at least one step of K
+    if (w.in_features <= 0) {  // empty sums
         std::fill(y, y + M * w.out_features, 0.0f);
         return;
     }
-    const KernelTable& k = kernels();
-    const int64_t N = w.out_features, K = w.in_features;
-    switch (w.type) {
-        case WeightType::bf16:
-            matmul_prepared(k.gemm_bf16_prepared_bytes, k.gemm_bf16_prepare, k.gemm_bf16,
-                            static_cast<const uint16_t*>(w.data), N, K, x, M, y);
-            return;
-        case WeightType::mxfp4:
-            matmul_prepared(k.gemm_mxfp4_prepared_bytes, k.gemm_mxfp4_prepare, k.gemm_mxfp4,
-                            static_cast<const uint8_t*>(w.data), N, K, x, M, y);
-            return;
+    const void* prepared = prepare_input(w.type, x, M, w.in_features);
+    parallel_for(w.out_features, kWeightRowsPerChunk,
+                 [&](int64_t begin, int64_t end) { multiply_rows(w, prepared, M, begin, end, y); });
+}
+
+void matmul_shared_input(std::initializer_list<Product> products, const float* x, int64_t M) {
+    if (M <= 0 || products.size() == 0) return;
+    const Product* first = products.begin();
+    bool shared = true;
+    int64_t rows = 0;
+    for (const Product& product : products) {
+        shared = shared && share_input({first->w, product.w});
+        rows += product.w->out_features;
     }
+    if (!shared) {
+        for (const Product& product : products) matmul(*product.w, x, M, product.y);
+        return;
+    }
+    const void* prepared = prepare_input(first->w->type, x, M, first->w->in_features);
+    parallel_for(rows, kWeightRowsPerChunk, [&](int64_t begin, int64_t end) {
+        int64_t offset = 0;  // the first row of `product` in the rows laid end to end
+        for (const Product& product : products) {
+            const int64_t n_begin = std::max(begin - offset, int64_t{0});
+            const int64_t n_end = std::min(end - offset, product.w->out_features);
+            if (n_begin < n_end) multiply_rows(*product.w, prepared, M, n_begin, n_end, product.y);
+            offset += product.w->out_features;
+        }
+    });
+}
+
+void matmul_swiglu(const Linear& gate, const Linear& up, const float* x, int64_t M, float* gate_y, float* up_y) {
+    const int64_t N = gate.out_features;
+    if (M <= 0 || N <= 0) return;
+    const KernelTable& k = kernels();
+    if (up.out_features != N || !share_input({&gate, &up})) {
+        matmul(gate, x, M, gate_y);
+        matmul(up, x, M, up_y);
+        parallel_for(M * N, 4096, [&](int64_t begin, int64_t end) { k.silu_multiply(gate_y + begin, up_y + begin, end - begin); });
+        return;
+    }
+    const void* prepared = prepare_input(gate.type, x, M, gate.in_features);
+    parallel_for(N, kWeightRowsPerChunk, [&](int64_t begin, int64_t end) {
+        multiply_rows(gate, prepared, M, begin, end, gate_y);
+        multiply_rows(up, prepared, M, begin, end, up_y);
+        for (int64_t m = 0; m < M; ++m) k.silu_multiply(gate_y + m * N + begin, up_y + m * N + begin, end - begin);
+    });
 }
 
 }  // namespace mlspecqd

@@ -1,6 +1,7 @@
-// A linear layer's weight as the kernels hold it, and the threaded matrix product over it.
+// A linear layer's weight as the kernels hold it, and the threaded matrix products over it.
 #pragma once
 #include <cstdint>
+#include <initializer_list>
 
 namespace mlspecqd {
 
@@ -19,5 +20,21 @@ struct Linear {
 // are rounded to BF16 for every weight type. The kernels are tuned for M up to 64; larger M reads W
 // once per 64 rows.
 void matmul(const Linear& w, const float* x, int64_t M, float* y);
+
+// One product of a group that reads the same x: the weight and its output (M x w->out_features).
+struct Product {
+    const Linear* w;
+    float* y;
+};
+
+// matmul for weights that read the same x (a layer's query, key and value), in one parallel region
+// over their rows laid end to end: x is prepared once, and a small matrix does not pay a fork and join
+// of the pool of its own. Each output has the same bits as from matmul.
+void matmul_shared_input(std::initializer_list<Product> products, const float* x, int64_t M);
+
+// The gated MLP's first half: gate_y <- silu(x G^T) * (x U^T), up_y <- x U^T (M x N each). One parallel
+// region: each thread takes the same rows of G and U and applies silu(gate) * up to its own columns at
+// once. Each output has the same bits as matmul followed by the elementwise silu_multiply kernel.
+void matmul_swiglu(const Linear& gate, const Linear& up, const float* x, int64_t M, float* gate_y, float* up_y);
 
 }  // namespace mlspecqd

@@ -128,9 +128,7 @@ void Decoder::attention_block(const LayerWeights& w, int64_t layer, int64_t T, i
     const ModelConfig& c = config_;
     const int64_t d = c.d_model, q_width = c.n_heads * c.head_dim, kv_width = c.n_kv_heads * c.head_dim;
     rms_norm(x_.data(), w.attn_norm, T, d, c.norm_eps, normed_.data());
-    matmul(w.q, normed_.data(), T, q_.data());
-    matmul(w.k, normed_.data(), T, k_.data());
-    matmul(w.v, normed_.data(), T, v_.data());
+    matmul_shared_input({{&w.q, q_.data()}, {&w.k, k_.data()}, {&w.v, v_.data()}}, normed_.data(), T);
     if (c.qkv_bias) {
         add_bias(q_.data(), w.q_bias, T, q_width);
         add_bias(k_.data(), w.k_bias, T, kv_width);
@@ -173,9 +171,7 @@ void Decoder::attention_block(const LayerWeights& w, int64_t layer, int64_t T, i
 void Decoder::mlp_block(const LayerWeights& w, int64_t T) {
     const ModelConfig& c = config_;
     rms_norm(x_.data(), w.ffn_norm, T, c.d_model, c.norm_eps, normed_.data());
-    matmul(w.gate, normed_.data(), T, gate_.data());
-    matmul(w.up, normed_.data(), T, up_.data());
-    swiglu(gate_.data(), up_.data(), T * c.d_ff);
+    matmul_swiglu(w.gate, w.up, normed_.data(), T, gate_.data(), up_.data());
     matmul(w.down, gate_.data(), T, normed_.data());
     add_rows(x_.data(), normed_.data(), T * c.d_model);
 }

@@ -32,13 +32,6 @@ void add_bias(float* x, const float* bias, int64_t rows, int64_t width) {
         for (int64_t i = 0; i < width; ++i) x[r * width + i] += bias[i];
 }
 
-void swiglu(float* gate, const float* up, int64_t n) {
-    constexpr int64_t kGrain = 4096;
-    parallel_for(n, kGrain, [&](int64_t begin, int64_t end) {
-        for (int64_t i = begin; i < end; ++i) gate[i] = gate[i] / (1.0f + std::exp(-gate[i])) * up[i];
-    });
-}
-
 Rope::Rope(const ModelConfig& config, const float* freq_factors)
     : style_(config.rope_style), head_dim_(config.head_dim), pairs_(config.rope_dim / 2) {
     inverse_frequency_.resize(pairs_);

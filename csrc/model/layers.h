@@ -17,9 +17,6 @@ void rms_norm(const float* x, const float* weight, int64_t rows, int64_t width, 
 // x[r] += bias for `rows` rows of `width` floats.
 void add_bias(float* x, const float* bias, int64_t rows, int64_t width);
 
-// gate <- silu(gate) * up, elementwise over n floats.
-void swiglu(float* gate, const float* up, int64_t n);
-
 // Rotary position embedding: the inverse frequency of each rotated pair, after any scaling.
 class Rope {
 public:

@@ -16,6 +16,7 @@
 #include <utility>
 
 #include "kernels/isa/isa.h"  // also brings <immintrin.h> in the vector builds
+#include "kernels/isa/vector_exp.h"
 
 
 namespace mlspecqd {
@@ -31,25 +32,6 @@ static_assert(kKeyTile == kLanes, "one key tile is one vector");
 inline __mmask16 tail_mask(int64_t remaining) {
     if (remaining >= kLanes) return __mmask16(0xffff);
     return remaining <= 0 ? __mmask16(0) : __mmask16((1u << remaining) - 1u);
-}
-
-// exp(x) = 2^n * exp(r) with n = round(x / ln 2) and |r| <= ln(2) / 2; a degree-7 Taylor polynomial
-// gives exp(r) to about 1e-8 relative.
-inline __m512 exp_ps(__m512 x) {
-    x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-104.0f)), _mm512_set1_ps(88.72283f));
-    const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504f)),
-                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145752f), x);
-    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.42860677e-6f), r);
-    __m512 p = _mm512_set1_ps(1.0f / 5040.0f);
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 720.0f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120.0f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24.0f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6.0f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-    return _mm512_scalef_ps(p, n);
 }
 
 inline float max_of(const float* x, int64_t n) {
@@ -154,11 +136,19 @@ inline void dispatch_heads(int64_t heads, std::integer_sequence<int, Heads...>, 
     ((heads == Heads + 1 ? (call(std::integral_constant<int, Heads + 1>{}), true) : false) || ...);
 }
 
+// Heads per pass for a group: as even as the passes allow (7 heads go 4 + 3, not 6 + 1, whose lone
+// head would run its sums as too few FMA chains to fill the pipeline).
+inline int64_t heads_per_pass(int64_t group) {
+    const int64_t passes = (group + kHeadsPerPass - 1) / kHeadsPerPass;
+    return (group + passes - 1) / passes;
+}
+
 inline void group_key_scores(const float* q, int64_t group, const float* tiles, int64_t head_dim, int64_t n,
                              float scale, float* scores, int64_t scores_stride) {
     const __m512 vscale = _mm512_set1_ps(scale);
-    for (int64_t h = 0; h < group; h += kHeadsPerPass)
-        dispatch_heads(std::min(kHeadsPerPass, group - h), std::make_integer_sequence<int, kHeadsPerPass>(),
+    const int64_t per_pass = heads_per_pass(group);
+    for (int64_t h = 0; h < group; h += per_pass)
+        dispatch_heads(std::min(per_pass, group - h), std::make_integer_sequence<int, kHeadsPerPass>(),
                        [&](auto heads) {
                            heads_key_scores<heads()>(q + h * head_dim, tiles, head_dim, n, vscale,
                                                      scores + h * scores_stride, scores_stride);
@@ -167,8 +157,9 @@ inline void group_key_scores(const float* q, int64_t group, const float* tiles, 
 
 inline void group_accumulate_values(const float* weights, int64_t weights_stride, int64_t group, const float* v,
                                     int64_t n, int64_t head_dim, float* out) {
-    for (int64_t h = 0; h < group; h += kHeadsPerPass)
-        dispatch_heads(std::min(kHeadsPerPass, group - h), std::make_integer_sequence<int, kHeadsPerPass>(),
+    const int64_t per_pass = heads_per_pass(group);
+    for (int64_t h = 0; h < group; h += per_pass)
+        dispatch_heads(std::min(per_pass, group - h), std::make_integer_sequence<int, kHeadsPerPass>(),
                        [&](auto heads) {
                            heads_accumulate_values<heads()>(weights + h * weights_stride, weights_stride, v, n,
                                                             head_dim, out + h * head_dim);
@@ -196,25 +187,6 @@ inline float reduce_max(__m256 v) {
     const __m128 pair = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     const __m128 two = _mm_max_ps(pair, _mm_movehl_ps(pair, pair));
     return _mm_cvtss_f32(_mm_max_ss(two, _mm_movehdup_ps(two)));
-}
-
-// See the AVX-512 path; the exponent goes in through the float's bit pattern (n stays in [-126, 127]).
-inline __m256 exp_ps(__m256 x) {
-    x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.33654f)), _mm256_set1_ps(88.3762f));
-    const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504f)),
-                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693145752f), x);
-    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(1.42860677e-6f), r);
-    __m256 p = _mm256_set1_ps(1.0f / 5040.0f);
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 720.0f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 120.0f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 24.0f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 6.0f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
-    const __m256i exponent = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-    return _mm256_mul_ps(p, _mm256_castsi256_ps(exponent));
 }
 
 // See the AVX-512 path: two tiles (four half-tile vectors) at a time, then one tile at a time, masked.

@@ -19,6 +19,7 @@ const KernelTable& kernel_table() {
         gemm_mxfp4_prepare,
         gemm_mxfp4,
         causal_attention,
+        silu_multiply,
     };
     return table;
 }
