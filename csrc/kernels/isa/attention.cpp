@@ -71,9 +71,13 @@ inline void score_tiles(const float* q, int64_t head_dim, const float* tiles, __
         for (int t = 0; t < Tiles; ++t) sums[h][t] = _mm512_setzero_ps();
     for (int64_t d = 0; d < head_dim; ++d) {
         __m512 keys[Tiles];
-        for (int t = 0; t < Tiles; ++t)
+        for (int t = 0; t < Tiles; ++t) {
             keys[t] = _mm512_maskz_loadu_ps(t == Tiles - 1 ? last_mask : __mmask16(0xffff),
                                             tiles + t * tile_floats + d * kKeyTile);
+            // The same row of the next tiles: a tile is one or two 4 KiB pages, too short a stream for
+            // the hardware prefetcher, and the cache is cold after a layer's weights went through.
+            _mm_prefetch(reinterpret_cast<const char*>(tiles + (Tiles + t) * tile_floats + d * kKeyTile), _MM_HINT_T0);
+        }
         for (int h = 0; h < Heads; ++h) {
             const __m512 qd = _mm512_set1_ps(q[h * head_dim + d]);
             for (int t = 0; t < Tiles; ++t) sums[h][t] = _mm512_fmadd_ps(qd, keys[t], sums[h][t]);
@@ -100,6 +104,9 @@ inline void heads_key_scores(const float* q, const float* tiles, int64_t head_di
 
 // out[h * head_dim + d] += sum_j weights[h * weights_stride + j] * v[j * head_dim + d] for `Heads` heads,
 // 64 dimensions per pass over the keys.
+// Value rows fetched this many keys ahead of their use.
+constexpr int64_t kValuesAhead = 8;
+
 template <int Heads>
 inline void heads_accumulate_values(const float* weights, int64_t weights_stride, const float* v, int64_t n,
                                     int64_t head_dim, float* out) {
@@ -113,8 +120,10 @@ inline void heads_accumulate_values(const float* weights, int64_t weights_stride
                 sums[h][i] = _mm512_maskz_loadu_ps(masks[i], out + h * head_dim + d + i * kLanes);
         for (int64_t j = 0; j < n; ++j) {
             __m512 values[kVectors];
-            for (int i = 0; i < kVectors; ++i)
+            for (int i = 0; i < kVectors; ++i) {
                 values[i] = _mm512_maskz_loadu_ps(masks[i], v + j * head_dim + d + i * kLanes);
+                _mm_prefetch(reinterpret_cast<const char*>(v + (j + kValuesAhead) * head_dim + d + i * kLanes), _MM_HINT_T0);
+            }
             for (int h = 0; h < Heads; ++h) {
                 const __m512 w = _mm512_set1_ps(weights[h * weights_stride + j]);
                 for (int i = 0; i < kVectors; ++i) sums[h][i] = _mm512_fmadd_ps(w, values[i], sums[h][i]);
