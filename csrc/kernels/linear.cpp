@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <cstddef>
 #include <memory>
+#include <stdexcept>
+#include <string>
 #include <vector>
 
 #include "cpu.h"
@@ -51,13 +53,13 @@ void multiply_rows(const Linear& w, const void* prepared, int64_t M, int64_t n_b
     }
 }
 
-// Whether the weights can share one prepared x: same type and the same K, and K > 0 (the kernels
-// assume at least one step of K).
-bool share_input(std::initializer_list<const Linear*> weights) {
-    const Linear* first = *weights.begin();
-    return std::all_of(weights.begin(), weights.end(), [&](const Linear* w) {
-        return w->type == first->type && w->in_features == first->in_features && w->in_features > 0;
-    });
+// The products of one call must read one prepared x: the same weight type and the same K > 0 (the
+// kernels assume at least one step of K). The decoder's query/key/value and gate/up always do.
+void check_shared_input(const Linear& first, const Linear& other, const char* where) {
+    if (other.type != first.type || other.in_features != first.in_features || first.in_features <= 0)
+        throw std::invalid_argument(std::string(where) + ": the weights must share their type and an input width K > 0 (K = " +
+                                    std::to_string(first.in_features) + " and " +
+                                    std::to_string(other.in_features) + ")");
 }
 
 }  // namespace
@@ -76,15 +78,10 @@ void matmul(const Linear& w, const float* x, int64_t M, float* y) {
 void matmul_shared_input(std::initializer_list<Product> products, const float* x, int64_t M) {
     if (M <= 0 || products.size() == 0) return;
     const Product* first = products.begin();
-    bool shared = true;
     int64_t rows = 0;
     for (const Product& product : products) {
-        shared = shared && share_input({first->w, product.w});
+        check_shared_input(*first->w, *product.w, "matmul_shared_input");
         rows += product.w->out_features;
-    }
-    if (!shared) {
-        for (const Product& product : products) matmul(*product.w, x, M, product.y);
-        return;
     }
     const void* prepared = prepare_input(first->w->type, x, M, first->w->in_features);
     parallel_for(rows, kWeightRowsPerChunk, [&](int64_t begin, int64_t end) {
@@ -101,13 +98,11 @@ void matmul_shared_input(std::initializer_list<Product> products, const float* x
 void matmul_swiglu(const Linear& gate, const Linear& up, const float* x, int64_t M, float* gate_y, float* up_y) {
     const int64_t N = gate.out_features;
     if (M <= 0 || N <= 0) return;
+    check_shared_input(gate, up, "matmul_swiglu");
+    if (up.out_features != N)
+        throw std::invalid_argument("matmul_swiglu: gate has " + std::to_string(N) + " rows, up " +
+                                    std::to_string(up.out_features));
     const KernelTable& k = kernels();
-    if (up.out_features != N || !share_input({&gate, &up})) {
-        matmul(gate, x, M, gate_y);
-        matmul(up, x, M, up_y);
-        parallel_for(M * N, 4096, [&](int64_t begin, int64_t end) { k.silu_multiply(gate_y + begin, up_y + begin, end - begin); });
-        return;
-    }
     const void* prepared = prepare_input(gate.type, x, M, gate.in_features);
     parallel_for(N, kWeightRowsPerChunk, [&](int64_t begin, int64_t end) {
         multiply_rows(gate, prepared, M, begin, end, gate_y);

@@ -29,12 +29,14 @@ struct Product {
 
 // matmul for weights that read the same x (a layer's query, key and value), in one parallel region
 // over their rows laid end to end: x is prepared once, and a small matrix does not pay a fork and join
-// of the pool of its own. Each output has the same bits as from matmul.
+// of the pool of its own. Each output has the same bits as from matmul. The weights must share their
+// type and K > 0 (std::invalid_argument otherwise).
 void matmul_shared_input(std::initializer_list<Product> products, const float* x, int64_t M);
 
 // The gated MLP's first half: gate_y <- silu(x G^T) * (x U^T), up_y <- x U^T (M x N each). One parallel
 // region: each thread takes the same rows of G and U and applies silu(gate) * up to its own columns at
-// once. Each output has the same bits as matmul followed by the elementwise silu_multiply kernel.
+// once. Each output has the same bits as matmul followed by the elementwise silu_multiply kernel. G and
+// U must have one shape and type (std::invalid_argument otherwise).
 void matmul_swiglu(const Linear& gate, const Linear& up, const float* x, int64_t M, float* gate_y, float* up_y);
 
 }  // namespace mlspecqd

@@ -102,11 +102,11 @@ inline void heads_key_scores(const float* q, const float* tiles, int64_t head_di
                               scores_stride);
 }
 
-// out[h * head_dim + d] += sum_j weights[h * weights_stride + j] * v[j * head_dim + d] for `Heads` heads,
-// 64 dimensions per pass over the keys.
-// Value rows fetched this many keys ahead of their use.
+// Value rows are fetched this many keys ahead of their use.
 constexpr int64_t kValuesAhead = 8;
 
+// out[h * head_dim + d] += sum_j weights[h * weights_stride + j] * v[j * head_dim + d] for `Heads` heads,
+// 64 dimensions per pass over the keys.
 template <int Heads>
 inline void heads_accumulate_values(const float* weights, int64_t weights_stride, const float* v, int64_t n,
                                     int64_t head_dim, float* out) {
