@@ -200,6 +200,12 @@ def test_silu_multiply_kernel_matches_scalar(isa):
         np.testing.assert_allclose(scalar, exact, rtol=1e-6, atol=1e-30)
 
 
+@pytest.mark.parametrize("gate, up", [(np.zeros(3), np.zeros(4)), (np.zeros((2, 2)), np.zeros((2, 2)))])
+def test_silu_multiply_refuses_mismatched_arrays(gate, up):
+    with pytest.raises(ValueError, match="silu_multiply wants two 1-D arrays of one length"):
+        _native.silu_multiply(gate, up)
+
+
 # Prefixes for the batches: a short one, and one whose batches straddle the attention kernel's key
 # block of 128 positions (and its groups of 64).
 BATCH_PREFIXES = (5, 120)

@@ -1,9 +1,9 @@
 // The gated MLP's activation: gate <- silu(gate) * up = gate / (1 + exp(-gate)) * up, elementwise.
 // The scalar path is the reference; the vector paths use exp_ps, so they match it within a few units
 // in the last place. Every element takes the same operations wherever it falls (the tail is a masked
-// or copied vector), so the result does not depend on how the range is cut.
+// vector), so the result does not depend on how the range is cut.
+#include <algorithm>
 #include <cmath>
-#include <cstring>
 
 #include "kernels/isa/isa.h"
 #include "kernels/isa/vector_exp.h"
@@ -23,19 +23,13 @@ void silu_multiply(float* gate, const float* up, int64_t n) {
     }
 #elif defined(__AVX2__)
     const __m256 one = _mm256_set1_ps(1.0f);
+    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
     for (int64_t i = 0; i < n; i += 8) {
-        const int64_t count = n - i >= 8 ? 8 : n - i;
-        float g_lanes[8] = {}, u_lanes[8] = {};
-        const bool whole = count == 8;
-        if (!whole) {
-            std::memcpy(g_lanes, gate + i, sizeof(float) * count);
-            std::memcpy(u_lanes, up + i, sizeof(float) * count);
-        }
-        const __m256 g = _mm256_loadu_ps(whole ? gate + i : g_lanes);
-        const __m256 u = _mm256_loadu_ps(whole ? up + i : u_lanes);
+        const __m256i m = _mm256_cmpgt_epi32(_mm256_set1_epi32(int32_t(std::min<int64_t>(n - i, 8))), lane);
+        const __m256 g = _mm256_maskload_ps(gate + i, m);
+        const __m256 u = _mm256_maskload_ps(up + i, m);
         const __m256 silu = _mm256_div_ps(g, _mm256_add_ps(one, exp_ps(_mm256_sub_ps(_mm256_setzero_ps(), g))));
-        _mm256_storeu_ps(whole ? gate + i : g_lanes, _mm256_mul_ps(silu, u));
-        if (!whole) std::memcpy(gate + i, g_lanes, sizeof(float) * count);
+        _mm256_maskstore_ps(gate + i, m, _mm256_mul_ps(silu, u));
     }
 #else
     for (int64_t i = 0; i < n; ++i) gate[i] = gate[i] / (1.0f + std::exp(-gate[i])) * up[i];
