@@ -20,6 +20,7 @@ from mlspecqd.speculative import (
     ModelLevel,
     NgramDrafter,
     PolicyError,
+    ForwardTimeModel,
     TimeModel,
     VocabularyMismatchError,
     verification,
@@ -546,6 +547,44 @@ def test_time_model_extrapolates_from_the_nearest_measured_size_not_a_noisy_line
     assert drafter.estimate(5) == pytest.approx(five)
     assert drafter.estimate(6) == pytest.approx(five * 6 / 5)
     assert drafter.estimate(8) == pytest.approx(five * 8 / 5)
+
+
+def test_forward_time_model_keeps_the_shape_of_sizes_apart_from_the_speed_of_the_machine():
+    # The machine's memory flips between a fast and a slow speed within seconds; a forward's time is
+    # the speed times the shape of its size.
+    def shape(tokens: int) -> float:
+        return 0.050 * (1 + 0.04 * (tokens - 1))
+
+    verifier, per_size = ForwardTimeModel(), TimeModel()
+    rng = np.random.default_rng(3)
+    calls = [(int(tokens), speed) for speed in (1.0, 1.5) for tokens in rng.integers(5, 8, size=14)]
+    calls += [(5, 1.0)] * 10  # fast again, and only 5 tokens called: 6 and 7 were last timed slow
+    for tokens, speed in calls:
+        verifier.record(tokens, speed * shape(tokens))
+        per_size.record(tokens, speed * shape(tokens))
+    for tokens in (5, 6, 7):
+        assert verifier.estimate(tokens) == pytest.approx(shape(tokens), rel=1e-3)
+    # What the stopping rule prices a sixth verified token at: the medians per size make it 15 times dear.
+    assert verifier.estimate(6) - verifier.estimate(5) == pytest.approx(shape(6) - shape(5), rel=1e-3)
+    assert per_size.estimate(6) - per_size.estimate(5) > 10 * (shape(6) - shape(5))
+    for _ in range(3):  # slow again: the majority of the last five calls decides the speed
+        verifier.record(6, 1.5 * shape(6))
+    for tokens in (5, 6, 7):
+        assert verifier.estimate(tokens) == pytest.approx(1.5 * shape(tokens), rel=1e-3)
+    assert verifier.estimate(9) == pytest.approx(1.5 * shape(7) * (1 + 8 / 32) / (1 + 6 / 32), rel=1e-3)
+
+
+def test_forward_time_model_ignores_a_disturbed_call_and_sizes_it_cannot_link():
+    verifier = ForwardTimeModel()
+    for tokens, seconds in [(1, 0.050), (5, 0.060)] * 4 + [(1, 0.500), (5, 0.060), (1, 0.050)]:
+        verifier.record(tokens, seconds)  # one call ten times slow: two ratios of seven spoiled
+    assert verifier.estimate(1) == pytest.approx(0.050)
+    assert verifier.estimate(5) == pytest.approx(0.060)
+    lone = ForwardTimeModel()
+    for tokens, seconds in [(3, 0.040)] * 3 + [(9, 0.070)] * 3:  # one change of size: one ratio
+        lone.record(tokens, seconds)
+    assert lone.estimate(3) == pytest.approx(0.040) and lone.estimate(9) == pytest.approx(0.070)
+    assert ForwardTimeModel().sample_count == 0
 
 
 def test_acceptance_of_a_new_position_starts_from_the_position_before_it():

@@ -18,7 +18,8 @@ import numpy as np
 
 from mlspecqd.sampling import Sampler, TokenDistribution
 from mlspecqd.speculative import verification
-from mlspecqd.speculative.policies import CostDraftLength, DraftLengthPolicy, StoppingRule, TimeModel
+from mlspecqd.speculative.policies import (CostDraftLength, DraftLengthPolicy, ForwardTimeModel, StoppingRule,
+                                           TimeModel)
 
 
 class LanguageModel(Protocol):
@@ -209,7 +210,7 @@ class ModelLevel(Level):
         self.routes: list[Route] = []  # who may draft for this level: set by the Cascade
         self.route_reprobe_after = 32  # rounds after which a route not taken is tried once, where it is in step
         self.chunk = 256
-        self.round_timing = TimeModel()  # a forward of T tokens and the verification of its rows
+        self.round_timing = ForwardTimeModel()  # a forward of T tokens and the verification of its rows
         # Tokens a drafter's cache may lack when it drafted in every round so far: one from each model
         # level above it, and one more where a round of the level above had no room to ask it.
         self.in_step_lag = 2

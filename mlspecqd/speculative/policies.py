@@ -25,9 +25,10 @@ class TimeModel:
     learned online from the recent calls.
 
     A size measured at least `measured_at_size` times among the recent calls is estimated by the median
-    of its last measurements: a CPU forward's time is a step function of T (flat while reading the
-    weights bounds it, rising once the dot products do), which a straight line misplaces (in a
-    three-level cascade the BF16 target's one-token forward was fitted at 27 ms, measured at 64 ms).
+    of its last measurements: a CPU forward's time is a step function of T (flat while reading the weights bounds it,
+    rising once the dot products do), which a straight line misplaces (in a three-level cascade the BF16
+    target's one-token forward was fitted at 27 ms, measured at 64 ms).
+
     A size between two measured ones is interpolated between them. A size beyond the measured ones
     takes the nearest measured time, scaled by the prior shape: each token beyond the first costs
     `extra_token_share` of the first. For a verifier that is 1/32, on purpose optimistic: a size priced
@@ -102,6 +103,80 @@ class TimeModel:
         first_token = mean_seconds / max(self._prior_shape(mean_tokens), 1e-9)
         slope = first_token * self.extra_token_share
         return first_token - slope, slope
+
+
+class ForwardTimeModel(TimeModel):
+    """The time of one forward call of T tokens: the machine's speed at the moment times the shape of
+    T, estimated apart.
+
+    The memory speed of a shared machine flips within seconds: a 4-token verification took 46 ms and
+    70 ms within one prompt. Medians per size then mix the speeds: a size last called in a slow
+    stretch looks dear next to one called in a fast stretch (6 tokens 72 ms, 7 tokens 58 ms), and the
+    stopping rule, which prices a verified row as the difference of two sizes, kept cascades at short
+    drafts for whole runs. A drafter's proposal is not one forward (a recursive drafter's time
+    depends on its own rounds), so its time model stays a `TimeModel`.
+    """
+
+    def _measured_sizes(self) -> dict[int, float]:
+        """Time now of each size called at least `measured_at_size` times.
+
+        A size's shape is its time relative to the most called size (the reference), learned from
+        calls next to each other: two calls in a row ran at nearly the same speed, so the ratio of
+        their times is the ratio of their shapes. Each pair of sizes takes the median of its ratios (a
+        change of speed between two calls spoils one ratio, not the median), and the shapes are the
+        least-squares fit to the logarithms of those medians. The current speed is the median of the
+        last `medians_of` calls over their shapes: it follows a change of speed within a few calls,
+        and one disturbed call does not move it. A size no pair links to the reference keeps the
+        median of its own last calls.
+        """
+        by_size: dict[int, list[float]] = {}
+        for t, s in self._samples:
+            by_size.setdefault(t, []).append(s)
+        latest = {t: float(np.median(seconds[-self.medians_of:]))
+                  for t, seconds in by_size.items() if len(seconds) >= self.measured_at_size}
+        paced = [(t, s) for t, s in self._samples if s > 0.0 and t in latest]
+        log_shape = self._log_shapes(paced, reference=max((t for t, _ in paced), key=lambda t: len(by_size[t]), default=0))
+        if not log_shape:
+            return latest
+        relative = [s / np.exp(log_shape[t]) for t, s in paced if t in log_shape]
+        speed_now = float(np.median(relative[-self.medians_of:]))
+        return latest | {t: speed_now * float(np.exp(value)) for t, value in log_shape.items()}
+
+    @staticmethod
+    def _log_shapes(paced: list[tuple[int, float]], reference: int) -> dict[int, float]:
+        """Log time of each size relative to `reference`, from the ratios of consecutive calls; only the
+        sizes that pairs link to the reference."""
+        ratios: dict[tuple[int, int], list[float]] = {}
+        for (first, first_seconds), (second, second_seconds) in zip(paced, paced[1:]):
+            if first != second:
+                low, high = sorted((first, second))
+                sign = 1.0 if second == high else -1.0
+                ratios.setdefault((low, high), []).append(sign * np.log(second_seconds / first_seconds))
+        linked, grown = {reference}, True
+        while grown:
+            grown = False
+            for low, high in ratios:
+                if (low in linked) != (high in linked):
+                    linked |= {low, high}
+                    grown = True
+        unknowns = sorted(linked - {reference})
+        if not unknowns:
+            return {reference: 0.0} if reference else {}
+        column = {size: index for index, size in enumerate(unknowns)}
+        equations, targets = [], []
+        for (low, high), values in ratios.items():
+            if low not in linked:
+                continue
+            weight = np.sqrt(len(values))
+            row = np.zeros(len(unknowns))
+            if high in column:
+                row[column[high]] += weight
+            if low in column:
+                row[column[low]] -= weight
+            equations.append(row)
+            targets.append(weight * float(np.median(values)))
+        solution = np.linalg.lstsq(np.array(equations), np.array(targets), rcond=None)[0]
+        return {reference: 0.0} | {size: float(solution[column[size]]) for size in unknowns}
 
 
 def check_draft_max(draft_max: object) -> int:
