@@ -269,11 +269,14 @@ def test_sampled_sequences_follow_the_target_distribution_when_the_cost_policy_s
         return decisions[-1]
 
     monkeypatch.setattr(CostStoppingRule, "keep", recorded_keep)
+    # A calibration that has learned that the less sure drafts are never accepted: the rule drops every
+    # draft token below 0.7 confidence (the small model's are 0.57 or 0.80 here).
+    monkeypatch.setattr(ConfidenceCalibration, "acceptance", lambda calibration, confidence: confidence * (confidence >= 0.7))
     clock = FakeClock()
     target, small, _ = small_models()
-    # A verified row costs as much as a round's fixed part: doubtful tokens are not worth keeping.
-    levels = [small.like(clock=clock, call_seconds=0.002),
-              target.like(clock=clock, call_seconds=0.010, token_seconds=0.010)]
+    # A round's fixed part dominates, as on a CPU that reads the weights once per forward: drafting pays.
+    levels = [small.like(clock=clock, call_seconds=0.001),
+              target.like(clock=clock, call_seconds=0.030, token_seconds=0.003)]
     cascade = Cascade(levels, policy="cost", draft_max=4, clock=clock)
     params = SAMPLING_CASES["softmax"]
     counts = {}
@@ -406,6 +409,34 @@ def test_a_drafter_catching_up_after_a_pause_does_not_price_its_drafts_by_it():
     assert len(proposal) == 2  # it drafted, caught up ...
     assert draft.model.n_past == len(after_pause) + 1
     assert draft.proposal_timing.sample_count == 1  # ... and its draft price is still the in-step one
+
+
+class KeepFirst:
+    """A stopping rule that keeps the first `count` drafted tokens and drops the next."""
+
+    def __init__(self, count: int) -> None:
+        self.left = count
+
+    def draft_more(self) -> bool:
+        return True
+
+    def keep(self, confidence: float) -> bool:
+        self.left -= 1
+        return self.left >= 0
+
+
+def test_a_drafter_prices_the_token_its_stopping_rule_dropped():
+    # A token drafted and then dropped cost its forward as a kept one did: a proposal is priced by
+    # every token drafted, or dropping one makes drafting look 1.5x dearer per token than it is.
+    clock = FakeClock()
+    target = target_model(clock=clock)
+    draft = ModelLevel(target.like(call_seconds=0.001))
+    Cascade([draft, target.like()], policy="cost", clock=clock)
+    decoding = Decoding(Sampler(SamplingParams(temperature=0.0)), frozenset())
+    draft.prefill(PROMPT)
+    proposal = draft.propose(PROMPT + [7], 4, decoding, stopping=KeepFirst(2))
+    assert len(proposal) == 2
+    assert draft.proposal_timing.estimate(3) == pytest.approx(0.003)  # three forwards, three tokens drafted
 
 
 def test_cost_policy_choice_from_measurements():
@@ -572,6 +603,9 @@ def test_forward_time_model_keeps_the_shape_of_sizes_apart_from_the_speed_of_the
     for tokens in (5, 6, 7):
         assert verifier.estimate(tokens) == pytest.approx(1.5 * shape(tokens), rel=1e-3)
     assert verifier.estimate(9) == pytest.approx(1.5 * shape(7) * (1 + 8 / 32) / (1 + 6 / 32), rel=1e-3)
+    for tokens in [5, 6] * 30:  # 7 tokens leaves the window of calls; its ratios stay
+        verifier.record(tokens, shape(tokens))
+    assert verifier.estimate(7) == pytest.approx(shape(7), rel=1e-3)
 
 
 def test_forward_time_model_ignores_a_disturbed_call_and_sizes_it_cannot_link():

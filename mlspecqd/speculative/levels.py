@@ -331,8 +331,10 @@ class ModelLevel(Level):
         count = min(count, self.context_length - len(sequence))
         proposal = Proposal()
         finished = False
+        drafted = 0  # the proposal's tokens and those the stopping rule dropped: all cost their time
         while len(proposal) < count and not finished and (stopping is None or stopping.draft_more()):
             emitted = self.step(sequence + proposal.tokens, count - len(proposal), decoding)
+            drafted += len(emitted)
             for token, distribution, logits in zip(emitted.tokens, emitted.distributions, emitted.logits):
                 confidence = model_confidence(distribution, logits) if stopping or confidences else None
                 if stopping is not None and not stopping.keep(confidence):
@@ -346,7 +348,7 @@ class ModelLevel(Level):
         # having paused, not of drafting: recorded, it made every probe after a pause look too dear to
         # resume, and over 100 prompts the 0.5B level of the three-level cascade drafted almost never.
         if behind <= self.in_step_lag:
-            self.proposal_timing.record(len(proposal), self.clock() - started)
+            self.proposal_timing.record(drafted, self.clock() - started)
         return proposal
 
     def catch_up_seconds(self, sequence: Sequence[int]) -> float:

@@ -112,69 +112,75 @@ class ForwardTimeModel(TimeModel):
     The memory speed of a shared machine flips within seconds: a 4-token verification took 46 ms and
     70 ms within one prompt. Medians per size then mix the speeds: a size last called in a slow
     stretch looks dear next to one called in a fast stretch (6 tokens 72 ms, 7 tokens 58 ms), and the
-    stopping rule, which prices a verified row as the difference of two sizes, kept cascades at short
-    drafts for whole runs. A drafter's proposal is not one forward (a recursive drafter's time
-    depends on its own rounds), so its time model stays a `TimeModel`.
+    stopping rule, which prices a verified row as the difference of two sizes, drafted short for
+    whole prompts. A drafter's proposal is not one forward (a recursive drafter's time depends on its
+    own rounds), so its time model stays a `TimeModel`.
+
+    The shape is learned from calls next to each other: two calls in a row ran at nearly the same
+    speed, so the ratio of their times is the ratio of their shapes. Being free of the speed, the
+    ratios can be kept long: the last `ratios_kept` of each pair of sizes. Each pair takes the median
+    of its ratios (a change of speed between two calls spoils one ratio, not the median); the shapes,
+    relative to the size called most, are the least-squares fit to the logarithms of those medians.
+    The current speed is the median of the last `medians_of` calls over their shapes: it follows a
+    change of speed within a few calls, and one disturbed call does not move it. A size that no pair
+    with `measured_at_size` ratios links to the others keeps the median of its own last calls.
     """
 
-    def _measured_sizes(self) -> dict[int, float]:
-        """Time now of each size called at least `measured_at_size` times.
+    def __init__(self, extra_token_share: float = 1 / 32, window: int = 48, measured_at_size: int = 2,
+                 medians_of: int = 5, ratios_kept: int = 64) -> None:
+        super().__init__(extra_token_share, window, measured_at_size, medians_of)
+        self.ratios_kept = ratios_kept
+        self._log_ratios: dict[tuple[int, int], deque[float]] = {}  # (low, high) -> log(time high / time low)
 
-        A size's shape is its time relative to the most called size (the reference), learned from
-        calls next to each other: two calls in a row ran at nearly the same speed, so the ratio of
-        their times is the ratio of their shapes. Each pair of sizes takes the median of its ratios (a
-        change of speed between two calls spoils one ratio, not the median), and the shapes are the
-        least-squares fit to the logarithms of those medians. The current speed is the median of the
-        last `medians_of` calls over their shapes: it follows a change of speed within a few calls,
-        and one disturbed call does not move it. A size no pair links to the reference keeps the
-        median of its own last calls.
-        """
-        by_size: dict[int, list[float]] = {}
-        for t, s in self._samples:
-            by_size.setdefault(t, []).append(s)
-        latest = {t: float(np.median(seconds[-self.medians_of:]))
-                  for t, seconds in by_size.items() if len(seconds) >= self.measured_at_size}
-        paced = [(t, s) for t, s in self._samples if s > 0.0 and t in latest]
-        log_shape = self._log_shapes(paced, reference=max((t for t, _ in paced), key=lambda t: len(by_size[t]), default=0))
-        if not log_shape:
+    def record(self, tokens: int, seconds: float) -> None:
+        if self._samples and seconds > 0.0:
+            previous, previous_seconds = self._samples[-1]
+            if previous != tokens and previous_seconds > 0.0:
+                low, high = sorted((previous, tokens))
+                ratio = np.log(seconds / previous_seconds) if tokens == high else np.log(previous_seconds / seconds)
+                self._log_ratios.setdefault((low, high), deque(maxlen=self.ratios_kept)).append(float(ratio))
+        super().record(tokens, seconds)
+
+    def _measured_sizes(self) -> dict[int, float]:
+        latest = super()._measured_sizes()
+        called = [(t, s) for t, s in self._samples if s > 0.0]
+        if not called:
             return latest
-        relative = [s / np.exp(log_shape[t]) for t, s in paced if t in log_shape]
+        counts: dict[int, int] = {}
+        for t, _ in called:
+            counts[t] = counts.get(t, 0) + 1
+        log_shape = self._log_shapes(reference=max(counts, key=counts.__getitem__))
+        relative = [s / np.exp(log_shape[t]) for t, s in called if t in log_shape]
         speed_now = float(np.median(relative[-self.medians_of:]))
         return latest | {t: speed_now * float(np.exp(value)) for t, value in log_shape.items()}
 
-    @staticmethod
-    def _log_shapes(paced: list[tuple[int, float]], reference: int) -> dict[int, float]:
-        """Log time of each size relative to `reference`, from the ratios of consecutive calls; only the
-        sizes that pairs link to the reference."""
-        ratios: dict[tuple[int, int], list[float]] = {}
-        for (first, first_seconds), (second, second_seconds) in zip(paced, paced[1:]):
-            if first != second:
-                low, high = sorted((first, second))
-                sign = 1.0 if second == high else -1.0
-                ratios.setdefault((low, high), []).append(sign * np.log(second_seconds / first_seconds))
+    def _log_shapes(self, reference: int) -> dict[int, float]:
+        """Log time of each size relative to `reference`: only the sizes that pairs link to it."""
+        pairs = {pair: float(np.median(values)) for pair, values in self._log_ratios.items()
+                 if len(values) >= self.measured_at_size}
         linked, grown = {reference}, True
         while grown:
             grown = False
-            for low, high in ratios:
+            for low, high in pairs:
                 if (low in linked) != (high in linked):
                     linked |= {low, high}
                     grown = True
         unknowns = sorted(linked - {reference})
         if not unknowns:
-            return {reference: 0.0} if reference else {}
+            return {reference: 0.0}
         column = {size: index for index, size in enumerate(unknowns)}
         equations, targets = [], []
-        for (low, high), values in ratios.items():
+        for (low, high), log_ratio in pairs.items():
             if low not in linked:
                 continue
-            weight = np.sqrt(len(values))
+            weight = np.sqrt(len(self._log_ratios[low, high]))
             row = np.zeros(len(unknowns))
             if high in column:
                 row[column[high]] += weight
             if low in column:
                 row[column[low]] -= weight
             equations.append(row)
-            targets.append(weight * float(np.median(values)))
+            targets.append(weight * log_ratio)
         solution = np.linalg.lstsq(np.array(equations), np.array(targets), rcond=None)[0]
         return {reference: 0.0} | {size: float(solution[column[size]]) for size in unknowns}
 
