@@ -357,7 +357,7 @@ def test_cost_policy_in_a_three_level_cascade_uses_a_middle_level_that_pays():
     (small, middle), _ = three_level_run(middle_seconds=(0.005, 0.0005))
     for level in (small, middle):
         assert level["draft_n_accepted"] > 50, level
-    assert small["rounds_by_verifier"]["draft2"] > 0.8 * sum(small["rounds_by_verifier"].values())
+    assert small["rounds_by_verifier"]["draft2"] > 2 / 3 * sum(small["rounds_by_verifier"].values())
 
 
 def test_cost_policy_steps_around_a_middle_level_that_does_not_pay():
@@ -602,20 +602,20 @@ def test_forward_time_model_keeps_the_shape_of_sizes_apart_from_the_speed_of_the
         verifier.record(6, 1.5 * shape(6))
     for tokens in (5, 6, 7):
         assert verifier.estimate(tokens) == pytest.approx(1.5 * shape(tokens), rel=1e-3)
-    assert verifier.estimate(9) == pytest.approx(1.5 * shape(7) * (1 + 8 / 32) / (1 + 6 / 32), rel=1e-3)
-    for tokens in [5, 6] * 30:  # 7 tokens leaves the window of calls; its ratios stay
+    assert verifier.estimate(9) == pytest.approx(1.5 * shape(9), rel=1e-3)  # one slope for every size
+    for tokens in [5, 6] * 30:  # 7 tokens leaves the window of calls; the slope stays
         verifier.record(tokens, shape(tokens))
     assert verifier.estimate(7) == pytest.approx(shape(7), rel=1e-3)
 
 
-def test_forward_time_model_ignores_a_disturbed_call_and_sizes_it_cannot_link():
+def test_forward_time_model_ignores_a_disturbed_call_and_waits_for_enough_pairs():
     verifier = ForwardTimeModel()
     for tokens, seconds in [(1, 0.050), (5, 0.060)] * 4 + [(1, 0.500), (5, 0.060), (1, 0.050)]:
         verifier.record(tokens, seconds)  # one call ten times slow: two ratios of seven spoiled
     assert verifier.estimate(1) == pytest.approx(0.050)
     assert verifier.estimate(5) == pytest.approx(0.060)
     lone = ForwardTimeModel()
-    for tokens, seconds in [(3, 0.040)] * 3 + [(9, 0.070)] * 3:  # one change of size: one ratio
+    for tokens, seconds in [(3, 0.040)] * 3 + [(9, 0.070)] * 3:  # one change of size, one ratio: the medians
         lone.record(tokens, seconds)
     assert lone.estimate(3) == pytest.approx(0.040) and lone.estimate(9) == pytest.approx(0.070)
     assert ForwardTimeModel().sample_count == 0

@@ -106,83 +106,61 @@ class TimeModel:
 
 
 class ForwardTimeModel(TimeModel):
-    """The time of one forward call of T tokens: the machine's speed at the moment times the shape of
-    T, estimated apart.
+    """The time of one forward call of T tokens: the machine's speed at the moment times the shape
+    1 + slope * (T - 1), the two estimated apart.
 
     The memory speed of a shared machine flips within seconds: a 4-token verification took 46 ms and
     70 ms within one prompt. Medians per size then mix the speeds: a size last called in a slow
     stretch looks dear next to one called in a fast stretch (6 tokens 72 ms, 7 tokens 58 ms), and the
     stopping rule, which prices a verified row as the difference of two sizes, drafted short for
-    whole prompts. A drafter's proposal is not one forward (a recursive drafter's time depends on its
-    own rounds), so its time model stays a `TimeModel`.
+    whole prompts. A shape per size, even one learned free of the speed, locked in the same way: a
+    size priced too dear once was never verified again, so never measured again. One slope learned
+    from every call leaves no size behind.
 
-    The shape is learned from calls next to each other: two calls in a row ran at nearly the same
-    speed, so the ratio of their times is the ratio of their shapes. Being free of the speed, the
-    ratios can be kept long: the last `ratios_kept` of each pair of sizes. Each pair takes the median
-    of its ratios (a change of speed between two calls spoils one ratio, not the median); the shapes,
-    relative to the size called most, are the least-squares fit to the logarithms of those medians.
-    The current speed is the median of the last `medians_of` calls over their shapes: it follows a
-    change of speed within a few calls, and one disturbed call does not move it. A size that no pair
-    with `measured_at_size` ratios links to the others keeps the median of its own last calls.
+    The slope is learned from calls next to each other: two calls in a row ran at nearly the same
+    speed, so the ratio of their times is the ratio of their shapes. It is the slope whose shapes fit
+    the last `pairs_kept` ratios best in absolute log error (a change of speed between two calls
+    spoils one ratio; the fit, a median in effect, does not follow it). The current speed is the
+    median of the last `medians_of` calls over their shapes: it follows a change of speed within a
+    few calls, and one disturbed call does not move it. Until `pairs_needed` ratios are in, the
+    estimate is a `TimeModel`'s. A drafter's proposal is not one forward (a recursive drafter's time
+    depends on its own rounds), so its time model stays a `TimeModel`.
     """
 
     def __init__(self, extra_token_share: float = 1 / 32, window: int = 48, measured_at_size: int = 2,
-                 medians_of: int = 5, ratios_kept: int = 64) -> None:
+                 medians_of: int = 5, pairs_kept: int = 96, pairs_needed: int = 4) -> None:
         super().__init__(extra_token_share, window, measured_at_size, medians_of)
-        self.ratios_kept = ratios_kept
-        self._log_ratios: dict[tuple[int, int], deque[float]] = {}  # (low, high) -> log(time high / time low)
+        self.pairs_needed = pairs_needed
+        self._pairs: deque[tuple[int, int, float]] = deque(maxlen=pairs_kept)  # (T1, T2, log(time2 / time1))
+        self._shape: tuple[float, float] | None = None  # (speed, slope), refitted on demand
 
     def record(self, tokens: int, seconds: float) -> None:
         if self._samples and seconds > 0.0:
             previous, previous_seconds = self._samples[-1]
             if previous != tokens and previous_seconds > 0.0:
-                low, high = sorted((previous, tokens))
-                ratio = np.log(seconds / previous_seconds) if tokens == high else np.log(previous_seconds / seconds)
-                self._log_ratios.setdefault((low, high), deque(maxlen=self.ratios_kept)).append(float(ratio))
+                self._pairs.append((previous, tokens, float(np.log(seconds / previous_seconds))))
+        self._shape = None
         super().record(tokens, seconds)
 
-    def _measured_sizes(self) -> dict[int, float]:
-        latest = super()._measured_sizes()
-        called = [(t, s) for t, s in self._samples if s > 0.0]
-        if not called:
-            return latest
-        counts: dict[int, int] = {}
-        for t, _ in called:
-            counts[t] = counts.get(t, 0) + 1
-        log_shape = self._log_shapes(reference=max(counts, key=counts.__getitem__))
-        relative = [s / np.exp(log_shape[t]) for t, s in called if t in log_shape]
-        speed_now = float(np.median(relative[-self.medians_of:]))
-        return latest | {t: speed_now * float(np.exp(value)) for t, value in log_shape.items()}
+    def estimate(self, tokens: int) -> float:
+        if len(self._pairs) < self.pairs_needed:
+            return super().estimate(tokens)
+        if self._shape is None:
+            self._shape = self._speed_and_slope()
+        speed, slope = self._shape
+        return speed * (1.0 + slope * (tokens - 1))
 
-    def _log_shapes(self, reference: int) -> dict[int, float]:
-        """Log time of each size relative to `reference`: only the sizes that pairs link to it."""
-        pairs = {pair: float(np.median(values)) for pair, values in self._log_ratios.items()
-                 if len(values) >= self.measured_at_size}
-        linked, grown = {reference}, True
-        while grown:
-            grown = False
-            for low, high in pairs:
-                if (low in linked) != (high in linked):
-                    linked |= {low, high}
-                    grown = True
-        unknowns = sorted(linked - {reference})
-        if not unknowns:
-            return {reference: 0.0}
-        column = {size: index for index, size in enumerate(unknowns)}
-        equations, targets = [], []
-        for (low, high), log_ratio in pairs.items():
-            if low not in linked:
-                continue
-            weight = np.sqrt(len(self._log_ratios[low, high]))
-            row = np.zeros(len(unknowns))
-            if high in column:
-                row[column[high]] += weight
-            if low in column:
-                row[column[low]] -= weight
-            equations.append(row)
-            targets.append(weight * log_ratio)
-        solution = np.linalg.lstsq(np.array(equations), np.array(targets), rcond=None)[0]
-        return {reference: 0.0} | {size: float(solution[column[size]]) for size in unknowns}
+    def _speed_and_slope(self) -> tuple[float, float]:
+        first, second, log_ratio = np.array(self._pairs).T
+
+        def best_of(slopes: np.ndarray) -> float:
+            predicted = np.log1p(slopes[:, None] * (second - 1)) - np.log1p(slopes[:, None] * (first - 1))
+            return float(slopes[np.argmin(np.abs(predicted - log_ratio).sum(axis=1))])
+
+        coarse = best_of(np.linspace(0.0, 1.0, 41))  # the extra token's share of the first: 0 to 1 ...
+        slope = best_of(np.clip(coarse + np.linspace(-0.025, 0.025, 21), 0.0, 1.0))  # ... to within 1/400
+        recent = [(t, s) for t, s in self._samples if s > 0.0][-self.medians_of:]
+        return float(np.median([s / (1.0 + slope * (t - 1)) for t, s in recent])), slope
 
 
 def check_draft_max(draft_max: object) -> int:
