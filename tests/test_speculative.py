@@ -16,11 +16,11 @@ from mlspecqd.speculative import (
     CostDraftLength,
     Decoding,
     FixedDraftLength,
+    ForwardTimeModel,
     HeuristicDraftLength,
     ModelLevel,
     NgramDrafter,
     PolicyError,
-    ForwardTimeModel,
     TimeModel,
     VocabularyMismatchError,
     verification,
@@ -595,7 +595,7 @@ def test_forward_time_model_keeps_the_shape_of_sizes_apart_from_the_speed_of_the
         per_size.record(tokens, speed * shape(tokens))
     for tokens in (5, 6, 7):
         assert verifier.estimate(tokens) == pytest.approx(shape(tokens), rel=1e-3)
-    # What the stopping rule prices a sixth verified token at: the medians per size make it 15 times dear.
+    # What the stopping rule prices a sixth verified token at: the medians per size make it 16 times dear.
     assert verifier.estimate(6) - verifier.estimate(5) == pytest.approx(shape(6) - shape(5), rel=1e-3)
     assert per_size.estimate(6) - per_size.estimate(5) > 10 * (shape(6) - shape(5))
     for _ in range(3):  # slow again: the majority of the last five calls decides the speed

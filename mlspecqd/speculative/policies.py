@@ -115,8 +115,8 @@ class ForwardTimeModel(TimeModel):
     whole prompts. A shape per size, even one learned free of the speed, locked in the same way: a
     size priced too dear once was never verified again, so never measured again. One slope learned
     from every call leaves no size behind. Over the sizes a verifier sees (up to draft_max + 1) the
-    shape is near a line (bench_decode: 1.07x at 2 tokens, 1.21x at 5, 1.33x at 9); `TimeModel`'s
-    line went wrong as a least-squares fit in seconds, across changes of speed.
+    shape is near a line (bench_decode: 1.07x at 2 tokens, 1.21x at 5, 1.33x at 9). Unlike
+    `TimeModel`'s line, this one is not fitted in seconds, so changes of speed do not bend it.
 
     The slope is learned from calls next to each other: two calls in a row ran at nearly the same
     speed, so the ratio of their times is the ratio of their shapes. It is the slope whose shapes fit
