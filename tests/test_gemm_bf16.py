@@ -73,7 +73,7 @@ def test_rows_have_the_same_bits_in_any_batch(isa: str) -> None:
     # rows overflow L1 and run in K blocks, their partial sums parked between blocks.
     x, w = random_problem(70, 203, 2001, seed=2)
     alone = np.concatenate([matmul_with(isa, x[r : r + 1], w) for r in range(len(x))])
-    for threads in (1, 2):
+    for threads in (1, 2, 3):  # the threads also share out the conversion of x, by slices of K
         for M in [*range(1, 18), 31, 32, 64, 70]:
             for start in (0, 3):  # shifts every row into a different place of the row tiles
                 rows = x[start : start + M]

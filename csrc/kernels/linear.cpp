@@ -17,8 +17,8 @@ namespace {
 // Thread slices of N are multiples of this many rows, so they never share a cache line of y.
 constexpr int64_t kWeightRowsPerChunk = 64;
 
-// The calling thread's buffer for converted activations: the pool threads share it read-only, and
-// steady-state decoding reuses it instead of allocating on every call.
+// The calling thread's buffer for converted activations: the pool threads fill it and then read it,
+// and steady-state decoding reuses it instead of allocating on every call.
 std::byte* activation_scratch(size_t bytes) {
     constexpr size_t kAlignment = 64;
     thread_local std::vector<std::byte> buffer;
@@ -28,15 +28,22 @@ std::byte* activation_scratch(size_t bytes) {
     return static_cast<std::byte*>(std::align(kAlignment, bytes, start, space));
 }
 
-// x prepared once, by the calling thread, in the layout the kernels for `type` read. The result lives
-// in the calling thread's scratch buffer, until its next call.
-const void* prepare_input(WeightType type, const float* x, int64_t M, int64_t K) {
+// Calls body(prepared, begin, end) on thread slices of [0, n) (edges at multiples of
+// kWeightRowsPerChunk), after all threads have prepared x, in the layout the kernels for `type` read,
+// into the calling thread's scratch buffer. The threads prepare slices of the K columns cut as the
+// rows of a product with N = K are, so when x is the output of such a product (the MLP's down
+// projection reads silu(gate) * up) each thread converts the columns it wrote and has in cache.
+template <class Body>
+void parallel_for_prepared(WeightType type, const float* x, int64_t M, int64_t K, int64_t n, Body body) {
+    static_assert(kWeightRowsPerChunk % kPrepareColumns == 0, "column slices must start where prepare allows");
     const KernelTable& k = kernels();
     const bool bf16 = type == WeightType::bf16;
     std::byte* prepared = activation_scratch(
         static_cast<size_t>(bf16 ? k.gemm_bf16_prepared_bytes(M, K) : k.gemm_mxfp4_prepared_bytes(M, K)));
-    (bf16 ? k.gemm_bf16_prepare : k.gemm_mxfp4_prepare)(x, M, K, prepared);
-    return prepared;
+    const auto prepare = bf16 ? k.gemm_bf16_prepare : k.gemm_mxfp4_prepare;
+    const auto prepare_columns = [&](int64_t k_begin, int64_t k_end) { prepare(x, M, K, k_begin, k_end, prepared); };
+    const auto run_body = [&](int64_t begin, int64_t end) { body(static_cast<const void*>(prepared), begin, end); };
+    parallel_for_after(K, kWeightRowsPerChunk, prepare_columns, n, kWeightRowsPerChunk, run_body);
 }
 
 // Columns [n_begin, n_end) of y = x W^T from prepared x, on the calling thread.
@@ -70,9 +77,10 @@ void matmul(const Linear& w, const float* x, int64_t M, float* y) {
         std::fill(y, y + M * w.out_features, 0.0f);
         return;
     }
-    const void* prepared = prepare_input(w.type, x, M, w.in_features);
-    parallel_for(w.out_features, kWeightRowsPerChunk,
-                 [&](int64_t begin, int64_t end) { multiply_rows(w, prepared, M, begin, end, y); });
+    const auto multiply = [&](const void* prepared, int64_t begin, int64_t end) {
+        multiply_rows(w, prepared, M, begin, end, y);
+    };
+    parallel_for_prepared(w.type, x, M, w.in_features, w.out_features, multiply);
 }
 
 void matmul_shared_input(std::initializer_list<Product> products, const float* x, int64_t M) {
@@ -83,8 +91,8 @@ void matmul_shared_input(std::initializer_list<Product> products, const float* x
         check_shared_input(*first->w, *product.w, "matmul_shared_input");
         rows += product.w->out_features;
     }
-    const void* prepared = prepare_input(first->w->type, x, M, first->w->in_features);
-    parallel_for(rows, kWeightRowsPerChunk, [&](int64_t begin, int64_t end) {
+    const int64_t K = first->w->in_features;
+    parallel_for_prepared(first->w->type, x, M, K, rows, [&](const void* prepared, int64_t begin, int64_t end) {
         int64_t offset = 0;  // the first row of `product` in the rows laid end to end
         for (const Product& product : products) {
             const int64_t n_begin = std::max(begin - offset, int64_t{0});
@@ -103,8 +111,7 @@ void matmul_swiglu(const Linear& gate, const Linear& up, const float* x, int64_t
         throw std::invalid_argument("matmul_swiglu: gate has " + std::to_string(N) + " rows, up " +
                                     std::to_string(up.out_features));
     const KernelTable& k = kernels();
-    const void* prepared = prepare_input(gate.type, x, M, gate.in_features);
-    parallel_for(N, kWeightRowsPerChunk, [&](int64_t begin, int64_t end) {
+    parallel_for_prepared(gate.type, x, M, gate.in_features, N, [&](const void* prepared, int64_t begin, int64_t end) {
         multiply_rows(gate, prepared, M, begin, end, gate_y);
         multiply_rows(up, prepared, M, begin, end, up_y);
         for (int64_t m = 0; m < M; ++m) k.silu_multiply(gate_y + m * N + begin, up_y + m * N + begin, end - begin);

@@ -14,14 +14,31 @@ void embed_tokens(const uint16_t* embedding, int64_t d, const int64_t* tokens, i
     }
 }
 
+namespace {
+
+// sum x[i]^2 in double (exact enough that the order hardly matters; it is fixed anyway): four partial
+// sums over i mod 4, added in one order at the end. Four chains of additions run about four times
+// faster than one.
+double sum_of_squares(const float* x, int64_t n) {
+    double partial[4] = {0.0, 0.0, 0.0, 0.0};
+    int64_t i = 0;
+    for (; i + 4 <= n; i += 4)
+        for (int lane = 0; lane < 4; ++lane) partial[lane] += double(x[i + lane]) * double(x[i + lane]);
+    for (; i < n; ++i) partial[i % 4] += double(x[i]) * double(x[i]);
+    return (partial[0] + partial[1]) + (partial[2] + partial[3]);
+}
+
+// Rows per thread slice: a norm of a few rows costs less than waking the pool.
+constexpr int64_t kNormRowsPerChunk = 16;
+
+}  // namespace
+
 void rms_norm(const float* x, const float* weight, int64_t rows, int64_t width, double eps, float* y) {
-    parallel_for(rows, 1, [&](int64_t begin, int64_t end) {
+    parallel_for(rows, kNormRowsPerChunk, [&](int64_t begin, int64_t end) {
         for (int64_t r = begin; r < end; ++r) {
             const float* in = x + r * width;
             float* out = y + r * width;
-            double sum_of_squares = 0.0;  // double: exact enough that the order hardly matters, fixed anyway
-            for (int64_t i = 0; i < width; ++i) sum_of_squares += double(in[i]) * double(in[i]);
-            const float inverse_rms = float(1.0 / std::sqrt(sum_of_squares / double(width) + eps));
+            const float inverse_rms = float(1.0 / std::sqrt(sum_of_squares(in, width) / double(width) + eps));
             for (int64_t i = 0; i < width; ++i) out[i] = in[i] * inverse_rms * weight[i];
         }
     });

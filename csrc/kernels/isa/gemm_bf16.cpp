@@ -496,13 +496,15 @@ void gemm_rows(const Prepared* prepared, int64_t M, int64_t K, const uint16_t* w
 
 int64_t gemm_bf16_prepared_bytes(int64_t M, int64_t K) { return M * steps_of(K) * kStep * int64_t(sizeof(Prepared)); }
 
-void gemm_bf16_prepare(const float* x, int64_t M, int64_t K, void* prepared) {
-    const int64_t steps = steps_of(K);
+void gemm_bf16_prepare(const float* x, int64_t M, int64_t K, int64_t k_begin, int64_t k_end, void* prepared) {
+    static_assert(kPrepareColumns % kStep == 0, "a prepared column range starts at a step");
+    const int64_t first_step = k_begin / kStep, end_step = steps_of(k_end);
     for_each_row_tile(M, [&](int64_t first, int64_t rows) {
         Prepared* out = static_cast<Prepared*>(prepared) + tile_offset(first, K);
-        for (int64_t s = 0; s < steps; ++s)
+        for (int64_t s = first_step; s < end_step; ++s)
             for (int64_t r = 0; r < rows; ++r)
-                prepare_step(x + (first + r) * K + s * kStep, std::min(kStep, K - s * kStep), out + (s * rows + r) * kStep);
+                prepare_step(x + (first + r) * K + s * kStep, std::min(kStep, K - s * kStep),
+                             out + (s * rows + r) * kStep);
     });
 }
 

@@ -26,7 +26,7 @@ const KernelTable& kernel_table();
 
 // See KernelTable (csrc/kernels/kernels.h) for what each computes.
 int64_t gemm_bf16_prepared_bytes(int64_t M, int64_t K);
-void gemm_bf16_prepare(const float* x, int64_t M, int64_t K, void* prepared);
+void gemm_bf16_prepare(const float* x, int64_t M, int64_t K, int64_t k_begin, int64_t k_end, void* prepared);
 void gemm_bf16(const void* prepared, int64_t M, int64_t K, const uint16_t* w, int64_t n_begin, int64_t n_end,
                float* y, int64_t ldy);
 
@@ -35,7 +35,7 @@ uint64_t stream_read(const uint64_t* words, int64_t count);
 int64_t cast_mxfp4_f32(const float* values, int64_t n_blocks, uint8_t* out);
 int64_t cast_mxfp4_bf16(const uint16_t* values, int64_t n_blocks, uint8_t* out);
 int64_t gemm_mxfp4_prepared_bytes(int64_t M, int64_t K);
-void gemm_mxfp4_prepare(const float* x, int64_t M, int64_t K, void* prepared);
+void gemm_mxfp4_prepare(const float* x, int64_t M, int64_t K, int64_t k_begin, int64_t k_end, void* prepared);
 void gemm_mxfp4(const void* prepared, int64_t M, int64_t K, const uint8_t* w, int64_t n_begin, int64_t n_end,
                 float* y, int64_t ldy);
 void causal_attention(const AttentionProblem& p, int64_t item_begin, int64_t item_end, float* scores);

@@ -484,8 +484,9 @@ int64_t cast_mxfp4_bf16(const uint16_t* values, int64_t n_blocks, uint8_t* out) 
 
 int64_t gemm_mxfp4_prepared_bytes(int64_t M, int64_t K) { return M * K * static_cast<int64_t>(sizeof(Activation)); }
 
-void gemm_mxfp4_prepare(const float* x, int64_t M, int64_t K, void* prepared) {
-    prepare_activations(x, M * K, static_cast<Activation*>(prepared));
+void gemm_mxfp4_prepare(const float* x, int64_t M, int64_t K, int64_t k_begin, int64_t k_end, void* prepared) {
+    for (int64_t m = 0; m < M; ++m)
+        prepare_activations(x + m * K + k_begin, k_end - k_begin, static_cast<Activation*>(prepared) + m * K + k_begin);
 }
 
 void gemm_mxfp4(const void* prepared, int64_t M, int64_t K, const uint8_t* w, int64_t n_begin, int64_t n_end,
