@@ -48,6 +48,13 @@ py::array output_array(const py::object& out, int64_t M, int64_t N, const std::s
     return y;
 }
 
+// An array's shape as Python prints it, for error messages.
+std::string shape_text(const py::array& a) {
+    std::string text = "(";
+    for (py::ssize_t i = 0; i < a.ndim(); ++i) text += (i ? ", " : "") + std::to_string(a.shape(i));
+    return text + (a.ndim() == 1 ? ",)" : ")");
+}
+
 // BF16 GEMM and the streaming-read baseline
 // Runs a checked matrix product with the GIL released; y is the (M, N) float32 output.
 py::array run_matmul(const Linear& linear, const FloatArray& x, py::array y) {
@@ -59,22 +66,27 @@ py::array run_matmul(const Linear& linear, const FloatArray& x, py::array y) {
     return y;
 }
 
-// Matrix product against BF16 weights, for tests and benchmarks of the kernel itself. `out`, when
-// given, must be a C-contiguous float32 (M, N) array; it is written in place and returned.
+// Matrix product against BF16 weights, for tests and benchmarks of the kernel itself. w is (N, K)
+// row-major or (K / B, N, B): K in blocks of B columns, stored one after another (Bf16Weights). `out`,
+// when given, must be a C-contiguous float32 (M, N) array; it is written in place and returned.
 py::array matmul_bf16(const FloatArray& x, const py::array& w, const py::object& out) {
     if (x.ndim() != 2) throw std::invalid_argument("matmul_bf16: x must be 2-D (M x K), got " + std::to_string(x.ndim()) + "-D");
-    if (w.ndim() != 2) throw std::invalid_argument("matmul_bf16: w must be 2-D (N x K), got " + std::to_string(w.ndim()) + "-D");
+    if (w.ndim() != 2 && w.ndim() != 3)
+        throw std::invalid_argument("matmul_bf16: w must be 2-D (N x K) or 3-D (K blocks x N x block columns), got " +
+                                    std::to_string(w.ndim()) + "-D");
     if (!w.dtype().is(py::dtype::of<uint16_t>()))
         throw std::invalid_argument("matmul_bf16: w must hold BF16 bit patterns as uint16, got " +
                                     std::string(py::str(w.dtype())));
     if (!(w.flags() & py::array::c_style)) throw std::invalid_argument("matmul_bf16: w must be C-contiguous");
-    const int64_t M = x.shape(0), K = x.shape(1), N = w.shape(0);
-    if (w.shape(1) != K)
-        throw std::invalid_argument("matmul_bf16: x has K=" + std::to_string(K) + " but w has K=" +
-                                    std::to_string(w.shape(1)));
+    const bool blocked = w.ndim() == 3;
+    const int64_t M = x.shape(0), K = x.shape(1), N = w.shape(blocked ? 1 : 0);
+    const int64_t w_K = blocked ? w.shape(0) * w.shape(2) : w.shape(1);
+    if (w_K != K)
+        throw std::invalid_argument("matmul_bf16: x has K=" + std::to_string(K) + " but w " + shape_text(w) +
+                                    " has K=" + std::to_string(w_K));
     if (K == 0 || N == 0) throw std::invalid_argument("matmul_bf16: w is empty (N=" + std::to_string(N) + ", K=" + std::to_string(K) + ")");
     py::array y = output_array(out, M, N, "matmul_bf16");
-    return run_matmul(Linear{WeightType::bf16, N, K, w.data()}, x, y);
+    return run_matmul(Linear{WeightType::bf16, N, K, w.data(), blocked ? w.shape(2) : K}, x, y);
 }
 
 // Bytes of one row of K values as MXFP4 blocks; refuses a K the format cannot hold.
@@ -86,12 +98,6 @@ int64_t mxfp4_row_bytes(int64_t K, const std::string& where) {
 }
 
 // Decoder: _native.Model
-
-std::string shape_text(const py::array& a) {
-    std::string text = "(";
-    for (py::ssize_t i = 0; i < a.ndim(); ++i) text += (i ? ", " : "") + std::to_string(a.shape(i));
-    return text + (a.ndim() == 1 ? ",)" : ")");
-}
 
 // The model's weights as NumPy arrays by GGUF tensor name, used in place (never copied).
 class NumpyTensors : public TensorSource {
@@ -107,9 +113,18 @@ public:
 
     Linear linear(const std::string& name, int64_t rows, int64_t cols) const override {
         const py::array& a = find(name);
-        if (a.dtype().is(py::dtype::of<uint16_t>())) {
-            require_shape(name, a, {rows, cols});
-            return Linear{WeightType::bf16, rows, cols, a.data()};
+        if (a.dtype().is(py::dtype::of<uint16_t>())) {  // (N, K), or (K / B, N, B) in column blocks
+            if (a.ndim() != 3) {
+                require_shape(name, a, {rows, cols});
+                return Linear{WeightType::bf16, rows, cols, a.data()};
+            }
+            const int64_t block_columns = a.shape(2);
+            if (block_columns <= 0 || cols % block_columns != 0)
+                throw std::invalid_argument("weights['" + name + "'] has shape " + shape_text(a) + ": blocks of " +
+                                            std::to_string(block_columns) + " columns do not divide K = " +
+                                            std::to_string(cols));
+            require_shape(name, a, {cols / block_columns, rows, block_columns});
+            return Linear{WeightType::bf16, rows, cols, a.data(), block_columns};
         }
         if (a.dtype().is(py::dtype::of<uint8_t>())) {
             require_shape(name, a, {rows, mxfp4_row_bytes(cols, "weights['" + name + "']")});

@@ -15,7 +15,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from mlspecqd import _native, quant
+from mlspecqd import _native, quant, weight_layout
 from mlspecqd.gguf import GGUFFile, ModelSpec, open_gguf
 
 SUPPORTED_ARCHITECTURES = ("llama", "qwen2", "qwen3")
@@ -41,7 +41,8 @@ class Model:
     @classmethod
     def from_arrays(cls, spec: ModelSpec, tensors: Mapping[str, np.ndarray], precision: str = "bf16",
                     context_length: int = 4096, mxfp4_head: bool = True) -> Model:
-        """A model over `tensors` (by GGUF name): 2-D arrays are BF16 bit patterns (uint16), 1-D arrays
+        """A model over `tensors` (by GGUF name): matrices are BF16 bit patterns (uint16), row-major (N, K)
+        or, for linear weights, in column blocks (K / B, N, B) (mlspecqd.weight_layout); 1-D arrays are
         float32. The arrays are used in place. For precision="mxfp4" the linear weights are cast and every
         other array (embedding, norms, biases) is shared with `tensors`."""
         check_supported(spec, precision)
@@ -54,7 +55,8 @@ class Model:
              mxfp4_head: bool = True) -> Model:
         """Read a GGUF checkpoint, upcasting every matrix to BF16 (and to MXFP4 for precision="mxfp4").
         `context_length` is capped at the model's trained context. The weights are converted copies, so
-        a file opened here is closed again before returning."""
+        a file opened here is closed again before returning. BF16 linear weights with a long K are
+        stored in column blocks (mlspecqd.weight_layout)."""
         opened_here = not isinstance(path_or_file, GGUFFile)
         gguf_file = open_gguf(path_or_file) if opened_here else path_or_file
         try:
@@ -69,6 +71,8 @@ class Model:
                 gguf_file.close()
         if precision == "mxfp4":
             spec, tensors = _cast_to_mxfp4(spec, tensors, mxfp4_head)
+        tensors = {name: weight_layout.in_column_blocks(array) if _is_bf16_linear(name, array) else array
+                   for name, array in tensors.items()}
         return cls(spec, tensors, precision, _capped_context(spec, context_length))
 
     @property
@@ -142,6 +146,13 @@ def _cast_to_mxfp4(spec: ModelSpec, tensors: Mapping[str, np.ndarray],
     if mxfp4_head and spec.tied_output:
         tensors = {**tensors, head: tensors["token_embd.weight"]}
         spec = dataclasses.replace(spec, tied_output=False)
-    cast = quant.cast_linear_weights_to_mxfp4({name: array for name, array in tensors.items()
-                                               if mxfp4_head or name != head})
+    cast = quant.cast_linear_weights_to_mxfp4({
+        name: weight_layout.row_major(array) if _is_bf16_linear(name, array) else array
+        for name, array in tensors.items() if mxfp4_head or name != head
+    })
     return spec, {**tensors, **cast}
+
+
+def _is_bf16_linear(name: str, array: np.ndarray) -> bool:
+    """A dense decoder's BF16 linear weight: (N, K), or (K / B, N, B) in column blocks."""
+    return quant.is_linear_weight(name) and array.dtype == np.uint16 and array.ndim in (2, 3)

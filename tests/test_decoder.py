@@ -17,6 +17,7 @@ from gguf_fixtures import models_dir, write_model_gguf
 from mlspecqd import _native
 from mlspecqd.gguf import ModelSpec, RopeScaling
 from mlspecqd.model import Model
+from mlspecqd.weight_layout import in_column_blocks
 
 
 def tiny_spec(architecture: str = "llama", **overrides) -> ModelSpec:
@@ -138,6 +139,24 @@ def test_load_gguf_matches_reference(tmp_path, architecture):
         from_arrays = Model.from_arrays(model.spec, tensors, context_length=64)
         assert np.array_equal(model.forward(tokens, 0, all_logits=True), from_arrays.forward(tokens, 0, all_logits=True))
         assert_matches_reference(model, tensors, tokens)
+
+
+def test_load_stores_long_k_weights_in_column_blocks_with_the_same_bits(tmp_path):
+    """d_ff = 2048 is above weight_layout.MAX_ROW_MAJOR_K: Model.load keeps ffn_down (K = d_ff) in
+    blocks of 512 columns, and the logits, and those of its MXFP4 sibling, are the same bits as from
+    row-major arrays."""
+    path = tmp_path / "long_k.gguf"
+    stored = write_model_gguf(path, "qwen2", spec_overrides={"d_ff": 2048}, tensor_type=GGMLQuantizationType.Q8_0)
+    tensors = {name: bf16_bits(values) if values.ndim == 2 else values for name, values in stored.items()}
+    tokens = np.random.default_rng(5).integers(0, len(stored["token_embd.weight"]), 40)
+    with Model.load(path, context_length=64) as model:
+        assert model.tensors["blk.0.ffn_down.weight"].shape == (4, 64, 512)
+        assert model.tensors["blk.0.ffn_up.weight"].shape == (2048, 64)  # K = d_model: row-major
+        from_arrays = Model.from_arrays(model.spec, tensors, context_length=64)
+        assert np.array_equal(model.forward(tokens, 0, all_logits=True), from_arrays.forward(tokens, 0, all_logits=True))
+        draft, reference_draft = model.sibling("mxfp4"), from_arrays.sibling("mxfp4")
+        assert np.array_equal(draft.tensors["blk.0.ffn_down.weight"], reference_draft.tensors["blk.0.ffn_down.weight"])
+        assert np.array_equal(draft.forward(tokens, 0, all_logits=True), reference_draft.forward(tokens, 0, all_logits=True))
 
 
 def test_load_refuses_unsupported_architecture(tmp_path):
@@ -327,6 +346,13 @@ def test_bad_weights_are_named():
     wrong_shape = dict(tensors, **{"blk.0.ffn_up.weight": tensors["blk.0.ffn_up.weight"][:, :32].copy()})
     with pytest.raises(ValueError, match=r"weights\['blk.0.ffn_up.weight'\] has shape \(96, 32\), expected \(96, 64\)"):
         Model.from_arrays(spec, wrong_shape)
+    down = tensors["blk.0.ffn_down.weight"]  # (64, 96)
+    too_few_blocks = dict(tensors, **{"blk.0.ffn_down.weight": in_column_blocks(down, 32)[:2].copy()})
+    with pytest.raises(ValueError, match=r"ffn_down.weight'\] has shape \(2, 64, 32\), expected \(3, 64, 32\)"):
+        Model.from_arrays(spec, too_few_blocks)
+    uneven_blocks = dict(tensors, **{"blk.0.ffn_down.weight": np.zeros((2, 64, 40), np.uint16)})
+    with pytest.raises(ValueError, match=r"\(2, 64, 40\): blocks of 40 columns do not divide K = 96"):
+        Model.from_arrays(spec, uneven_blocks)
     wrong_dtype = dict(tensors, **{"output_norm.weight": tensors["output_norm.weight"].astype(np.float64)})
     with pytest.raises(ValueError, match=r"weights\['output_norm.weight'\] must be float32, got float64"):
         Model.from_arrays(spec, wrong_dtype)

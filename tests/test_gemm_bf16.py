@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from mlspecqd import _native
+from mlspecqd.weight_layout import block_columns_for, in_column_blocks, row_major
 
 UNIT_ROUNDOFF = 2.0**-24  # float32
 ISAS = _native.supported_isas()
@@ -89,6 +90,35 @@ def test_outputs_do_not_depend_on_the_weight_row_range(isa: str) -> None:
         assert np.array_equal(matmul_with(isa, x, w[first:], threads=1), full[:, first:])
 
 
+@pytest.mark.parametrize("isa", ISAS)
+def test_weights_in_column_blocks_give_the_same_bits_as_row_major(isa: str) -> None:
+    # K = 2048 in blocks of 512 (the activations of 9 or more rows then run a weight block at a time)
+    # and of 64 (shorter than a 9-row tile would take); M covers single rows, one tile, several.
+    x, w = random_problem(40, 203, 2048, seed=5)
+    for block_columns in (512, 64):
+        blocked = in_column_blocks(w, block_columns)
+        for threads in (1, 2):
+            for M in (1, 2, 9, 12, 13, 40):
+                expected = matmul_with(isa, x[:M], w, threads)
+                assert np.array_equal(matmul_with(isa, x[:M], blocked, threads), expected), (block_columns, threads, M)
+
+
+@pytest.mark.parametrize("K,width", [(8960, 896), (4864, 608), (2048, 512), (1792, None), (1536, None), (11008, None)])
+def test_block_width_is_the_widest_aligned_divisor_up_to_896(K: int, width: int | None) -> None:
+    # 11008 = 32 * 344: its widest aligned divisor up to 896 is 256, under the 512 minimum.
+    assert block_columns_for(K) == width
+
+
+def test_column_blocks_round_trip_and_refuse_a_width_that_does_not_divide_k() -> None:
+    w = np.arange(6 * 96, dtype=np.uint16).reshape(6, 96)
+    blocked = in_column_blocks(w, 32)
+    assert blocked.shape == (3, 6, 32) and np.array_equal(blocked[1], w[:, 32:64])
+    assert np.array_equal(row_major(blocked), w)
+    assert in_column_blocks(w) is w  # K = 96 stays row-major
+    with pytest.raises(ValueError, match="40 columns per block do not divide K=96"):
+        in_column_blocks(w, 40)
+
+
 def test_out_argument_is_written_in_place() -> None:
     x, w = random_problem(3, 10, 40)
     out = np.full((3, 10), np.nan, dtype=np.float32)
@@ -101,8 +131,10 @@ def test_out_argument_is_written_in_place() -> None:
     "x,w,out,message",
     [
         (np.zeros(8, np.float32), np.zeros((4, 8), np.uint16), None, "x must be 2-D"),
-        (np.zeros((2, 8), np.float32), np.zeros(8, np.uint16), None, "w must be 2-D"),
-        (np.zeros((2, 8), np.float32), np.zeros((4, 9), np.uint16), None, "x has K=8 but w has K=9"),
+        (np.zeros((2, 8), np.float32), np.zeros(8, np.uint16), None, "w must be 2-D .* or 3-D"),
+        (np.zeros((2, 8), np.float32), np.zeros((1, 2, 4, 8), np.uint16), None, "w must be 2-D .* or 3-D"),
+        (np.zeros((2, 8), np.float32), np.zeros((4, 9), np.uint16), None, r"x has K=8 but w \(4, 9\) has K=9"),
+        (np.zeros((2, 8), np.float32), np.zeros((3, 4, 2), np.uint16), None, r"x has K=8 but w \(3, 4, 2\) has K=6"),
         (np.zeros((2, 8), np.float32), np.zeros((4, 8), np.float32), None, "uint16"),
         (np.zeros((2, 8), np.float32), np.zeros((8, 4), np.uint16).T, None, "C-contiguous"),
         (np.zeros((2, 0), np.float32), np.zeros((4, 0), np.uint16), None, "w is empty"),

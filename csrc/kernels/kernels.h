@@ -32,6 +32,23 @@ struct AttentionProblem {
     float scale = 1.0f;  // multiplies every q . k
 };
 
+// A BF16 weight matrix W (N x K bit patterns) as gemm_bf16 reads it: K is cut into blocks of
+// block_columns columns (block_columns divides K), stored one after another, each an N x block_columns
+// row-major matrix. One block of K columns is plain row-major. A pass over one K block of many rows,
+// which is how the kernels walk W when the activations must be taken a K block at a time, then reads
+// memory in one run instead of a short run from each row.
+struct Bf16Weights {
+    const uint16_t* data;
+    int64_t rows;           // N
+    int64_t block_columns;  // divides K
+
+    // Where W[n, k] is. Within a K block, rows are block_columns values apart.
+    const uint16_t* at(int64_t n, int64_t k) const {
+        const int64_t block = k / block_columns;
+        return data + (block * rows + n) * block_columns + (k - block * block_columns);
+    }
+};
+
 // Column ranges given to the prepare kernels start at multiples of this (every instruction set's step
 // divides it).
 constexpr int64_t kPrepareColumns = 32;
@@ -44,14 +61,13 @@ struct KernelTable {
     //     into `prepared` (64-byte aligned, gemm_bf16_prepared_bytes(M, K) long), in the layout this
     //     instruction set reads; k_begin and k_end are multiples of kPrepareColumns, or K. Threads may
     //     prepare disjoint column ranges at once;
-    //   gemm_bf16 computes y[m * ldy + n] = sum_k x'[m, k] * W[n * K + k] for m < M and n in
-    //     [n_begin, n_end), summing in float32, x' being the prepared x. W holds BF16 bit patterns,
-    //     N x K row-major.
+    //   gemm_bf16 computes y[m * ldy + n] = sum_k x'[m, k] * W[n, k] for m < M and n in [n_begin, n_end),
+    //     summing in float32, x' being the prepared x.
     // Each output has one fixed reduction order that depends on neither M, nor the n range, nor which
     // rows share a tile, so a row's result is the same bits in any batch (batch invariance).
     int64_t (*gemm_bf16_prepared_bytes)(int64_t M, int64_t K);
     void (*gemm_bf16_prepare)(const float* x, int64_t M, int64_t K, int64_t k_begin, int64_t k_end, void* prepared);
-    void (*gemm_bf16)(const void* prepared, int64_t M, int64_t K, const uint16_t* w, int64_t n_begin,
+    void (*gemm_bf16)(const void* prepared, int64_t M, int64_t K, const Bf16Weights& w, int64_t n_begin,
                       int64_t n_end, float* y, int64_t ldy);
 
     // Reads words[0 .. count) once and returns their wrapping sum: the streaming-read baseline that

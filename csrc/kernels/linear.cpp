@@ -51,9 +51,11 @@ void multiply_rows(const Linear& w, const void* prepared, int64_t M, int64_t n_b
     const KernelTable& k = kernels();
     const int64_t N = w.out_features, K = w.in_features;
     switch (w.type) {
-        case WeightType::bf16:
-            k.gemm_bf16(prepared, M, K, static_cast<const uint16_t*>(w.data), n_begin, n_end, y, N);
+        case WeightType::bf16: {
+            const Bf16Weights weights{static_cast<const uint16_t*>(w.data), N, w.block_columns ? w.block_columns : K};
+            k.gemm_bf16(prepared, M, K, weights, n_begin, n_end, y, N);
             return;
+        }
         case WeightType::mxfp4:
             k.gemm_mxfp4(prepared, M, K, static_cast<const uint8_t*>(w.data), n_begin, n_end, y, N);
             return;

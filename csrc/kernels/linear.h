@@ -11,8 +11,9 @@ struct Linear {
     WeightType type = WeightType::bf16;
     int64_t out_features = 0;  // N: rows of W
     int64_t in_features = 0;   // K: the reduction dimension
-    const void* data = nullptr;  // BF16: N x K bit patterns, row-major
+    const void* data = nullptr;  // BF16: N x K bit patterns, in K blocks of block_columns (Bf16Weights)
                                  // MXFP4: N x (K / 32 * 17) bytes of GGUF blocks (csrc/kernels/mxfp4.h)
+    int64_t block_columns = 0;   // BF16: divides K; 0 means K (row-major)
 };
 
 // y (M x N, row-major) = x (M x K, row-major) times W transposed, for any M >= 0. Threads split N,

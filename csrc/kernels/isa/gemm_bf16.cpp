@@ -104,14 +104,16 @@ int64_t tile_offset(int64_t first_row, int64_t K) { return first_row * steps_of(
 
 #if defined(__AVX2__)
 
-// How a row tile of `rows` rows meets the weights: weight rows go tile_cols(rows, passes) at a time (a group). K is cut into equal blocks whose activations for one row tile stay
-// in L1, and `groups` groups (a span) share each block: the pass of a row tile runs through all of
-// them, so the span's weight block, read from memory by the first pass, is re-read from L2.
+// How a row tile of `rows` rows meets the weights: weight rows go tile_cols(rows, passes) at a time (a
+// group). K is cut into equal blocks whose activations for one row tile stay in L1 (or into the
+// weights' own K blocks, when they are stored in blocks), and `groups` groups (a span) share each
+// block: the pass of a row tile runs through all of them, so the span's weight block, read from
+// memory by the first pass, is re-read from L2.
 struct Tiling {
     int64_t cols, block, groups;
 };
 
-Tiling choose_tiling(int64_t rows, int64_t passes, int64_t K) {
+Tiling choose_tiling(int64_t rows, int64_t passes, int64_t K, int64_t weight_block_columns) {
     // Measured on Zen 5 (48 KiB L1, 1 MiB L2); activations read from L2 at every step halve the speed.
     constexpr int64_t kActivationsInL1 = 32 << 10;       // a row tile's activations up to this: no K blocks
     constexpr int64_t kActivationBlockBytes = 16 << 10;  // else blocks this size
@@ -122,7 +124,7 @@ Tiling choose_tiling(int64_t rows, int64_t passes, int64_t K) {
         std::max<int64_t>(8, kActivationBlockBytes / (rows * kStep * int64_t(sizeof(Prepared))));
     const bool fits = rows * steps_of(K) * kStep * int64_t(sizeof(Prepared)) <= kActivationsInL1;
     const int64_t blocks = fits ? 1 : (steps_of(K) + fitting_steps - 1) / fitting_steps;
-    t.block = (steps_of(K) + blocks - 1) / blocks * kStep;
+    t.block = weight_block_columns < K ? weight_block_columns : (steps_of(K) + blocks - 1) / blocks * kStep;
     t.groups = std::max<int64_t>(1, kSpanBlockBytes / (t.cols * t.block * int64_t(sizeof(uint16_t))));
     return t;
 }
@@ -163,8 +165,8 @@ private:
 // block over all the passes of the current one.
 class PrefetchCursor {
 public:
-    PrefetchCursor(const Schedule& schedule, const uint16_t* w, int64_t K, int64_t passes, int64_t lead_steps)
-        : schedule_(&schedule), w_(w), K_(K), passes_(passes), countdown_(passes), at_(schedule.first()) {
+    PrefetchCursor(const Schedule& schedule, const Bf16Weights& w, int64_t passes, int64_t lead_steps)
+        : schedule_(&schedule), w_(&w), passes_(passes), countdown_(passes), at_(schedule.first()) {
         start_block();
         for (int64_t s = 0; s < lead_steps && (left_ > 0 || next_block()); ++s) {
             line_ += kStep;
@@ -178,7 +180,8 @@ public:
         if (--countdown_ > 0) return;
         countdown_ = passes_;
         if (left_ == 0 && !next_block()) return;
-        for (int64_t c = 0; c < cols_; ++c) _mm_prefetch(reinterpret_cast<const char*>(line_ + c * K_), _MM_HINT_T0);
+        for (int64_t c = 0; c < cols_; ++c)
+            _mm_prefetch(reinterpret_cast<const char*>(line_ + c * w_->block_columns), _MM_HINT_T0);
         line_ += kStep;
         --left_;
     }
@@ -186,7 +189,7 @@ public:
 private:
     __attribute__((always_inline)) void start_block() {
         const bool done = schedule_->done(at_);
-        line_ = w_ + at_.n * K_ + at_.k;
+        line_ = done ? nullptr : w_->at(at_.n, at_.k);
         cols_ = done ? 0 : schedule_->cols(at_);
         left_ = done ? 0 : schedule_->steps(at_);
     }
@@ -200,9 +203,9 @@ private:
     }
 
     const Schedule* schedule_;
-    const uint16_t* w_;
+    const Bf16Weights* w_;
     const uint16_t* line_ = nullptr;
-    int64_t K_, passes_, countdown_, cols_ = 0, left_ = 0;
+    int64_t passes_, countdown_, cols_ = 0, left_ = 0;
     BlockRef at_;
 };
 
@@ -210,8 +213,9 @@ private:
 // Between blocks the accumulators wait in `partial`; the first block starts them at zero and the
 // last one finishes them into y.
 struct TileWork {
-    const Prepared* x;  // the row tile's activations at step k_begin / kStep
-    const uint16_t* w;  // first weight row, at k = 0; rows are K apart
+    const Prepared* x;   // the row tile's activations at step k_begin / kStep
+    const uint16_t* w;   // first weight row, at k_begin; rows are row_stride apart
+    int64_t row_stride;  // the weights' block_columns
     int64_t K, k_begin, k_end;
     Accumulator* partial;  // Rows x Cols
     float* y;              // y[r * ldy + c]
@@ -277,8 +281,8 @@ __attribute__((always_inline)) inline void finish(const __m512 (&acc)[Rows][Cols
 
 template <int Rows, int Cols>
 void tile(const TileWork& work) {
-    const int64_t K = work.K, length = work.k_end - work.k_begin, full_steps = length / kStep;
-    const uint16_t* w = work.w + work.k_begin;
+    const int64_t K = work.K, stride = work.row_stride, length = work.k_end - work.k_begin, full_steps = length / kStep;
+    const uint16_t* w = work.w;
     const Prepared* x = work.x;
     PrefetchCursor prefetch = *work.prefetch;  // a local copy stays in registers
     __m512 acc[Rows][Cols];
@@ -294,14 +298,14 @@ void tile(const TileWork& work) {
     };
     for (int64_t s = 0; s < full_steps; ++s) {
         __m512i weights[Cols];
-        for (int c = 0; c < Cols; ++c) weights[c] = _mm512_loadu_si512(w + c * K + s * kStep);
+        for (int c = 0; c < Cols; ++c) weights[c] = _mm512_loadu_si512(w + c * stride + s * kStep);
         prefetch.step();
         accumulate(weights);
     }
     if (full_steps * kStep < length) {  // masked: never read past a row, zeros add nothing (x is zero-padded)
         const __mmask32 mask = (__mmask32{1} << (length - full_steps * kStep)) - 1;
         __m512i weights[Cols];
-        for (int c = 0; c < Cols; ++c) weights[c] = _mm512_maskz_loadu_epi16(mask, w + c * K + full_steps * kStep);
+        for (int c = 0; c < Cols; ++c) weights[c] = _mm512_maskz_loadu_epi16(mask, w + c * stride + full_steps * kStep);
         accumulate(weights);
     }
     *work.prefetch = prefetch;
@@ -347,8 +351,8 @@ float sum_lanes(__m256 v) {
 
 template <int Rows, int Cols>
 void tile(const TileWork& work) {
-    const int64_t K = work.K, length = work.k_end - work.k_begin, full_steps = length / kStep;
-    const uint16_t* w = work.w + work.k_begin;
+    const int64_t K = work.K, stride = work.row_stride, length = work.k_end - work.k_begin, full_steps = length / kStep;
+    const uint16_t* w = work.w;
     const Prepared* x = work.x;
     PrefetchCursor prefetch = *work.prefetch;  // a local copy stays in registers
     __m256 acc[Rows][Cols];
@@ -369,7 +373,7 @@ void tile(const TileWork& work) {
     for (int64_t s = 0; s < full_steps; ++s) {
         __m256i weights[Cols];
         for (int c = 0; c < Cols; ++c)
-            weights[c] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + c * K + s * kStep));
+            weights[c] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + c * stride + s * kStep));
         prefetch.step();
         accumulate(weights);
     }
@@ -377,7 +381,7 @@ void tile(const TileWork& work) {
         __m256i weights[Cols];
         for (int c = 0; c < Cols; ++c) {
             uint16_t tail[kStep] = {};
-            std::memcpy(tail, w + c * K + full_steps * kStep, sizeof(uint16_t) * (length - full_steps * kStep));
+            std::memcpy(tail, w + c * stride + full_steps * kStep, sizeof(uint16_t) * (length - full_steps * kStep));
             weights[c] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(tail));
         }
         accumulate(weights);
@@ -431,10 +435,10 @@ Accumulator* partial_sums(size_t count) {
 }
 
 // Activation rows [chunk, chunk + chunk_rows) against weight rows [n_begin, n_end).
-void gemm_chunk(const Prepared* prepared, int64_t chunk, int64_t chunk_rows, int64_t K, const uint16_t* w,
+void gemm_chunk(const Prepared* prepared, int64_t chunk, int64_t chunk_rows, int64_t K, const Bf16Weights& w,
                 int64_t n_begin, int64_t n_end, float* y, int64_t ldy) {
     const RowTiling rows = row_tiling(chunk_rows);
-    const Tiling t = choose_tiling(rows.rows, rows.passes, K);
+    const Tiling t = choose_tiling(rows.rows, rows.passes, K, w.block_columns);
     const Schedule schedule(t, K, n_begin, n_end);
     // One pass reads a block as it streams in: a fixed distance ahead is enough. Several passes
     // re-read a span's block from cache: the next one is what memory must bring meanwhile.
@@ -442,11 +446,12 @@ void gemm_chunk(const Prepared* prepared, int64_t chunk, int64_t chunk_rows, int
     const int64_t lead_bytes = t.cols == 1 ? 16 << 10 : 9 << 10;
     const int64_t lead = rows.passes > 1 ? t.groups * t.block / kStep
                                          : lead_bytes / (t.cols * kStep * int64_t(sizeof(uint16_t)));
-    PrefetchCursor prefetch(schedule, w, K, rows.passes, lead);
+    PrefetchCursor prefetch(schedule, w, rows.passes, lead);
     const int64_t span_rows = t.groups * t.cols;
     Accumulator* partial = t.block < K ? partial_sums(span_rows * chunk_rows) : nullptr;
     TileWork work{};
     work.K = K;
+    work.row_stride = w.block_columns;
     work.ldy = ldy;
     work.prefetch = &prefetch;
     for (int64_t span = n_begin; span < n_end; span += span_rows) {
@@ -459,7 +464,7 @@ void gemm_chunk(const Prepared* prepared, int64_t chunk, int64_t chunk_rows, int
                 work.x = prepared + tile_offset(m, K) + k * tile_rows;
                 for (int64_t n = span; n < span_end; n += t.cols) {
                     const int64_t cols = std::min(t.cols, span_end - n);
-                    work.w = w + n * K;
+                    work.w = w.at(n, k);
                     work.y = y + m * ldy + n;
                     work.partial = partial + (n - span) * chunk_rows + (m - chunk) * cols;
                     kTiles[tile_rows - 1][cols - 1](work);
@@ -469,7 +474,7 @@ void gemm_chunk(const Prepared* prepared, int64_t chunk, int64_t chunk_rows, int
     }
 }
 
-void gemm_rows(const Prepared* prepared, int64_t M, int64_t K, const uint16_t* w, int64_t n_begin, int64_t n_end,
+void gemm_rows(const Prepared* prepared, int64_t M, int64_t K, const Bf16Weights& w, int64_t n_begin, int64_t n_end,
                float* y, int64_t ldy) {
     for (int64_t chunk = 0; chunk < M; chunk += kRowsPerChunk)
         gemm_chunk(prepared, chunk, std::min(kRowsPerChunk, M - chunk), K, w, n_begin, n_end, y, ldy);
@@ -477,17 +482,18 @@ void gemm_rows(const Prepared* prepared, int64_t M, int64_t K, const uint16_t* w
 
 #else
 
-void gemm_rows(const Prepared* prepared, int64_t M, int64_t K, const uint16_t* w, int64_t n_begin, int64_t n_end,
+void gemm_rows(const Prepared* prepared, int64_t M, int64_t K, const Bf16Weights& w, int64_t n_begin, int64_t n_end,
                float* y, int64_t ldy) {
-    for (int64_t n = n_begin; n < n_end; ++n) {
-        const uint16_t* row = w + n * K;
+    for (int64_t n = n_begin; n < n_end; ++n)
         for (int64_t m = 0; m < M; ++m) {
             const Prepared* xm = prepared + m * K;
             float sum = 0.0f;
-            for (int64_t k = 0; k < K; ++k) sum += xm[k] * bf16_to_float(row[k]);
+            for (int64_t block = 0; block < K; block += w.block_columns) {
+                const uint16_t* row = w.at(n, block);
+                for (int64_t k = 0; k < w.block_columns; ++k) sum += xm[block + k] * bf16_to_float(row[k]);
+            }
             y[m * ldy + n] = sum;
         }
-    }
 }
 
 #endif
@@ -508,7 +514,7 @@ void gemm_bf16_prepare(const float* x, int64_t M, int64_t K, int64_t k_begin, in
     });
 }
 
-void gemm_bf16(const void* prepared, int64_t M, int64_t K, const uint16_t* w, int64_t n_begin, int64_t n_end,
+void gemm_bf16(const void* prepared, int64_t M, int64_t K, const Bf16Weights& w, int64_t n_begin, int64_t n_end,
                float* y, int64_t ldy) {
     gemm_rows(static_cast<const Prepared*>(prepared), M, K, w, n_begin, n_end, y, ldy);
 }

@@ -27,7 +27,7 @@ const KernelTable& kernel_table();
 // See KernelTable (csrc/kernels/kernels.h) for what each computes.
 int64_t gemm_bf16_prepared_bytes(int64_t M, int64_t K);
 void gemm_bf16_prepare(const float* x, int64_t M, int64_t K, int64_t k_begin, int64_t k_end, void* prepared);
-void gemm_bf16(const void* prepared, int64_t M, int64_t K, const uint16_t* w, int64_t n_begin, int64_t n_end,
+void gemm_bf16(const void* prepared, int64_t M, int64_t K, const Bf16Weights& w, int64_t n_begin, int64_t n_end,
                float* y, int64_t ldy);
 
 uint64_t stream_read(const uint64_t* words, int64_t count);
