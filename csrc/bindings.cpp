@@ -278,7 +278,7 @@ FloatArray causal_attention(const FloatArray& q, const FloatArray& k, const Floa
     p.k_cache = key_tiles_copy.data();
     p.v_cache = v.data();
     p.out = out.mutable_data();
-    std::vector<float> scores(p.n_heads / p.n_kv_heads * (first_position + p.T));
+    std::vector<float> scores(attention_scores_floats(p));
     kernels().causal_attention(p, 0, p.n_kv_heads * p.T, scores.data());
     return out;
 }

@@ -53,6 +53,16 @@ struct Bf16Weights {
 // divides it).
 constexpr int64_t kPrepareColumns = 32;
 
+// The attention kernels take up to this many rows of one key/value head together, each block of keys
+// and values going through all of them while it is in L1.
+constexpr int64_t kAttentionRowsTogether = 16;
+
+// Floats of scratch the attention kernels need for problem p (causal_attention's `scores`).
+inline int64_t attention_scores_floats(const AttentionProblem& p) {
+    const int64_t rows = p.T < kAttentionRowsTogether ? p.T : kAttentionRowsTogether;
+    return rows * (p.n_heads / p.n_kv_heads) * (p.first_position + p.T);
+}
+
 struct KernelTable {
     const char* isa;
 
@@ -88,8 +98,8 @@ struct KernelTable {
                        int64_t n_end, float* y, int64_t ldy);
     // Softmax attention for the work items [item_begin, item_end) of `p`; item = kv_head * T + row covers
     // the n_heads / n_kv_heads query heads of that key/value head. `scores` has room for
-    // (n_heads / n_kv_heads) * (first_position + T) floats. Each query visits its keys in position order
-    // and sums in an order fixed by the row's position alone, so a row's output is the same bits in any batch.
+    // attention_scores_floats(p) floats. Each query visits its keys in position order and sums in an
+    // order fixed by the row's position alone, so a row's output is the same bits in any batch.
     void (*causal_attention)(const AttentionProblem& p, int64_t item_begin, int64_t item_end, float* scores);
 
     // The gated MLP's activation, elementwise over n floats: gate[i] <- gate[i] / (1 + exp(-gate[i])) * up[i].

@@ -157,9 +157,9 @@ void Decoder::attention_block(const LayerWeights& w, int64_t layer, int64_t T, i
     const KernelTable& kernel = kernels();
     // Items are ordered head-major, so a thread's slice is whole key/value heads when it can be, and
     // the slices cost about the same (later rows have more keys).
-    const int64_t group = c.n_heads / c.n_kv_heads;
     parallel_for(c.n_kv_heads * T, 1, [&](int64_t begin, int64_t end) {
-        std::vector<float> scores(group * (start + T));
+        thread_local std::vector<float> scores;  // each pool thread's, grown once to the largest need
+        scores.resize(std::max<size_t>(scores.size(), attention_scores_floats(problem)));
         kernel.causal_attention(problem, begin, end, scores.data());
     });
 

@@ -331,35 +331,45 @@ inline void group_accumulate_values(const float* weights, int64_t weights_stride
 }  // namespace
 
 void causal_attention(const AttentionProblem& p, int64_t item_begin, int64_t item_end, float* scores) {
-    // Keys per block: the block's keys and values (64 KiB each at head_dim 128) stay in L2 while every
-    // query head of the group goes over them. A multiple of 4 tiles, so blocks never split a tile group.
-    constexpr int64_t kBlock = 8 * kKeyTile;
+    // Keys per block: the block's keys, then its values (16 KiB each at head_dim 128), stay in L1 while
+    // every query head of every row taken together goes over them, instead of coming from L2 once per
+    // row. Two tiles, the score kernels' widest step, so blocks never split a step.
+    constexpr int64_t kBlock = 2 * kKeyTile;
     const int64_t group = p.n_heads / p.n_kv_heads;
     const int64_t row_stride = p.n_heads * p.head_dim;
     const int64_t key_head_stride = key_tiles(p.capacity) * kKeyTile * p.head_dim;
     const int64_t value_head_stride = p.capacity * p.head_dim;
-    const int64_t scores_stride = p.first_position + p.T;
-    for (int64_t item = item_begin; item < item_end; ++item) {
-        const int64_t kv_head = item / p.T, row = item % p.T;
-        const int64_t n_keys = p.first_position + row + 1;
-        const float* q = p.q + row * row_stride + kv_head * group * p.head_dim;
+    const int64_t scores_stride = p.first_position + p.T;  // between heads; rows are group times that apart
+    for (int64_t item = item_begin; item < item_end;) {
+        // Rows first_row .. first_row + rows - 1 of one key/value head; row i has n_keys(i) keys.
+        const int64_t kv_head = item / p.T, first_row = item % p.T;
+        const int64_t rows = std::min({item_end - item, p.T - first_row, kAttentionRowsTogether});
+        const auto n_keys = [&](int64_t i) { return p.first_position + first_row + i + 1; };
+        const auto q = [&](int64_t i) { return p.q + (first_row + i) * row_stride + kv_head * group * p.head_dim; };
+        const auto out = [&](int64_t i) { return p.out + (first_row + i) * row_stride + kv_head * group * p.head_dim; };
+        const auto row_scores = [&](int64_t i) { return scores + i * group * scores_stride; };
         const float* keys = p.k_cache + kv_head * key_head_stride;
         const float* values = p.v_cache + kv_head * value_head_stride;
-        float* out = p.out + row * row_stride + kv_head * group * p.head_dim;
 
-        for (int64_t j = 0; j < n_keys; j += kBlock)
-            group_key_scores(q, group, keys + key_offset(j, p.head_dim), p.head_dim, std::min(kBlock, n_keys - j),
-                             p.scale, scores + j, scores_stride);
-        for (int64_t g = 0; g < group; ++g) {
-            float* head_scores = scores + g * scores_stride;
-            const float sum = exponentiate(head_scores, n_keys, max_of(head_scores, n_keys));
-            const float inverse_sum = 1.0f / sum;
-            for (int64_t j = 0; j < n_keys; ++j) head_scores[j] *= inverse_sum;
-        }
-        std::fill(out, out + group * p.head_dim, 0.0f);
-        for (int64_t j = 0; j < n_keys; j += kBlock)
-            group_accumulate_values(scores + j, scores_stride, group, values + j * p.head_dim,
-                                    std::min(kBlock, n_keys - j), p.head_dim, out);
+        for (int64_t j = 0; j < n_keys(rows - 1); j += kBlock)
+            for (int64_t i = 0; i < rows; ++i)
+                if (j < n_keys(i))
+                    group_key_scores(q(i), group, keys + key_offset(j, p.head_dim), p.head_dim,
+                                     std::min(kBlock, n_keys(i) - j), p.scale, row_scores(i) + j, scores_stride);
+        for (int64_t i = 0; i < rows; ++i)
+            for (int64_t g = 0; g < group; ++g) {
+                float* head_scores = row_scores(i) + g * scores_stride;
+                const float sum = exponentiate(head_scores, n_keys(i), max_of(head_scores, n_keys(i)));
+                const float inverse_sum = 1.0f / sum;
+                for (int64_t j = 0; j < n_keys(i); ++j) head_scores[j] *= inverse_sum;
+            }
+        for (int64_t i = 0; i < rows; ++i) std::fill(out(i), out(i) + group * p.head_dim, 0.0f);
+        for (int64_t j = 0; j < n_keys(rows - 1); j += kBlock)
+            for (int64_t i = 0; i < rows; ++i)
+                if (j < n_keys(i))
+                    group_accumulate_values(row_scores(i) + j, scores_stride, group, values + j * p.head_dim,
+                                            std::min(kBlock, n_keys(i) - j), p.head_dim, out(i));
+        item += rows;
     }
 }
 
