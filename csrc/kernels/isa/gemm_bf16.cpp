@@ -459,12 +459,13 @@ void gemm_chunk(const Prepared* prepared, int64_t chunk, int64_t chunk_rows, int
         for (int64_t k = 0; k < K; k += t.block) {
             work.k_begin = k;
             work.k_end = std::min(K, k + t.block);
+            const uint16_t* block_row_0 = w.at(0, k);  // rows of the block follow at row_stride (no division per tile)
             for (int64_t m = chunk; m < chunk + chunk_rows; m += rows.rows) {
                 const int64_t tile_rows = std::min(rows.rows, chunk + chunk_rows - m);
                 work.x = prepared + tile_offset(m, K) + k * tile_rows;
                 for (int64_t n = span; n < span_end; n += t.cols) {
                     const int64_t cols = std::min(t.cols, span_end - n);
-                    work.w = w.at(n, k);
+                    work.w = block_row_0 + n * work.row_stride;
                     work.y = y + m * ldy + n;
                     work.partial = partial + (n - span) * chunk_rows + (m - chunk) * cols;
                     kTiles[tile_rows - 1][cols - 1](work);
