@@ -63,7 +63,7 @@ class Model:
             spec = gguf_file.spec
             check_supported(spec, precision, where=str(gguf_file.path))
             tensors = {
-                name: gguf_file.tensor_bf16(name) if len(info.shape) == 2 else gguf_file.tensor_f32(name)
+                name: _bf16_matrix(gguf_file, name) if len(info.shape) == 2 else gguf_file.tensor_f32(name)
                 for name, info in gguf_file.tensors.items()
             }
         finally:
@@ -71,8 +71,6 @@ class Model:
                 gguf_file.close()
         if precision == "mxfp4":
             spec, tensors = _cast_to_mxfp4(spec, tensors, mxfp4_head)
-        tensors = {name: weight_layout.in_column_blocks(array) if _is_bf16_linear(name, array) else array
-                   for name, array in tensors.items()}
         return cls(spec, tensors, precision, _capped_context(spec, context_length))
 
     @property
@@ -151,6 +149,13 @@ def _cast_to_mxfp4(spec: ModelSpec, tensors: Mapping[str, np.ndarray],
         for name, array in tensors.items() if mxfp4_head or name != head
     })
     return spec, {**tensors, **cast}
+
+
+def _bf16_matrix(gguf_file: GGUFFile, name: str) -> np.ndarray:
+    """A matrix of the file upcast to BF16 bits; a linear weight with a long K in column blocks, converted
+    one at a time so that loading never holds two copies of the weights."""
+    bits = gguf_file.tensor_bf16(name)
+    return weight_layout.in_column_blocks(bits) if quant.is_linear_weight(name) else bits
 
 
 def _is_bf16_linear(name: str, array: np.ndarray) -> bool:

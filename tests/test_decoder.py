@@ -144,7 +144,7 @@ def test_load_gguf_matches_reference(tmp_path, architecture):
 def test_load_stores_long_k_weights_in_column_blocks_with_the_same_bits(tmp_path):
     """d_ff = 2048 is above weight_layout.MAX_ROW_MAJOR_K: Model.load keeps ffn_down (K = d_ff) in
     blocks of 512 columns, and the logits, and those of its MXFP4 sibling, are the same bits as from
-    row-major arrays."""
+    row-major arrays; loading at precision="mxfp4" casts the same blocks."""
     path = tmp_path / "long_k.gguf"
     stored = write_model_gguf(path, "qwen2", spec_overrides={"d_ff": 2048}, tensor_type=GGMLQuantizationType.Q8_0)
     tensors = {name: bf16_bits(values) if values.ndim == 2 else values for name, values in stored.items()}
@@ -157,6 +157,8 @@ def test_load_stores_long_k_weights_in_column_blocks_with_the_same_bits(tmp_path
         draft, reference_draft = model.sibling("mxfp4"), from_arrays.sibling("mxfp4")
         assert np.array_equal(draft.tensors["blk.0.ffn_down.weight"], reference_draft.tensors["blk.0.ffn_down.weight"])
         assert np.array_equal(draft.forward(tokens, 0, all_logits=True), reference_draft.forward(tokens, 0, all_logits=True))
+    with Model.load(path, precision="mxfp4", context_length=64) as loaded_draft:
+        assert np.array_equal(loaded_draft.tensors["blk.0.ffn_down.weight"], reference_draft.tensors["blk.0.ffn_down.weight"])
 
 
 def test_load_refuses_unsupported_architecture(tmp_path):
