@@ -144,10 +144,9 @@ def _cast_to_mxfp4(spec: ModelSpec, tensors: Mapping[str, np.ndarray],
     if mxfp4_head and spec.tied_output:
         tensors = {**tensors, head: tensors["token_embd.weight"]}
         spec = dataclasses.replace(spec, tied_output=False)
-    cast = quant.cast_linear_weights_to_mxfp4({
-        name: weight_layout.row_major(array) if _is_bf16_linear(name, array) else array
-        for name, array in tensors.items() if mxfp4_head or name != head
-    })
+    # One weight at a time, so that a weight in column blocks is back in rows only while it is cast.
+    cast = {name: quant.cast_to_mxfp4(weight_layout.row_major(array), name) for name, array in tensors.items()
+            if quant.is_linear_weight(name) and (mxfp4_head or name != head)}
     return spec, {**tensors, **cast}
 
 
@@ -157,7 +156,3 @@ def _bf16_matrix(gguf_file: GGUFFile, name: str) -> np.ndarray:
     bits = gguf_file.tensor_bf16(name)
     return weight_layout.in_column_blocks(bits) if quant.is_linear_weight(name) else bits
 
-
-def _is_bf16_linear(name: str, array: np.ndarray) -> bool:
-    """A dense decoder's BF16 linear weight: (N, K), or (K / B, N, B) in column blocks."""
-    return quant.is_linear_weight(name) and array.dtype == np.uint16 and array.ndim in (2, 3)
