@@ -166,7 +166,8 @@ private:
 class PrefetchCursor {
 public:
     PrefetchCursor(const Schedule& schedule, const Bf16Weights& w, int64_t passes, int64_t lead_steps)
-        : schedule_(&schedule), w_(&w), passes_(passes), countdown_(passes), at_(schedule.first()) {
+        : schedule_(&schedule), w_(&w), row_stride_(w.block_columns), passes_(passes), countdown_(passes),
+          at_(schedule.first()) {
         start_block();
         for (int64_t s = 0; s < lead_steps && (left_ > 0 || next_block()); ++s) {
             line_ += kStep;
@@ -175,13 +176,16 @@ public:
     }
 
     // Always inlined, as is all it calls: a call inside the tile loop would make the compiler spill
-    // every accumulator around it (and GCC drops a call whose only effect is a prefetch).
+    // every accumulator around it (and GCC drops a call whose only effect is a prefetch). MaxCols, the
+    // calling tile's width, bounds the prefetches, so their loop unrolls: as a loop over cols_ it cost
+    // a 9-token forward 56.3 ms against 53.9 ms at fast memory.
+    template <int MaxCols>
     __attribute__((always_inline)) void step() {
         if (--countdown_ > 0) return;
         countdown_ = passes_;
         if (left_ == 0 && !next_block()) return;
-        for (int64_t c = 0; c < cols_; ++c)
-            _mm_prefetch(reinterpret_cast<const char*>(line_ + c * w_->block_columns), _MM_HINT_T0);
+        for (int c = 0; c < MaxCols; ++c)
+            if (c < cols_) _mm_prefetch(reinterpret_cast<const char*>(line_ + c * row_stride_), _MM_HINT_T0);
         line_ += kStep;
         --left_;
     }
@@ -205,7 +209,7 @@ private:
     const Schedule* schedule_;
     const Bf16Weights* w_;
     const uint16_t* line_ = nullptr;
-    int64_t passes_, countdown_, cols_ = 0, left_ = 0;
+    int64_t row_stride_, passes_, countdown_, cols_ = 0, left_ = 0;
     BlockRef at_;
 };
 
@@ -299,7 +303,7 @@ void tile(const TileWork& work) {
     for (int64_t s = 0; s < full_steps; ++s) {
         __m512i weights[Cols];
         for (int c = 0; c < Cols; ++c) weights[c] = _mm512_loadu_si512(w + c * stride + s * kStep);
-        prefetch.step();
+        prefetch.step<Cols>();
         accumulate(weights);
     }
     if (full_steps * kStep < length) {  // masked: never read past a row, zeros add nothing (x is zero-padded)
@@ -374,7 +378,7 @@ void tile(const TileWork& work) {
         __m256i weights[Cols];
         for (int c = 0; c < Cols; ++c)
             weights[c] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + c * stride + s * kStep));
-        prefetch.step();
+        prefetch.step<Cols>();
         accumulate(weights);
     }
     if (full_steps * kStep < length) {  // copy the tail so no load reads past a row; zeros add nothing
