@@ -63,7 +63,7 @@ class Model:
             spec = gguf_file.spec
             check_supported(spec, precision, where=str(gguf_file.path))
             tensors = {
-                name: _bf16_matrix(gguf_file, name) if len(info.shape) == 2 else gguf_file.tensor_f32(name)
+                name: _bf16_matrix(gguf_file, name, precision) if len(info.shape) == 2 else gguf_file.tensor_f32(name)
                 for name, info in gguf_file.tensors.items()
             }
         finally:
@@ -150,9 +150,10 @@ def _cast_to_mxfp4(spec: ModelSpec, tensors: Mapping[str, np.ndarray],
     return spec, {**tensors, **cast}
 
 
-def _bf16_matrix(gguf_file: GGUFFile, name: str) -> np.ndarray:
-    """A matrix of the file upcast to BF16 bits; a linear weight with a long K in column blocks, converted
-    one at a time so that loading never holds two copies of the weights."""
+def _bf16_matrix(gguf_file: GGUFFile, name: str, precision: str) -> np.ndarray:
+    """A matrix of the file upcast to BF16 bits. At precision "bf16" a linear weight with a long K goes
+    into column blocks, one weight at a time so that loading never holds two copies of the weights; at
+    "mxfp4" the linear weights are about to be cast, which reads rows."""
     bits = gguf_file.tensor_bf16(name)
-    return weight_layout.in_column_blocks(bits) if quant.is_linear_weight(name) else bits
+    return weight_layout.in_column_blocks(bits) if precision == "bf16" and quant.is_linear_weight(name) else bits
 
