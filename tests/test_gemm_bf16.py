@@ -109,7 +109,7 @@ def test_block_width_is_the_widest_aligned_divisor_up_to_896(K: int, width: int 
     assert block_columns_for(K) == width
 
 
-def test_column_blocks_round_trip_and_refuse_a_width_that_does_not_divide_k() -> None:
+def test_column_blocks_round_trip_and_refuse_a_bad_width_or_shape() -> None:
     w = np.arange(6 * 96, dtype=np.uint16).reshape(6, 96)
     blocked = in_column_blocks(w, 32)
     assert blocked.shape == (3, 6, 32) and np.array_equal(blocked[1], w[:, 32:64])
@@ -117,6 +117,8 @@ def test_column_blocks_round_trip_and_refuse_a_width_that_does_not_divide_k() ->
     assert in_column_blocks(w) is w  # K = 96 stays row-major
     with pytest.raises(ValueError, match="40 columns per block do not divide K=96"):
         in_column_blocks(w, 40)
+    with pytest.raises(ValueError, match=r"expected a 2-D \(N, K\) matrix, got shape \(3, 6, 32\)"):
+        in_column_blocks(blocked)
 
 
 def test_out_argument_is_written_in_place() -> None:

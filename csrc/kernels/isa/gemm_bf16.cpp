@@ -177,8 +177,9 @@ public:
 
     // Always inlined, as is all it calls: a call inside the tile loop would make the compiler spill
     // every accumulator around it (and GCC drops a call whose only effect is a prefetch). MaxCols, the
-    // calling tile's width, bounds the prefetches, so their loop unrolls: as a loop over cols_ it cost
-    // a 9-token forward 56.3 ms against 53.9 ms at fast memory.
+    // calling tile's width, bounds the prefetches, so their loop unrolls. As a loop over cols_ a 9-token
+    // forward took 56.2-58.2 ms against 53.1-53.9 ms at fast memory, but 76.4-77.1 against 81.0-81.3 ms
+    // at slow memory; the goal is missed at fast memory, so this form stays (see README).
     template <int MaxCols>
     __attribute__((always_inline)) void step() {
         if (--countdown_ > 0) return;
@@ -209,7 +210,8 @@ private:
     const Schedule* schedule_;
     const Bf16Weights* w_;
     const uint16_t* line_ = nullptr;
-    int64_t row_stride_, passes_, countdown_, cols_ = 0, left_ = 0;
+    int64_t row_stride_;  // w_->block_columns, held here so the tile loop keeps it in a register
+    int64_t passes_, countdown_, cols_ = 0, left_ = 0;
     BlockRef at_;
 };
 
