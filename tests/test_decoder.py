@@ -152,6 +152,7 @@ def test_load_stores_long_k_weights_in_column_blocks_with_the_same_bits(tmp_path
     with Model.load(path, context_length=64) as model:
         assert model.tensors["blk.0.ffn_down.weight"].shape == (4, 64, 512)
         assert model.tensors["blk.0.ffn_up.weight"].shape == (2048, 64)  # K = d_model: row-major
+        assert all(a.ctypes.data % 64 == 0 for a in model.tensors.values())  # every array on a cache line
         from_arrays = Model.from_arrays(model.spec, tensors, context_length=64)
         assert np.array_equal(model.forward(tokens, 0, all_logits=True), from_arrays.forward(tokens, 0, all_logits=True))
         draft, reference_draft = model.sibling("mxfp4"), from_arrays.sibling("mxfp4")

@@ -54,6 +54,16 @@ def test_bf16_is_the_float32_rounded_to_nearest_even(ggml_type):
     assert same_bits(got, reference_bf16(reference_f32(raw, ggml_type)))
 
 
+@pytest.mark.parametrize("to_bf16", [False, True])
+def test_output_starts_on_a_cache_line(to_bf16):
+    """The arrays become model weights, which the GEMM reads fastest from whole cache lines."""
+    for n_blocks in range(1, 9):
+        raw = np.zeros(n_blocks * 32 * 4, np.uint8)
+        got = _native.dequantize(raw, int(GGMLQuantizationType.F32), n_blocks * 32, to_bf16)
+        assert got.ctypes.data % 64 == 0 and got.flags.c_contiguous and got.flags.writeable
+        assert got.shape == (n_blocks * 32,) and not got.any()
+
+
 @pytest.mark.parametrize("ggml_type", [GGMLQuantizationType.F16, GGMLQuantizationType.BF16], ids=lambda t: t.name)
 def test_every_16_bit_pattern(ggml_type):
     raw = np.arange(1 << 16, dtype=np.uint16).view(np.uint8)

@@ -4,6 +4,7 @@
 #pragma once
 #include <cstdint>
 #include <memory>
+#include <new>
 
 #include "kernels/kernels.h"
 
@@ -32,8 +33,13 @@ private:
 
     int64_t n_kv_heads_, head_dim_, capacity_;
     int64_t n_past_ = 0;
-    // Left uninitialised: pages are touched only when positions are written.
-    std::unique_ptr<float[]> k_, v_;
+    // Starts on a cache line, so that the attention kernels' 64-byte loads of a key tile row or a value
+    // row each touch one line. Left uninitialised: pages are touched only when positions are written.
+    struct AlignedDelete {
+        void operator()(float* p) const { ::operator delete[](p, kCacheAlignment); }
+    };
+    static constexpr std::align_val_t kCacheAlignment{64};
+    std::unique_ptr<float[], AlignedDelete> k_, v_;
 };
 
 }  // namespace mlspecqd
