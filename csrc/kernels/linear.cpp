@@ -2,11 +2,10 @@
 
 #include <algorithm>
 #include <cstddef>
-#include <memory>
 #include <stdexcept>
 #include <string>
-#include <vector>
 
+#include "cache_aligned.h"
 #include "cpu.h"
 #include "threads.h"
 
@@ -20,12 +19,9 @@ constexpr int64_t kWeightRowsPerChunk = 64;
 // The calling thread's buffer for converted activations: the pool threads fill it and then read it,
 // and steady-state decoding reuses it instead of allocating on every call.
 std::byte* activation_scratch(size_t bytes) {
-    constexpr size_t kAlignment = 64;
-    thread_local std::vector<std::byte> buffer;
-    if (buffer.size() < bytes + kAlignment) buffer.resize(bytes + kAlignment);
-    void* start = buffer.data();
-    size_t space = buffer.size();
-    return static_cast<std::byte*>(std::align(kAlignment, bytes, start, space));
+    thread_local CacheAlignedVector<std::byte> buffer;
+    if (buffer.size() < bytes) buffer.resize(bytes);
+    return buffer.data();
 }
 
 // Calls body(prepared, begin, end) on thread slices of [0, n) (edges at multiples of

@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "cache_aligned.h"
 #include "kernels/linear.h"
 #include "model/config.h"
 #include "model/kv_cache.h"
@@ -66,7 +67,8 @@ private:
     mutable std::mutex mutex_;  // one forward or truncate at a time (forward runs without the GIL)
 
     // Work buffers, grown to the largest T seen and then reused.
-    std::vector<float> x_, normed_, q_, k_, v_, attention_, gate_, up_, rope_cos_, rope_sin_;
+    CacheAlignedVector<float> x_, normed_, q_, k_, v_, attention_, gate_, up_;
+    std::vector<float> rope_cos_, rope_sin_;
 };
 
 }  // namespace mlspecqd

@@ -14,11 +14,8 @@ KvCache::KvCache(int64_t n_layers, int64_t n_kv_heads, int64_t head_dim, int64_t
     if (bytes > double(kMaxBytesPerCache))
         throw std::invalid_argument("max_context = " + std::to_string(capacity) + " needs a key/value cache of " +
                                     std::to_string(int64_t(bytes / 1e9)) + " GB per tensor");
-    const auto allocate = [](int64_t floats) {
-        return static_cast<float*>(::operator new[](size_t(floats) * sizeof(float), kCacheAlignment));
-    };
-    k_.reset(allocate(n_layers * n_kv_heads * key_head_stride()));
-    v_.reset(allocate(n_layers * n_kv_heads * value_head_stride()));
+    k_ = cache_aligned_floats(n_layers * n_kv_heads * key_head_stride());
+    v_ = cache_aligned_floats(n_layers * n_kv_heads * value_head_stride());
 }
 
 void KvCache::truncate(int64_t n) {

@@ -3,9 +3,8 @@
 // in the tiles of kKeyTile positions that the attention kernels read (csrc/kernels/kernels.h).
 #pragma once
 #include <cstdint>
-#include <memory>
-#include <new>
 
+#include "cache_aligned.h"
 #include "kernels/kernels.h"
 
 namespace mlspecqd {
@@ -33,13 +32,8 @@ private:
 
     int64_t n_kv_heads_, head_dim_, capacity_;
     int64_t n_past_ = 0;
-    // Starts on a cache line, so that the attention kernels' 64-byte loads of a key tile row or a value
-    // row each touch one line. Left uninitialised: pages are touched only when positions are written.
-    struct AlignedDelete {
-        void operator()(float* p) const { ::operator delete[](p, kCacheAlignment); }
-    };
-    static constexpr std::align_val_t kCacheAlignment{64};
-    std::unique_ptr<float[], AlignedDelete> k_, v_;
+    // On a cache line, so that each 64-byte load of a key tile row or a value row touches one line.
+    CacheAlignedFloats k_, v_;
 };
 
 }  // namespace mlspecqd

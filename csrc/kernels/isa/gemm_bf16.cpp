@@ -10,10 +10,9 @@
 #include <algorithm>
 #include <array>
 #include <cstring>
-#include <memory>
 #include <utility>
-#include <vector>
 
+#include "cache_aligned.h"
 #include "kernels/bf16.h"
 #include "kernels/isa/isa.h"
 
@@ -433,11 +432,9 @@ constexpr auto kTiles = tile_table(std::make_integer_sequence<int, kMaxTileRows>
 // Accumulators parked between K blocks: per calling thread, grown once to the largest need.
 Accumulator* partial_sums(size_t count) {
     constexpr size_t kFloats = sizeof(Accumulator) / sizeof(float);
-    thread_local std::vector<float> buffer;
-    if (buffer.size() < (count + 1) * kFloats) buffer.resize((count + 1) * kFloats);
-    void* start = buffer.data();
-    size_t space = buffer.size() * sizeof(float);
-    return static_cast<Accumulator*>(std::align(alignof(Accumulator), count * sizeof(Accumulator), start, space));
+    thread_local CacheAlignedVector<float> buffer;
+    if (buffer.size() < count * kFloats) buffer.resize(count * kFloats);
+    return reinterpret_cast<Accumulator*>(buffer.data());
 }
 
 // Activation rows [chunk, chunk + chunk_rows) against weight rows [n_begin, n_end).
