@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.datasets import text  # noqa: E402
 from mlspecqd import hub  # noqa: E402
-from mlspecqd.model import Model  # noqa: E402
+from mlspecqd.engine.model import Model  # noqa: E402
 from mlspecqd.tokenizer import Tokenizer  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"

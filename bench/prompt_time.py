@@ -19,7 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.speculative import RESULTS, load_real  # noqa: E402
-from mlspecqd.generation import generate  # noqa: E402
+from mlspecqd.apps.generation import generate  # noqa: E402
 from mlspecqd.speculative import Cascade, ModelLevel  # noqa: E402
 
 

@@ -46,7 +46,7 @@ def compare(gguf_path: Path, text: str, positions: int, window: int) -> dict[str
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from mlspecqd.model import Model
+    from mlspecqd.engine.model import Model
 
     tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
     ids = tokenizer(text[: positions * 8], add_special_tokens=False).input_ids[:positions]

@@ -29,9 +29,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from mlspecqd.generation import generate  # noqa: E402
-from mlspecqd.model import Model  # noqa: E402
-from mlspecqd.sampling import SamplingParams  # noqa: E402
+from mlspecqd.apps.generation import generate  # noqa: E402
+from mlspecqd.engine.model import Model  # noqa: E402
+from mlspecqd.engine.sampling import SamplingParams  # noqa: E402
 from mlspecqd.speculative import Cascade, CostDraftLength, ModelLevel, NgramDrafter  # noqa: E402
 from mlspecqd.tokenizer import Tokenizer  # noqa: E402
 
@@ -127,7 +127,7 @@ def load_real(args: argparse.Namespace) -> RealSetup:
     args.prompts name; the first args.prompts HumanEval prompts in the target's chat template."""
     from bench.datasets import human_eval_prompts
     from mlspecqd import _native, hub
-    from mlspecqd.chat import render_chat
+    from mlspecqd.apps.chat_template import render_chat
 
     target_path, small_path = hub.cached_path(args.target), hub.cached_path(args.small)
     if target_path is None or small_path is None:

@@ -38,7 +38,7 @@ from typing import Any
 
 from bench import datasets
 from mlspecqd import hub
-from mlspecqd.chat import render_chat
+from mlspecqd.apps.chat_template import render_chat
 from mlspecqd.tokenizer import Tokenizer
 
 MODELS = ("qwen2.5-coder-0.5b", "smollm2-135m", "gemma-3-270m")

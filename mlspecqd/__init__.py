@@ -5,12 +5,24 @@
         print(llm.generate("def fib(n):", max_tokens=64).text)
 """
 
-from mlspecqd import _native
-from mlspecqd.conversation import ChatSession
-from mlspecqd.generation import GenerationError, GenerationResult
-from mlspecqd.llm import LLM
-from mlspecqd.loading import LoadError, load
-from mlspecqd.sampling import SamplingParams
+from pathlib import Path
+
+try:
+    from mlspecqd import _native
+except ImportError:
+    package_folder = Path(__file__).parent
+    if any(package_folder.glob("_native*.so")) or any(package_folder.glob("_native*.pyd")):
+        raise  # the module is there but does not load: its own error says why
+    raise ImportError(
+        f"mlspecqd: {package_folder} is the source tree, which has no built native module; run Python from "
+        "another folder to use the installed package (pip install .), or build it here (README, Developer build)"
+    ) from None
+
+from mlspecqd.apps.conversation import ChatSession
+from mlspecqd.apps.generation import GenerationError, GenerationResult
+from mlspecqd.apps.llm import LLM
+from mlspecqd.apps.loading import LoadError, load
+from mlspecqd.engine.sampling import SamplingParams
 
 __version__ = "0.1.0"
 

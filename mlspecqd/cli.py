@@ -10,13 +10,13 @@ from pathlib import Path
 from typing import Any, NoReturn, Sequence
 
 from mlspecqd import _native, gguf, hub
-from mlspecqd.batch import BatchFileError, run_batch
-from mlspecqd.conversation import ChatSession
-from mlspecqd.generation import MAX_NEW_TOKENS_LIMIT
-from mlspecqd.llm import LLM
-from mlspecqd.loading import load
-from mlspecqd.repl import ChatLoop, format_stats
-from mlspecqd.sampling import SamplingParams
+from mlspecqd.apps.batch import BatchFileError, run_batch
+from mlspecqd.apps.conversation import ChatSession
+from mlspecqd.apps.generation import MAX_NEW_TOKENS_LIMIT
+from mlspecqd.apps.llm import LLM
+from mlspecqd.apps.loading import load
+from mlspecqd.apps.repl import ChatLoop, format_stats
+from mlspecqd.engine.sampling import SamplingParams
 from mlspecqd.speculative import POLICY_NAMES
 
 

@@ -13,7 +13,7 @@ from typing import Sequence
 
 import numpy as np
 
-from mlspecqd.sampling import SamplingParams, greedy_token
+from mlspecqd.engine.sampling import SamplingParams, greedy_token
 
 
 class FakeClock:

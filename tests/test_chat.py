@@ -7,7 +7,7 @@ import datetime
 import pytest
 from real_tokenizers import real_tokenizer
 
-from mlspecqd.chat import ChatTemplateError, render_chat
+from mlspecqd.apps.chat_template import ChatTemplateError, render_chat
 
 SIMPLE = (
     "{{ bos_token }}{% for m in messages %}<{{ m['role'] }}>{{ m.content }}</{{ m.role }}>\n{% endfor %}"

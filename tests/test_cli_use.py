@@ -19,7 +19,7 @@ import mlspecqd
 from llm_fixtures import VOCAB, write_chat_model
 
 # The synthetic GGUF models need the native decoder to run.
-pytest.importorskip("mlspecqd.model")
+pytest.importorskip("mlspecqd.engine.model")
 
 LONG_QUESTION = "Tell me a long story"
 
@@ -65,7 +65,7 @@ def test_greedy_tokens_with_drafts_equal_the_target_alone(models):
     plain = generate_json(models, "-p", "the theme of the thing", "-n", "48", "--no-speculation")
     drafts = ["--draft", "ngram", "--draft", models["draft"]]
     try:
-        import mlspecqd.quant  # noqa: F401  (the MXFP4 cast)
+        import mlspecqd.engine.quant  # noqa: F401  (the MXFP4 cast)
         drafts += ["--draft", "mxfp4"]
     except ImportError:
         pass

@@ -16,8 +16,8 @@ import reference_model
 from gguf_fixtures import models_dir, write_model_gguf
 from mlspecqd import _native
 from mlspecqd.gguf import ModelSpec, RopeScaling
-from mlspecqd.model import Model
-from mlspecqd.weight_layout import in_column_blocks
+from mlspecqd.engine.model import Model
+from mlspecqd.engine.weight_layout import in_column_blocks
 
 
 def tiny_spec(architecture: str = "llama", **overrides) -> ModelSpec:

@@ -1,8 +1,8 @@
 import pytest
 
 from fake_models import ByteTokenizer, FakeClock, FakeLanguageModel, reference_greedy
-from mlspecqd.generation import GenerationError, StopStringMatcher, generate
-from mlspecqd.sampling import SamplingParams
+from mlspecqd.apps.generation import GenerationError, StopStringMatcher, generate
+from mlspecqd.engine.sampling import SamplingParams
 from mlspecqd.speculative import Cascade, ModelLevel, NgramDrafter
 
 VOCAB = 128  # ASCII: one character per token
@@ -216,14 +216,14 @@ def test_model_levels_with_tokenizers_reach_generation():
 # checkpoints are missing.
 
 def _real_prompt(tokenizer, request: str) -> list[int]:
-    from mlspecqd.chat import render_chat
+    from mlspecqd.apps.chat_template import render_chat
     text = render_chat(tokenizer.chat_template, [{"role": "user", "content": request}], add_generation_prompt=True)
     return tokenizer.encode(text, add_special=True, parse_special=True)
 
 
 @pytest.mark.real_model
 def test_real_ngram_cascade_matches_plain_greedy(qwen_small_path):
-    model_module = pytest.importorskip("mlspecqd.model")
+    model_module = pytest.importorskip("mlspecqd.engine.model")
     tokenizer_module = pytest.importorskip("mlspecqd.tokenizer")
     tokenizer = tokenizer_module.Tokenizer.from_gguf(qwen_small_path)
     model = model_module.Model.load(qwen_small_path, precision="bf16", context_length=512)
@@ -238,7 +238,7 @@ def test_real_ngram_cascade_matches_plain_greedy(qwen_small_path):
 @pytest.mark.real_model
 @pytest.mark.slow
 def test_real_three_level_cascade_matches_plain_greedy(qwen_small_path, qwen_target_path):
-    model_module = pytest.importorskip("mlspecqd.model")
+    model_module = pytest.importorskip("mlspecqd.engine.model")
     tokenizer_module = pytest.importorskip("mlspecqd.tokenizer")
     tokenizer = tokenizer_module.Tokenizer.from_gguf(qwen_target_path)
     small_tokenizer = tokenizer_module.Tokenizer.from_gguf(qwen_small_path)

@@ -24,7 +24,7 @@ from gguf_fixtures import (
 )
 
 from mlspecqd.gguf import CASTS, GGUFError, ModelSpec, RopeScaling, convert, open_gguf, write_gguf
-from mlspecqd.quant import cast_to_mxfp4
+from mlspecqd.engine.quant import cast_to_mxfp4
 
 
 @pytest.fixture

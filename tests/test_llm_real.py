@@ -5,14 +5,14 @@ import pytest
 
 import mlspecqd
 
-pytest.importorskip("mlspecqd.model")
+pytest.importorskip("mlspecqd.engine.model")
 pytestmark = pytest.mark.real_model
 
 MESSAGES = [{"role": "user", "content": "Write a Python function that returns the square of x."}]
 
 
 def test_drafts_leave_the_greedy_answer_unchanged(qwen_small_path):
-    pytest.importorskip("mlspecqd.quant")
+    pytest.importorskip("mlspecqd.engine.quant")
     with mlspecqd.load(str(qwen_small_path), drafts=[], ctx=512) as plain:
         expected = plain.create_chat_completion(MESSAGES, max_tokens=24)
     with mlspecqd.load(str(qwen_small_path), drafts=["ngram", "mxfp4"], ctx=512, draft_policy="fixed",

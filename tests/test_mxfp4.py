@@ -9,7 +9,7 @@ import pytest
 from gguf.quants import MXFP4 as GGUF_MXFP4
 
 from mlspecqd import _native
-from mlspecqd.quant import QuantizationError, cast_linear_weights_to_mxfp4, cast_to_mxfp4, mxfp4_to_float32
+from mlspecqd.engine.quant import QuantizationError, cast_linear_weights_to_mxfp4, cast_to_mxfp4, mxfp4_to_float32
 
 E2M1_MAGNITUDES = np.array([0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0])
 

@@ -5,8 +5,8 @@ import pytest
 
 import reference_model
 from mlspecqd import _native
-from mlspecqd.model import Model
-from mlspecqd.quant import mxfp4_to_float32
+from mlspecqd.engine.model import Model
+from mlspecqd.engine.quant import mxfp4_to_float32
 from test_decoder import TOLERANCE_BF16_INPUTS, random_tensors, tiny_spec
 
 

@@ -6,9 +6,9 @@ import pytest
 
 from fake_models import FakeLanguageModel
 from llm_fixtures import END_OF_TEXT, VOCAB, write_chat_model
-from mlspecqd.conversation import ChatSession
-from mlspecqd.llm import LLM
-from mlspecqd.repl import ChatLoop
+from mlspecqd.apps.conversation import ChatSession
+from mlspecqd.apps.llm import LLM
+from mlspecqd.apps.repl import ChatLoop
 from mlspecqd.speculative import Cascade, ModelLevel, NgramDrafter
 from mlspecqd.tokenizer import Tokenizer
 

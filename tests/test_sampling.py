@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from mlspecqd.sampling import (
+from mlspecqd.engine.sampling import (
     Sampler,
     SamplingParams,
     SamplingParamsError,

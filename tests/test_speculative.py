@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from fake_models import ByteTokenizer, FakeClock, FakeLanguageModel, reference_greedy
-from mlspecqd.generation import generate
-from mlspecqd.repl import format_stats
-from mlspecqd.sampling import Sampler, SamplingParams, token_distribution
+from mlspecqd.apps.generation import generate
+from mlspecqd.apps.repl import format_stats
+from mlspecqd.engine.sampling import Sampler, SamplingParams, token_distribution
 from mlspecqd.speculative import (
     Cascade,
     CascadeError,

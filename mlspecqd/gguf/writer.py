@@ -17,7 +17,8 @@ from typing import BinaryIO, Callable, Sequence
 import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType, LlamaFileType
 
-from mlspecqd import _native, quant
+from mlspecqd import _native
+from mlspecqd.engine import quant
 from mlspecqd.gguf.file import DEQUANTIZABLE_TYPES, GGUFFile, open_gguf
 from mlspecqd.gguf.format import MAGIC, GGUFError
 

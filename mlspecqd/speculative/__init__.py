@@ -2,7 +2,7 @@
 
     cascade = Cascade([NgramDrafter(), ModelLevel(tiny, tokenizer=t0), ModelLevel(mxfp4, tokenizer=t1),
                        ModelLevel(bf16, tokenizer=t1)], policy="cost", draft_max=8)
-    result = mlspecqd.generation.generate(cascade, t1, prompt_ids, 128).run()
+    result = mlspecqd.apps.generation.generate(cascade, t1, prompt_ids, 128).run()
 
 Greedy output is bit-identical to plain greedy decoding of the target (given batch-invariant models);
 sampled output follows the target's distribution exactly. See levels.py for how a round works,

@@ -16,14 +16,14 @@ from typing import Callable, Protocol, Sequence
 
 import numpy as np
 
-from mlspecqd.sampling import Sampler, TokenDistribution
+from mlspecqd.engine.sampling import Sampler, TokenDistribution
 from mlspecqd.speculative import verification
 from mlspecqd.speculative.policies import (CostDraftLength, DraftLengthPolicy, ForwardTimeModel, StoppingRule,
                                            TimeModel)
 
 
 class LanguageModel(Protocol):
-    """What the cascade needs from a model (mlspecqd.model.Model satisfies it)."""
+    """What the cascade needs from a model (mlspecqd.engine.model.Model satisfies it)."""
 
     vocab_size: int
     n_past: int

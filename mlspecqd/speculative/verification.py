@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mlspecqd.sampling import Sampler, TokenDistribution
+from mlspecqd.engine.sampling import Sampler, TokenDistribution
 
 
 def residual_distribution(p: TokenDistribution, q: TokenDistribution | None, token: int) -> np.ndarray:

@@ -10,7 +10,7 @@ import time
 import uuid
 from typing import Any, Iterator
 
-from mlspecqd.generation import Generation, GenerationResult
+from mlspecqd.apps.generation import Generation, GenerationResult
 
 
 def new_id(prefix: str) -> str:

@@ -15,7 +15,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from mlspecqd import _native, quant, weight_layout
+from mlspecqd import _native
+from mlspecqd.engine import quant, weight_layout
 from mlspecqd.gguf import GGUFFile, ModelSpec, open_gguf
 
 SUPPORTED_ARCHITECTURES = ("llama", "qwen2", "qwen3")
@@ -42,7 +43,7 @@ class Model:
     def from_arrays(cls, spec: ModelSpec, tensors: Mapping[str, np.ndarray], precision: str = "bf16",
                     context_length: int = 4096, mxfp4_head: bool = True) -> Model:
         """A model over `tensors` (by GGUF name): matrices are BF16 bit patterns (uint16), row-major (N, K)
-        or, for linear weights, in column blocks (K / B, N, B) (mlspecqd.weight_layout); 1-D arrays are
+        or, for linear weights, in column blocks (K / B, N, B) (mlspecqd.engine.weight_layout); 1-D arrays are
         float32. The arrays are used in place; those that start on a 64-byte cache line are read fastest
         (weight_layout.cache_aligned_empty; Model.load's do). For precision="mxfp4" the linear weights are
         cast and every other array (embedding, norms, biases) is shared with `tensors`."""
@@ -57,7 +58,7 @@ class Model:
         """Read a GGUF checkpoint, upcasting every matrix to BF16 (and to MXFP4 for precision="mxfp4").
         `context_length` is capped at the model's trained context. The weights are converted copies, so
         a file opened here is closed again before returning. BF16 linear weights with a long K are
-        stored in column blocks (mlspecqd.weight_layout)."""
+        stored in column blocks (mlspecqd.engine.weight_layout)."""
         opened_here = not isinstance(path_or_file, GGUFFile)
         gguf_file = open_gguf(path_or_file) if opened_here else path_or_file
         try:

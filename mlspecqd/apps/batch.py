@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, TextIO
 
-from mlspecqd.llm import LLM
+from mlspecqd.apps.llm import LLM
 
 URLS = ("/v1/chat/completions", "/v1/completions")
 # Body fields passed to the LLM; others (model, user, ...) are accepted and ignored.

@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterator, Protocol, Sequence
 
-from mlspecqd.sampling import Sampler, SamplingParams
+from mlspecqd.engine.sampling import Sampler, SamplingParams
 from mlspecqd.speculative import Cascade, Decoding, LanguageModel
 
 MAX_NEW_TOKENS_LIMIT = 2**31 - 1

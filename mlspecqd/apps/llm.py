@@ -16,10 +16,10 @@ from __future__ import annotations
 
 from typing import Any, Iterator, Sequence
 
-from mlspecqd.chat import ChatTemplateError, render_chat
-from mlspecqd.generation import Generation, GenerationError, GenerationResult, generate
-from mlspecqd.openai_format import ResponseShape
-from mlspecqd.sampling import SamplingParams
+from mlspecqd.apps.chat_template import ChatTemplateError, render_chat
+from mlspecqd.apps.generation import Generation, GenerationError, GenerationResult, generate
+from mlspecqd.apps.openai_format import ResponseShape
+from mlspecqd.engine.sampling import SamplingParams
 from mlspecqd.speculative import Cascade
 from mlspecqd.tokenizer import Tokenizer
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Sequence
 
 from mlspecqd import _native, hub
-from mlspecqd.llm import LLM
+from mlspecqd.apps.llm import LLM
 from mlspecqd.speculative import Cascade, ModelLevel, NgramDrafter
 from mlspecqd.speculative.policies import check_draft_max, check_policy_name
 from mlspecqd.tokenizer import Tokenizer
@@ -121,7 +121,7 @@ def load(model: str | os.PathLike[str] = hub.DEFAULT_MODEL, drafts: Sequence[str
             raise LoadError(f"draft {spec_text!r} ({path}): its vocabulary differs from the target's "
                             f"({target_path}): {difference}")
 
-    from mlspecqd.model import Model  # the native decoder, needed only from here on
+    from mlspecqd.engine.model import Model  # the native decoder, needed only from here on
 
     _native.set_num_threads(thread_count)
     models: list[Model] = []

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from typing import Callable, TextIO
 
-from mlspecqd.conversation import ChatSession
-from mlspecqd.generation import GenerationError
-from mlspecqd.chat import ChatTemplateError
+from mlspecqd.apps.conversation import ChatSession
+from mlspecqd.apps.generation import GenerationError
+from mlspecqd.apps.chat_template import ChatTemplateError
 
 HELP = "/reset: start over   /stats: speed and acceptance of the last answer   /exit: quit"
 

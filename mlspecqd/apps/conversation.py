@@ -15,9 +15,9 @@ from __future__ import annotations
 
 from typing import Any, Iterator
 
-from mlspecqd.generation import GenerationResult
-from mlspecqd.llm import LLM
-from mlspecqd.sampling import SamplingParams
+from mlspecqd.apps.generation import GenerationResult
+from mlspecqd.apps.llm import LLM
+from mlspecqd.engine.sampling import SamplingParams
 
 
 class ChatSession:
