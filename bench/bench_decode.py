@@ -33,9 +33,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import llamacpp  # noqa: E402
-from mlspecqd import _native, hub  # noqa: E402
-from mlspecqd.engine.model import Model  # noqa: E402
+from bench import llamacpp
+from mlspecqd import _native, hub
+from mlspecqd.engine.model import Model
 
 DEFAULT_MODEL = hub.cache_dir() / hub.NAMED_MODELS[hub.DEFAULT_MODEL].filename
 PROMPT_TOKENS = 512

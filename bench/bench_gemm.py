@@ -22,13 +22,13 @@ import platform
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from mlspecqd import _native  # noqa: E402
+from mlspecqd import _native
 
 # (name, N, K) of Qwen2.5-Coder-1.5B's linear layers.
 SHAPES = [

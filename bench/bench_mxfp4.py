@@ -17,14 +17,14 @@ import os
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from mlspecqd import _native  # noqa: E402
-from mlspecqd.engine.quant import cast_to_mxfp4  # noqa: E402
+from mlspecqd import _native
+from mlspecqd.engine.quant import cast_to_mxfp4
 
 # (name, N, K) of Qwen2.5-Coder-1.5B's linear layers; 28 layers, untied LM head.
 SHAPES = [

@@ -20,10 +20,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.datasets import text  # noqa: E402
-from mlspecqd import hub  # noqa: E402
-from mlspecqd.engine.model import Model  # noqa: E402
-from mlspecqd.tokenizer import Tokenizer  # noqa: E402
+from bench.datasets import text
+from mlspecqd import hub
+from mlspecqd.engine.model import Model
+from mlspecqd.tokenizer import Tokenizer
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -18,9 +18,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.speculative import RESULTS, load_real  # noqa: E402
-from mlspecqd.apps.generation import generate  # noqa: E402
-from mlspecqd.speculative import Cascade, ModelLevel  # noqa: E402
+from bench.speculative import RESULTS, load_real
+from mlspecqd.apps.generation import generate
+from mlspecqd.speculative import Cascade, ModelLevel
 
 
 def main() -> None:

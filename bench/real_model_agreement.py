@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -25,8 +24,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.datasets import text as calibration_text  # noqa: E402
-from mlspecqd import hub  # noqa: E402
+from bench.datasets import text as calibration_text
+from mlspecqd import hub
 
 MODELS_DIR = hub.cache_dir()
 MODELS = {

@@ -22,18 +22,19 @@ import resource
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, NamedTuple, Sequence
+from typing import NamedTuple
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from mlspecqd.apps.generation import generate  # noqa: E402
-from mlspecqd.engine.model import Model  # noqa: E402
-from mlspecqd.engine.sampling import SamplingParams  # noqa: E402
-from mlspecqd.speculative import Cascade, CostDraftLength, ModelLevel, NgramDrafter  # noqa: E402
-from mlspecqd.tokenizer import Tokenizer  # noqa: E402
+from mlspecqd.apps.generation import generate
+from mlspecqd.engine.model import Model
+from mlspecqd.engine.sampling import SamplingParams
+from mlspecqd.speculative import Cascade, CostDraftLength, ModelLevel, NgramDrafter
+from mlspecqd.tokenizer import Tokenizer
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -67,7 +68,7 @@ class SyntheticTokenizer:
     vocab_size = 151_936
     end_of_generation_ids: frozenset[int] = frozenset()
 
-    def stream_decoder(self) -> "SyntheticTokenizer":
+    def stream_decoder(self) -> SyntheticTokenizer:
         return self
 
     def feed(self, token: int) -> str:

@@ -30,8 +30,8 @@ import importlib
 import json
 import os
 import sys
-import types
 import time
+import types
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any

@@ -6,8 +6,9 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn, Sequence
+from typing import Any, NoReturn
 
 from mlspecqd import _native, gguf, hub
 from mlspecqd.apps.batch import BatchFileError, run_batch

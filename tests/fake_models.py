@@ -9,7 +9,7 @@ are computed from the cache entries, not from the arguments, so a cache left out
 from __future__ import annotations
 
 import codecs
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -62,7 +62,7 @@ class FakeLanguageModel:
         self.cache: list[tuple[int, int, int]] = []
         self.forward_sizes: list[int] = []
 
-    def like(self, **changes) -> "FakeLanguageModel":
+    def like(self, **changes) -> FakeLanguageModel:
         """A model with the same table and settings, with some changed (e.g. a cheaper clone)."""
         settings = dict(vocab_size=self.vocab_size, context_length=self.context_length, order=self.order,
                         table=self.table, eos_id=self.eos_id, eos_at=self.eos_at, clock=self.clock,
@@ -70,12 +70,12 @@ class FakeLanguageModel:
         settings.update(changes)
         return FakeLanguageModel(**settings)
 
-    def noisy(self, noise: float, seed: int = 1, **changes) -> "FakeLanguageModel":
+    def noisy(self, noise: float, seed: int = 1, **changes) -> FakeLanguageModel:
         """A draft: the same table plus Gaussian noise, so it agrees with this model often, not always."""
         extra = np.random.default_rng(seed).standard_normal(self.table.shape) * noise
         return self.like(table=self.table + extra, **changes)
 
-    def opposite(self, **changes) -> "FakeLanguageModel":
+    def opposite(self, **changes) -> FakeLanguageModel:
         """A draft whose greedy choice is never this model's (it ranks the vocabulary upside down)."""
         return self.like(table=-self.table, **changes)
 
@@ -148,7 +148,7 @@ def reference_greedy(model: FakeLanguageModel, prompt: Sequence[int], max_new_to
 
 
 class _Utf8StreamDecoder:
-    def __init__(self, tokenizer: "ByteTokenizer") -> None:
+    def __init__(self, tokenizer: ByteTokenizer) -> None:
         self._tokenizer = tokenizer
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
 
@@ -184,7 +184,7 @@ class ByteTokenizer:
     def is_end_of_generation(self, token: int) -> bool:
         return token in self.end_of_generation_ids
 
-    def same_vocabulary(self, other: "ByteTokenizer") -> str | None:
+    def same_vocabulary(self, other: ByteTokenizer) -> str | None:
         if (self.vocab_size, self.eos_id) == (other.vocab_size, other.eos_id):
             return None
         return f"vocab_size {self.vocab_size} vs {other.vocab_size}, eos {self.eos_id} vs {other.eos_id}"

@@ -8,7 +8,8 @@ as the native GEMM kernels may, so the remaining difference is float32 accumulat
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 

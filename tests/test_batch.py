@@ -4,9 +4,9 @@ import io
 import json
 
 import pytest
-
 from fake_models import FakeLanguageModel
 from llm_fixtures import END_OF_TEXT, VOCAB, write_chat_model
+
 from mlspecqd.apps.batch import BatchFileError, answered_ids, run_batch
 from mlspecqd.apps.llm import LLM
 from mlspecqd.speculative import Cascade, ModelLevel, NgramDrafter

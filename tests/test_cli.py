@@ -4,8 +4,8 @@ import subprocess
 import sys
 
 import numpy as np
-
 from gguf_fixtures import write_model_gguf
+
 from mlspecqd.gguf import open_gguf
 
 

@@ -12,11 +12,10 @@ import sys
 import time
 
 import pytest
-
 from gguf import GGMLQuantizationType
+from llm_fixtures import VOCAB, write_chat_model
 
 import mlspecqd
-from llm_fixtures import VOCAB, write_chat_model
 
 # The synthetic GGUF models need the native decoder to run.
 pytest.importorskip("mlspecqd.engine.model")

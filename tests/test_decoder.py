@@ -10,14 +10,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from gguf import GGMLQuantizationType
-
 import reference_model
+from gguf import GGMLQuantizationType
 from gguf_fixtures import models_dir, write_model_gguf
+
 from mlspecqd import _native
-from mlspecqd.gguf import ModelSpec, RopeScaling
 from mlspecqd.engine.model import Model
 from mlspecqd.engine.weight_layout import in_column_blocks
+from mlspecqd.gguf import ModelSpec, RopeScaling
 
 
 def tiny_spec(architecture: str = "llama", **overrides) -> ModelSpec:

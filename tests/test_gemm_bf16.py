@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 
 from mlspecqd import _native
-from mlspecqd.engine.weight_layout import CACHE_LINE_BYTES, block_columns_for, cache_aligned_empty, in_column_blocks, row_major
+from mlspecqd.engine.weight_layout import (
+    CACHE_LINE_BYTES,
+    block_columns_for,
+    cache_aligned_empty,
+    in_column_blocks,
+    row_major,
+)
 
 UNIT_ROUNDOFF = 2.0**-24  # float32
 ISAS = _native.supported_isas()

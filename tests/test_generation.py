@@ -1,6 +1,6 @@
 import pytest
-
 from fake_models import ByteTokenizer, FakeClock, FakeLanguageModel, reference_greedy
+
 from mlspecqd.apps.generation import GenerationError, StopStringMatcher, generate
 from mlspecqd.engine.sampling import SamplingParams
 from mlspecqd.speculative import Cascade, ModelLevel, NgramDrafter

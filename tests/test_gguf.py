@@ -23,8 +23,8 @@ from gguf_fixtures import (
     write_model_gguf,
 )
 
-from mlspecqd.gguf import CASTS, GGUFError, ModelSpec, RopeScaling, convert, open_gguf, write_gguf
 from mlspecqd.engine.quant import cast_to_mxfp4
+from mlspecqd.gguf import CASTS, GGUFError, ModelSpec, RopeScaling, convert, open_gguf, write_gguf
 
 
 @pytest.fixture

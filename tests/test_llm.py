@@ -2,16 +2,15 @@
 shapes, streaming, stop strings, seeds, lossless drafts, chat cache reuse, bad requests."""
 
 import pytest
-
 from fake_models import FakeLanguageModel
 from llm_fixtures import END_OF_TEXT, VOCAB, write_chat_model
+
 from mlspecqd import ChatSession, GenerationError, SamplingParams
 from mlspecqd.apps.chat_template import ChatTemplateError
 from mlspecqd.apps.llm import LLM
 from mlspecqd.engine.sampling import SamplingParamsError
 from mlspecqd.speculative import Cascade, ModelLevel, NgramDrafter
 from mlspecqd.tokenizer import Tokenizer
-
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ from __future__ import annotations
 import gguf
 import numpy as np
 import pytest
-from gguf.quants import MXFP4 as GGUF_MXFP4
 
 from mlspecqd import _native
 from mlspecqd.engine.quant import QuantizationError, cast_linear_weights_to_mxfp4, cast_to_mxfp4, mxfp4_to_float32

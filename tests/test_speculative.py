@@ -4,8 +4,8 @@ import math
 
 import numpy as np
 import pytest
-
 from fake_models import ByteTokenizer, FakeClock, FakeLanguageModel, reference_greedy
+
 from mlspecqd.apps.generation import generate
 from mlspecqd.apps.repl import format_stats
 from mlspecqd.engine.sampling import Sampler, SamplingParams, token_distribution

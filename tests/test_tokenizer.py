@@ -7,14 +7,13 @@ import random
 
 import numpy as np
 import pytest
+import sentencepiece
+from real_tokenizers import cached_text, real_tokenizer, transformers_tokenizer
 
 from mlspecqd.gguf import GGUFError
-import sentencepiece
-
 from mlspecqd.tokenizer import Tokenizer, TokenizerError, TokenType
 from mlspecqd.tokenizer.byte_level_bpe import BYTE_ALPHABET
 from mlspecqd.tokenizer.pretokenizers import PRE_TOKENIZERS
-from real_tokenizers import cached_text, real_tokenizer, transformers_tokenizer
 
 
 def spell(text: str) -> str:
@@ -120,7 +119,7 @@ def test_llama3_takes_whole_tokens_without_merging():
 
 def test_bytes_without_a_token_are_dropped_before_merging():
     metadata = byte_level_metadata([("a", "b")])
-    for byte in "ä".encode("utf-8"):  # C3 A4
+    for byte in "ä".encode():  # C3 A4
         metadata["tokenizer.ggml.tokens"][byte] = f"[unused{byte}]"
     tokenizer = Tokenizer.from_gguf_metadata(metadata)
     assert tokenizer.encode("aäb") == token_ids(metadata, "ab")

@@ -13,7 +13,8 @@ conversation's tokens do not change: the model's own answer is kept as the very 
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from mlspecqd.apps.generation import GenerationResult
 from mlspecqd.apps.llm import LLM

@@ -12,8 +12,9 @@ string or end-of-generation token inside an accepted chunk ends the output at th
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Iterator, Protocol, Sequence
+from typing import Protocol
 
 from mlspecqd.engine.sampling import Sampler, SamplingParams
 from mlspecqd.speculative import Cascade, Decoding, LanguageModel

@@ -14,7 +14,8 @@ One LLM runs one generation at a time; a stream should be finished (or closed) b
 
 from __future__ import annotations
 
-from typing import Any, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 from mlspecqd.apps.chat_template import ChatTemplateError, render_chat
 from mlspecqd.apps.generation import Generation, GenerationError, GenerationResult, generate

@@ -14,9 +14,9 @@ A draft spec names one level of the cascade, smallest first:
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 from mlspecqd import _native, hub
 from mlspecqd.apps.llm import LLM

@@ -8,11 +8,12 @@ per line block, with no prompts.
 
 from __future__ import annotations
 
-from typing import Callable, TextIO
+from collections.abc import Callable
+from typing import TextIO
 
+from mlspecqd.apps.chat_template import ChatTemplateError
 from mlspecqd.apps.conversation import ChatSession
 from mlspecqd.apps.generation import GenerationError
-from mlspecqd.apps.chat_template import ChatTemplateError
 
 HELP = "/reset: start over   /stats: speed and acceptance of the last answer   /exit: quit"
 

@@ -10,8 +10,9 @@ a prompt chunk, which is what lets speculative decoding be lossless.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 

@@ -10,8 +10,8 @@ going to the lowest token id.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 
@@ -47,7 +47,7 @@ class SamplingParams:
             _check_int("seed", self.seed, low=0)
 
     @classmethod
-    def greedy(cls, repeat_penalty: float = 1.0, repeat_last_n: int = 64) -> "SamplingParams":
+    def greedy(cls, repeat_penalty: float = 1.0, repeat_last_n: int = 64) -> SamplingParams:
         return cls(temperature=0.0, repeat_penalty=repeat_penalty, repeat_last_n=repeat_last_n)
 
     @property
@@ -101,7 +101,7 @@ class TokenDistribution:
         self.vocab_size = vocab_size
 
     @classmethod
-    def over(cls, ids: np.ndarray, weights: np.ndarray, vocab_size: int) -> "TokenDistribution":
+    def over(cls, ids: np.ndarray, weights: np.ndarray, vocab_size: int) -> TokenDistribution:
         """Normalized `weights` on `ids` (any order)."""
         order = np.argsort(ids)
         return cls(ids[order], weights[order] / weights.sum(), vocab_size)

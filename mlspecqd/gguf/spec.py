@@ -4,9 +4,10 @@ shapes of its tensors, so the decoder can trust every size it is given."""
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from mlspecqd.gguf.format import GGUFError, TensorInfo
 

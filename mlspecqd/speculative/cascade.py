@@ -8,7 +8,7 @@ level checks that it shares the target's vocabulary when it is built.
 from __future__ import annotations
 
 import time
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from mlspecqd.speculative.levels import Decoding, LanguageModel, Level, ModelLevel, Proposal, Route
 from mlspecqd.speculative.policies import CostDraftLength, check_draft_max, check_policy_name, make_policy

@@ -11,15 +11,15 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Protocol, Sequence
+from typing import Protocol
 
 import numpy as np
 
 from mlspecqd.engine.sampling import Sampler, TokenDistribution
 from mlspecqd.speculative import verification
-from mlspecqd.speculative.policies import (CostDraftLength, DraftLengthPolicy, ForwardTimeModel, StoppingRule,
-                                           TimeModel)
+from mlspecqd.speculative.policies import CostDraftLength, DraftLengthPolicy, ForwardTimeModel, StoppingRule, TimeModel
 
 
 class LanguageModel(Protocol):

@@ -11,7 +11,8 @@ measured costs instead of trained.
 from __future__ import annotations
 
 from collections import deque
-from typing import Protocol, Sequence
+from collections.abc import Sequence
+from typing import Protocol
 
 import numpy as np
 

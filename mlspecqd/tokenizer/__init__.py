@@ -4,4 +4,4 @@ from mlspecqd.tokenizer.stream import StreamDecoder
 from mlspecqd.tokenizer.tokenizer import Tokenizer
 from mlspecqd.tokenizer.vocabulary import TokenizerError, TokenType, Vocabulary
 
-__all__ = ["StreamDecoder", "Tokenizer", "TokenizerError", "TokenType", "Vocabulary"]
+__all__ = ["StreamDecoder", "TokenType", "Tokenizer", "TokenizerError", "Vocabulary"]
