@@ -1,7 +1,9 @@
-"""Time dequantizing every tensor of a GGUF file (native, BF16 and float32 outputs; optionally
-gguf-py's NumPy reference), per thread count. Prints JSON, then a markdown table.
+"""Time to dequantize every tensor of a GGUF file, per thread count.
 
-    python3 bench/dequantize_gguf.py [MODEL.gguf] [--threads 1 2] [--repeats 3] [--reference]
+Native dequantization to BF16 and to float32, and optionally gguf-py's NumPy reference. Prints JSON (also
+written to bench/results/dequantize_gguf.json unless --out says otherwise), then a markdown table.
+
+    python3 bench/run.py dequantize_gguf [MODEL.gguf] [--threads 1 2] [--repeats 3] [--reference] [--out FILE]
 """
 
 from __future__ import annotations
@@ -9,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -17,6 +18,8 @@ from pathlib import Path
 import numpy as np
 from gguf.quants import dequantize as reference_dequantize
 
+from bench import RESULTS
+from bench.machine import describe_machine
 from mlspecqd import _native, hub
 from mlspecqd.gguf import open_gguf
 
@@ -46,6 +49,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--reference", action="store_true", help="also time gguf.quants (NumPy, single-threaded; slow)")
+    parser.add_argument("--out", type=Path, default=RESULTS / "dequantize_gguf.json",
+                        help="JSON file (default: bench/results/dequantize_gguf.json)")
     args = parser.parse_args()
 
     rows = []
@@ -64,9 +69,11 @@ def main() -> None:
                 {"implementation": "gguf.quants", "output": "f32", "threads": 1, "best_s": seconds, "median_s": seconds}
             )
 
-    result = {"model": args.model.name, "elements": n_elements, "machine": platform.processor() or platform.machine(),
+    result = {"model": args.model.name, "elements": n_elements, "machine": describe_machine(args.threads),
               "cpus_available": len(os.sched_getaffinity(0)), "isa": _native.active_isa(), "runs": rows}
     print(json.dumps(result, indent=2))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
     print()
     print(f"Dequantizing all of {args.model.name} ({n_elements / 1e9:.2f} G values)")
     print()

@@ -1,6 +1,6 @@
 """How close the cost policy comes to the best fixed draft lengths of the three-level cascade.
 
-    python3 bench/draft_lengths.py [--prompts 4] [--top 4 6 8] [--middle 2 4 8] [--threads 2]
+    python3 bench/run.py draft_lengths [--prompts 4] [--top 4 6 8] [--middle 2 4 8] [--threads 2] [--out FILE]
 
 BF16 <- MXFP4 <- 0.5B:mxfp4 on the first --prompts HumanEval prompts (chat template, 128 new tokens,
 greedy): the default cost policy, and every pair of fixed lengths (the MXFP4 level drafting --top tokens
@@ -16,9 +16,9 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from bench.speculative import RESULTS, load_real
+from bench import RESULTS
+from bench.machine import describe_machine
+from bench.speculative import load_real
 from mlspecqd import _native
 from mlspecqd.apps.generation import generate
 from mlspecqd.speculative import Cascade, FixedDraftLength, ModelLevel
@@ -33,9 +33,11 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--context", type=int, default=2048)
     parser.add_argument("--threads", type=int, default=0)
-    parser.add_argument("--top", type=int, nargs="+", default=[4, 6, 8], help="fixed lengths of the MXFP4 level's drafts")
+    parser.add_argument("--top", type=int, nargs="+", default=[4, 6, 8],
+                        help="fixed lengths of the MXFP4 level's drafts")
     parser.add_argument("--middle", type=int, nargs="+", default=[2, 4, 8], help="fixed lengths of the 0.5B's drafts")
-    parser.add_argument("--out", type=Path, default=RESULTS / "draft_lengths.json")
+    parser.add_argument("--out", type=Path, default=RESULTS / "draft_lengths.json",
+                        help="JSON file (default: bench/results/draft_lengths.json)")
     args = parser.parse_args()
     setup = load_real(args)
 
@@ -48,8 +50,10 @@ def main() -> None:
                         ModelLevel(setup.target, name=f"{args.target}:bf16", tokenizer=setup.tokenizer)],
                        policy="cost", draft_max=max(args.top + args.middle))
 
-    cascades = {"plain BF16": Cascade([ModelLevel(setup.target, tokenizer=setup.tokenizer)]), "cost policy": cascade(None, None)}
-    cascades.update({f"fixed: mxfp4 {top}, small {middle}": cascade(top, middle) for top in args.top for middle in args.middle})
+    cascades = {"plain BF16": Cascade([ModelLevel(setup.target, tokenizer=setup.tokenizer)]),
+                "cost policy": cascade(None, None)}
+    cascades.update({f"fixed: mxfp4 {top}, small {middle}": cascade(top, middle)
+                     for top in args.top for middle in args.middle})
     for c in cascades.values():  # untimed warm-up of caches and policies
         generate(c, setup.tokenizer, setup.prompts[0], 8).run()
     totals = {name: {"predicted_n": 0, "predicted_ms": 0.0} for name in cascades}
@@ -64,7 +68,8 @@ def main() -> None:
     rows = [{"configuration": name, **t, "tokens_per_second": 1e3 * t["predicted_n"] / t["predicted_ms"],
              "speedup": t["predicted_n"] / t["predicted_ms"] / plain} for name, t in totals.items()]
     report = {"cascade": f"BF16 <- mxfp4 <- {args.small}:{args.small_precision}", "prompts": args.prompts,
-              "max_new_tokens": args.max_new_tokens, "threads": _native.num_threads(), "results": rows}
+              "max_new_tokens": args.max_new_tokens, "threads": _native.num_threads(),
+              "machine": describe_machine(), "results": rows}
     print(json.dumps(report, indent=2))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")

@@ -23,7 +23,8 @@ QUANTIZE_ARGS = {
 
 
 def available() -> bool:
-    return all((BIN / tool).exists() for tool in ("llama-bench", "llama-completion", "llama-speculative", "llama-quantize"))
+    tools = ("llama-bench", "llama-completion", "llama-speculative", "llama-quantize")
+    return all((BIN / tool).exists() for tool in tools)
 
 
 def quantized_copy(source: Path, kind: str) -> Path:
@@ -32,8 +33,8 @@ def quantized_copy(source: Path, kind: str) -> Path:
     if not target.exists():
         *options, file_type = QUANTIZE_ARGS[kind]
         partial = target.with_name(target.name + ".partial")
-        subprocess.run([str(BIN / "llama-quantize"), "--allow-requantize", *options, str(source), str(partial), file_type],
-                       check=True, capture_output=True)
+        subprocess.run([str(BIN / "llama-quantize"), "--allow-requantize", *options, str(source), str(partial),
+                        file_type], check=True, capture_output=True)
         partial.replace(target)
     return target
 

@@ -1,31 +1,31 @@
-"""Perplexity on the Wikipedia sample of ../shared/MODELS.md for a model at BF16, at MXFP4 with its LM
-head left in BF16, and at MXFP4 with the LM head cast too: what the ML-SpecQD draft gives up.
+"""Perplexity of a model at BF16 and at MXFP4 on Wikipedia text: what the ML-SpecQD self-draft gives up.
 
-    python3 bench/perplexity.py [--models qwen2.5-coder-0.5b,qwen2.5-coder-1.5b] [--tokens 4096] [--window 512]
+The text is the Wikipedia sample of ../shared/MODELS.md; the MXFP4 rows are with the LM head left in BF16
+and with the LM head cast too.
+
+    python3 bench/run.py perplexity [--models qwen2.5-coder-0.5b,qwen2.5-coder-1.5b] [--tokens 4096] [--window 512]
+                                    [--threads N] [--out FILE]
 
 The text is tokenized by our tokenizer and cut into windows that each start at position 0; every
-position after the first of a window is scored. Prints JSON (also written to bench/results/perplexity.json)
-and a markdown table.
+position after the first of a window is scored. Prints JSON (also written to bench/results/perplexity.json
+unless --out says otherwise) and a markdown table.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from bench.datasets import text
-from mlspecqd import hub
+from bench import RESULTS
+from bench.corpora import text
+from bench.machine import describe_machine
+from mlspecqd import _native, hub
 from mlspecqd.engine.model import Model
 from mlspecqd.tokenizer import Tokenizer
-
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def negative_log_likelihood(model: Model, tokens: np.ndarray, window: int) -> tuple[float, int]:
@@ -47,7 +47,12 @@ def main() -> None:
     parser.add_argument("--models", default="qwen2.5-coder-0.5b,qwen2.5-coder-1.5b")
     parser.add_argument("--tokens", type=int, default=4096)
     parser.add_argument("--window", type=int, default=512)
+    parser.add_argument("--threads", type=int, default=0, help="native threads (default: the module's own count)")
+    parser.add_argument("--out", type=Path, default=RESULTS / "perplexity.json",
+                        help="JSON file (default: bench/results/perplexity.json)")
     args = parser.parse_args()
+    if args.threads:
+        _native.set_num_threads(args.threads)
     wiki = text("wiki")
     rows = []
     for name in args.models.split(","):
@@ -65,9 +70,10 @@ def main() -> None:
     for row in rows:
         base = next(r["perplexity"] for r in rows if r["model"] == row["model"] and r["precision"] == "BF16")
         row["vs_bf16"] = row["perplexity"] / base
-    RESULTS.mkdir(exist_ok=True)
-    report = {"text": "wiki.utf8 (exllamav2 0.3.2)", "window": args.window, "results": rows}
-    (RESULTS / "perplexity.json").write_text(json.dumps(report, indent=2))
+    report = {"text": "wiki.utf8 (exllamav2 0.3.2)", "window": args.window, "machine": describe_machine(),
+              "results": rows}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))
     print("| model | weights | perplexity | vs BF16 |\n|---|---|---|---|")
     for row in rows:

@@ -1,8 +1,8 @@
 """Bar chart (SVG) of the speculative-decoding benchmark: speedup over plain BF16, one bar per configuration.
 
-    python3 bench/plot_speculative.py [JSON] [--out SVG]
+    python3 bench/run.py plot_speculative [JSON] [--out SVG]
 
-JSON defaults to bench/results/speculative-real.json (written by bench/speculative.py), SVG to
+JSON defaults to bench/results/speculative.json (written by `python3 bench/run.py speculative`), SVG to
 bench/results/speculative.svg. Standard library only; the SVG is written atomically.
 """
 
@@ -17,7 +17,8 @@ import tempfile
 from pathlib import Path
 from xml.sax.saxutils import escape
 
-RESULTS = Path(__file__).resolve().parent / "results"
+from bench import RESULTS
+
 PAPER_SPEEDUP = 2.72  # ML-SpecQD paper, 3-level hierarchy
 COLOURS = {"mlspecqd": "#4c72b0", "llama.cpp": "#dd8452"}
 OTHER_COLOUR = "#8c8c8c"
@@ -95,7 +96,7 @@ def write_atomic(path: Path, content: str) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("json", nargs="?", type=Path, default=RESULTS / "speculative-real.json")
+    parser.add_argument("json", nargs="?", type=Path, default=RESULTS / "speculative.json")
     parser.add_argument("--out", type=Path, default=RESULTS / "speculative.svg")
     args = parser.parse_args()
     try:

@@ -1,14 +1,17 @@
-"""The native decoder on real checkpoints against Hugging Face transformers loading the same GGUF in
-float32: top-1 agreement of the next-token prediction and perplexity on the same tokens.
+"""The native decoder against Hugging Face transformers on real checkpoints: top-1 agreement and perplexity.
+
+transformers loads the same GGUF in float32; both predict the next token at every position of the same
+tokens, and the perplexity of each on them is compared.
 
 The native model upcasts the (quantized) GGUF weights to BF16 and rounds GEMM inputs to BF16, while
 transformers dequantizes to float32 and computes in float32, so small differences are expected; the
 goal is >= 99% top-1 agreement and perplexity within 1%.
 
-    python3 bench/real_model_agreement.py [--positions 2048] [--window 512] [--json-out FILE]
+    python3 bench/run.py real_model_agreement [--positions 2048] [--window 512] [--out FILE]
 
 Text: the Wikipedia sample of MODELS.md (wiki.utf8), tokenized by the transformers tokenizer of each
-GGUF, cut into windows that each start at position 0. Prints JSON, then a markdown table.
+GGUF, cut into windows that each start at position 0. Prints JSON (also written to
+bench/results/real_model_agreement.json unless --out says otherwise), then a markdown table.
 """
 
 from __future__ import annotations
@@ -22,9 +25,9 @@ from typing import Any
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from bench.datasets import text as calibration_text
+from bench import RESULTS
+from bench.corpora import text as calibration_text
+from bench.machine import describe_machine
 from mlspecqd import hub
 
 MODELS_DIR = hub.cache_dir()
@@ -52,7 +55,8 @@ def compare(gguf_path: Path, text: str, positions: int, window: int) -> dict[str
     if len(ids) < positions:
         raise ValueError(f"{gguf_path.name}: the text gives only {len(ids)} tokens, {positions} asked")
     windows = [ids[i : i + window] for i in range(0, positions, window)]
-    reference = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, torch_dtype=torch.float32)
+    reference = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name,
+                                                     torch_dtype=torch.float32)
     reference.eval()
     native = Model.load(gguf_path, context_length=window)
 
@@ -94,7 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--positions", type=int, default=2048, help="tokens compared per model")
     parser.add_argument("--window", type=int, default=512, help="tokens per forward pass (each from position 0)")
-    parser.add_argument("--json-out", type=Path, help="also write the JSON here")
+    parser.add_argument("--out", "--json-out", dest="out", type=Path, default=RESULTS / "real_model_agreement.json",
+                        help="JSON file (default: bench/results/real_model_agreement.json)")
     args = parser.parse_args(argv)
 
     text = calibration_text("wiki")
@@ -102,17 +107,19 @@ def main(argv: list[str] | None = None) -> int:
     for label, file_name in MODELS.items():
         result = compare(MODELS_DIR / file_name, text, args.positions, args.window)
         results.append({"label": label, **result})
-    report = {"benchmark": "real_model_agreement", "text": "wiki.utf8 (exllamav2 0.3.2)", "results": results}
+    report = {"benchmark": "real_model_agreement", "text": "wiki.utf8 (exllamav2 0.3.2)",
+              "machine": describe_machine(), "results": results}
     print(json.dumps(report, indent=2))
-    if args.json_out:
-        args.json_out.write_text(json.dumps(report, indent=2) + "\n")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
 
     print()
     print("| model | positions | top-1 agreement | ppl native BF16 | ppl transformers f32 | ppl diff |")
     print("|---|---|---|---|---|---|")
     for r in results:
-        print(f"| {r['label']} | {r['positions']} | {100 * r['top1_agreement']:.2f}% | {r['perplexity_native_bf16']:.3f} "
-              f"| {r['perplexity_transformers_f32']:.3f} | {100 * r['perplexity_relative_difference']:+.2f}% |")
+        print(f"| {r['label']} | {r['positions']} | {100 * r['top1_agreement']:.2f}% "
+              f"| {r['perplexity_native_bf16']:.3f} | {r['perplexity_transformers_f32']:.3f} "
+              f"| {100 * r['perplexity_relative_difference']:+.2f}% |")
     return 0
 
 

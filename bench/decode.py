@@ -1,20 +1,21 @@
 """Decode, verification-batch and prompt speed of the native decoder, next to llama.cpp on the same model.
 
-    python3 bench/bench_decode.py [--model GGUF] [--precision bf16|mxfp4] [--threads 2] [--json-out FILE]
+    python3 bench/run.py decode [--model GGUF] [--precision bf16|mxfp4] [--threads 2] [--no-llama-cpp] [--out FILE]
 
 Default model: Qwen2.5-Coder-1.5B-Instruct (Q4_K_M GGUF) upcast to BF16 at load. Measures
   - decode: tokens/s of one-token forwards after a 512-token prompt;
   - verification: time of a forward of K + 1 tokens relative to a one-token forward, K = 1..16;
   - prompt: tokens/s of one 512-token forward from position 0.
 If llama.cpp is built (bench/llamacpp.py), its own BF16 or MXFP4 copy of the same model is measured
-with -t THREADS -p 512 -n 32 and the ratios printed. Prints JSON, then a markdown table.
+with -t THREADS -p 512 -n 32 and the ratios printed. Prints JSON (also written to bench/results/decode.json),
+then a markdown table.
 Goals: decode >= 0.95x llama.cpp tg, a 9-token forward <= 1.3x a 1-token forward, prompt >= llama.cpp pp512.
 
 The machine may be shared: other processes slow some samples down by large factors. Every rate is
 therefore given as the best sample (the least disturbed) and, for decode, also as the median; the
 load average at the start and end is recorded with the results. Batch costs are medians of ratios
 taken within pairs (a one-token forward, then the K+1-token one), since the memory bandwidth of these
-machines drifts by up to 1.7x and with it the ratio: it is higher when memory is fast.
+machines drifts over minutes and with it the ratio: it is higher when memory is fast.
 """
 
 from __future__ import annotations
@@ -31,9 +32,8 @@ from typing import Any
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from bench import llamacpp
+from bench import RESULTS, llamacpp
+from bench.machine import describe_machine
 from mlspecqd import _native, hub
 from mlspecqd.engine.model import Model
 
@@ -61,14 +61,14 @@ def measure_native(model: Model, decode_tokens: int, max_k: int, repeats: int) -
     one_token = min(decode_times)
 
     # Each K+1-token forward is timed right after a one-token forward, and the ratio taken within
-    # the pair: this machine's memory bandwidth changes by up to 1.7x within minutes, and a ratio of
-    # two bests taken at different moments can mix the two speeds. Median over repeats.
+    # the pair: the machine's memory bandwidth drifts within minutes, and a ratio of two bests taken
+    # at different moments can mix two speeds. Median over repeats.
     ratios: dict[int, list[float]] = {k: [] for k in range(1, max_k + 1)}
     batch_seconds: dict[int, list[float]] = {k: [] for k in range(1, max_k + 1)}
     for _ in range(repeats):
         for k in range(1, max_k + 1):
             single = seconds(lambda: model.forward(continuation[:1], PROMPT_TOKENS))
-            batch = seconds(lambda: model.forward(continuation[: k + 1], PROMPT_TOKENS, all_logits=True))
+            batch = seconds(lambda k=k: model.forward(continuation[: k + 1], PROMPT_TOKENS, all_logits=True))
             batch_seconds[k].append(batch)
             ratios[k].append(batch / single)
     return {
@@ -86,8 +86,9 @@ def measure_llama_cpp(source: Path, precision: str, threads: int) -> dict[str, A
     if not llamacpp.available():
         return None
     model = llamacpp.quantized_copy(source, precision)
-    out = subprocess.run([str(llamacpp.BIN / "llama-bench"), "-m", str(model), "-t", str(threads), "-p",
-                          str(PROMPT_TOKENS), "-n", "32", "-o", "json"], check=True, capture_output=True, text=True).stdout
+    out = subprocess.run([str(llamacpp.BIN / "llama-bench"), "-m", str(model), "-t", str(threads),
+                          "-p", str(PROMPT_TOKENS), "-n", "32", "-o", "json"],
+                         check=True, capture_output=True, text=True).stdout
     rows = {("prompt" if row["n_prompt"] else "decode"): row for row in json.loads(out)}
     return {
         "model": str(model),
@@ -106,22 +107,25 @@ def main(argv: list[str] | None = None) -> int:
                         help="mxfp4: the linear layers and LM head cast (the self-draft), vs llama.cpp's MXFP4 copy")
     parser.add_argument("--decode-tokens", type=int, default=32)
     parser.add_argument("--max-k", type=int, default=16)
-    parser.add_argument("--repeats", type=int, default=5, help="prompt: best of this many; batches: median of this many")
+    parser.add_argument("--repeats", type=int, default=5,
+                        help="prompt: best of this many; batches: median of this many")
     parser.add_argument("--no-llama-cpp", action="store_true", help="skip the llama-bench comparison")
-    parser.add_argument("--json-out", type=Path)
+    parser.add_argument("--out", "--json-out", dest="out", type=Path, default=RESULTS / "decode.json",
+                        help="JSON file (default: bench/results/decode.json)")
     args = parser.parse_args(argv)
 
     _native.set_num_threads(args.threads)
     load_before = os.getloadavg()[0]
-    model = Model.load(args.model, precision=args.precision, context_length=PROMPT_TOKENS + args.decode_tokens + args.max_k + 8)
+    context = PROMPT_TOKENS + args.decode_tokens + args.max_k + 8
+    model = Model.load(args.model, precision=args.precision, context_length=context)
     native = measure_native(model, args.decode_tokens, args.max_k, args.repeats)
     model.close()
     del model
     llama = None if args.no_llama_cpp else measure_llama_cpp(args.model, args.precision, args.threads)
 
     report: dict[str, Any] = {
-        "benchmark": "bench_decode", "model": str(args.model), "precision": args.precision, "threads": args.threads,
-        "isa": _native.active_isa(), "native": native, "llama_cpp": llama,
+        "benchmark": "decode", "model": str(args.model), "precision": args.precision, "threads": args.threads,
+        "isa": _native.active_isa(), "machine": describe_machine(args.threads), "native": native, "llama_cpp": llama,
         # other processes on the machine make every timing slower and noisier: keep the load with them
         "load_average_1min": {"start": load_before, "end": os.getloadavg()[0]},
     }
@@ -131,13 +135,14 @@ def main(argv: list[str] | None = None) -> int:
             "prompt_vs_llama_cpp_pp512": native["prompt_tokens_per_second"] / llama["prompt_tokens_per_second"],
         }
     print(json.dumps(report, indent=2))
-    if args.json_out:
-        args.json_out.write_text(json.dumps(report, indent=2) + "\n")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
 
     print()
     print(f"| measure ({args.threads} threads, best sample) | mlspecqd | llama.cpp {args.precision.upper()} | ratio |")
     print("|---|---|---|---|")
-    for label, key in (("decode tok/s", "decode_tokens_per_second"), (f"prompt tok/s (pp{PROMPT_TOKENS})", "prompt_tokens_per_second")):
+    for label, key in (("decode tok/s", "decode_tokens_per_second"),
+                       (f"prompt tok/s (pp{PROMPT_TOKENS})", "prompt_tokens_per_second")):
         theirs = f"{llama[key]:.1f}" if llama else "-"
         ratio = f"{native[key] / llama[key]:.2f}x" if llama else "-"
         print(f"| {label} | {native[key]:.1f} | {theirs} | {ratio} |")

@@ -1,6 +1,6 @@
 """BF16 GEMM on Qwen2.5-Coder-1.5B shapes: GEMV bandwidth next to a streaming read, and batch cost.
 
-    python3 bench/bench_gemm.py [--threads 1 2] [--repeats 9] [--isa avx512] [--json bench/results/gemm.json]
+    python3 bench/run.py gemm [--threads 1 2] [--repeats 9] [--isa avx512] [--out FILE]
 
 GEMV bandwidth is weight bytes read per second at M = 1, also given as a share of `stream_read` (a
 plain read of a buffer far larger than the caches, on the same threads). Batch cost is
@@ -9,16 +9,14 @@ measurement sweeps enough random copies of the weight to exceed the last-level c
 come from memory, as in decoding.
 
 The machine may be shared, and its load drifts. So each repeat measures the streaming read and every
-M back to back, ratios are taken within a repeat, and the table shows medians over repeats (the JSON
-also has the best times).
+M back to back, ratios are taken within a repeat, and the table shows medians over repeats (the JSON,
+bench/results/gemm.json unless --out says otherwise, also has the best times).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import sys
 import time
@@ -27,7 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench import RESULTS
+from bench.machine import describe_machine
 from mlspecqd import _native
 
 # (name, N, K) of Qwen2.5-Coder-1.5B's linear layers.
@@ -107,16 +106,6 @@ def bench_shape(
     }
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def print_table(rows: list[dict]) -> None:
     shown = [2, 4, 8, 9, 12, 16, 32, 64]
     print("\nBatch cost columns: time(M) / time(1).\n")
@@ -140,7 +129,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--isa", choices=_native.supported_isas(), default=_native.best_isa())
-    parser.add_argument("--json", type=Path, default=Path(__file__).parent / "results" / "gemm.json")
+    parser.add_argument("--out", "--json", dest="json", type=Path, default=RESULTS / "gemm.json",
+                        help="JSON file (default: bench/results/gemm.json)")
     args = parser.parse_args()
     _native.set_isa(args.isa)
 
@@ -155,7 +145,7 @@ def main() -> None:
         del weights
 
     report = {
-        "machine": {"cpu": cpu_model(), "logical_cpus": os.cpu_count(), "cpu_features": _native.cpu_features()},
+        "machine": describe_machine(args.threads),
         "module": _native.__file__,
         "isa": args.isa,
         "repeats": args.repeats,

@@ -1,12 +1,13 @@
 """MXFP4 kernels on Qwen2.5-Coder-1.5B shapes: GEMV bandwidth, batch cost time(M)/time(1), cast time.
 
-    python3 bench/bench_mxfp4.py [--threads 1 2] [--rounds 40] [--json bench/results/mxfp4.json]
+    python3 bench/run.py mxfp4 [--threads 1 2] [--rounds 40] [--max-m 16] [--skip-cast] [--out FILE]
 
 GEMV bandwidth is MXFP4 bytes read per second at M = 1. Each measurement cycles through enough copies of
 the weights to exceed the last-level cache, so the bytes come from memory, as in decoding. A time is the
 best of --rounds single calls, the calls of every M and of the baseline interleaved so that they meet
-the same conditions (the machine may be shared with other work; medians are in the JSON too). If the module has
-`stream_read` (the gemm branch's streaming-read baseline), GEMV is also given as a share of it.
+the same conditions (the machine may be shared with other work; medians are in the JSON too, written to
+bench/results/mxfp4.json unless --out says otherwise). GEMV is also given as a share of `_native.stream_read`,
+a streaming read of the same bytes, where the module has it.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench import RESULTS
+from bench.machine import describe_machine
 from mlspecqd import _native
 from mlspecqd.engine.quant import cast_to_mxfp4
 
@@ -139,7 +141,8 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=40, help="timed calls of each product and of stream_read")
     parser.add_argument("--max-m", type=int, default=16)
     parser.add_argument("--skip-cast", action="store_true")
-    parser.add_argument("--json", type=Path, default=Path(__file__).parent / "results" / "mxfp4.json")
+    parser.add_argument("--out", "--json", dest="json", type=Path, default=RESULTS / "mxfp4.json",
+                        help="JSON file (default: bench/results/mxfp4.json)")
     args = parser.parse_args()
     load = os.getloadavg()
     print(f"isa {_native.active_isa()}, cpu count {os.cpu_count()}, load average {load[0]:.1f} "
@@ -150,6 +153,7 @@ def main() -> int:
         "load_average_at_start": load[0],
         "gemm": bench_gemm(args.threads, args.rounds, args.max_m),
         "cast": [] if args.skip_cast else bench_cast(args.threads),
+        "machine": describe_machine(args.threads),
     }
     args.json.parent.mkdir(parents=True, exist_ok=True)
     temporary = args.json.with_suffix(".tmp")
