@@ -93,23 +93,32 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--no-speculation", action="store_true", help="the target alone, no drafts")
 
 
+# The sampling flags: (flag, SamplingParams field, type, help); defaults are SamplingParams.greedy()'s.
+SAMPLING_FLAGS = (
+    ("--temp", "temperature", float, "temperature; 0 is greedy"),
+    ("--top-k", "top_k", int, "keep the k likeliest tokens (0: off)"),
+    ("--top-p", "top_p", float, "nucleus sampling mass (1: off)"),
+    ("--min-p", "min_p", float, "drop tokens below min-p x the top one"),
+    ("--repeat-penalty", "repeat_penalty", float, "repetition penalty (1: off)"),
+    ("--seed", "seed", int, "seed for sampling (default: fresh entropy)"),
+)
+
+
 def add_sampling_arguments(parser: argparse.ArgumentParser, max_tokens: int | None) -> None:
     group = parser.add_argument_group("sampling")
     group.add_argument("-n", "--max-tokens", type=_count(1), default=max_tokens,
                        help="most tokens to generate" + (f" (default {max_tokens})" if max_tokens else
                                                          " (default: to the end of the answer)"))
-    group.add_argument("--temp", type=float, default=0.0, help="temperature; 0 is greedy (default)")
-    group.add_argument("--top-k", type=int, default=40, help="keep the k likeliest tokens (0: off; default 40)")
-    group.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling mass (1: off; default 0.95)")
-    group.add_argument("--min-p", type=float, default=0.05, help="drop tokens below min-p x the top one (default 0.05)")
-    group.add_argument("--repeat-penalty", type=float, default=1.0, help="repetition penalty (1: off; default)")
-    group.add_argument("--seed", type=int, default=None, help="seed for sampling (default: fresh entropy)")
+    defaults = SamplingParams.greedy()
+    for flag, name, kind, help_text in SAMPLING_FLAGS:
+        default = getattr(defaults, name)
+        shown = "" if default is None else f" (default {default:g})"
+        group.add_argument(flag, dest=name, type=kind, default=default, help=help_text + shown)
     group.add_argument("--stop", action="append", metavar="TEXT", help="stop before this text (repeatable)")
 
 
 def sampling_from_args(args: argparse.Namespace) -> SamplingParams:
-    return SamplingParams(temperature=args.temp, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
-                          repeat_penalty=args.repeat_penalty, seed=args.seed)
+    return SamplingParams.greedy().replace(**{name: getattr(args, name) for _, name, _, _ in SAMPLING_FLAGS})
 
 
 def load_from_args(args: argparse.Namespace) -> LLM:

@@ -24,10 +24,9 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from mlspecqd.apps.llm import LLM
+from mlspecqd.engine.sampling import SAMPLING_PARAMETER_NAMES
 
 URLS = ("/v1/chat/completions", "/v1/completions")
-# Body fields passed to the LLM; others (model, user, ...) are accepted and ignored.
-_SAMPLING_FIELDS = ("temperature", "top_k", "top_p", "min_p", "repeat_penalty", "seed")
 
 
 class BatchFileError(ValueError):
@@ -106,7 +105,8 @@ def run_request(llm: LLM, url: str, body: dict[str, Any]) -> dict[str, Any]:
         raise ValueError("stream: not available in a batch")
     if body.get("n", 1) != 1:
         raise ValueError(f"n: only 1 choice per request is supported (got {body['n']!r})")
-    options = {name: body[name] for name in _SAMPLING_FIELDS if body.get(name) is not None}
+    # Body fields named as sampling parameters set them; others (model, user, ...) are ignored.
+    options = {name: body[name] for name in SAMPLING_PARAMETER_NAMES if body.get(name) is not None}
     max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
     if url == "/v1/chat/completions":
         if "messages" not in body:
@@ -145,7 +145,7 @@ def run_batch(llm: LLM, in_path: str | os.PathLike[str], out_path: str | os.Path
     started = clock()
     seen: set[str] = set()
     try:
-        out = open(out_path, "a", encoding="utf-8")
+        out = open(out_path, "a", encoding="utf-8")  # noqa: SIM115  (the with below closes it)
     except OSError as error:
         raise BatchFileError(f"{out_path}: cannot write ({error.strerror})") from None
     with out:

@@ -12,7 +12,7 @@ import datetime
 import functools
 import json
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import jinja2
 import jinja2.ext
@@ -32,7 +32,7 @@ class _GenerationBlock(jinja2.ext.Extension):
     """{% generation %}...{% endgeneration %} marks the assistant's part for training masks;
     rendering just writes the body."""
 
-    tags = {"generation"}
+    tags: ClassVar[set[str]] = {"generation"}
 
     def parse(self, parser: jinja2.parser.Parser) -> jinja2.nodes.Node:
         lineno = next(parser.stream).lineno

@@ -9,6 +9,7 @@
 
 Sampling defaults are greedy (temperature 0): greedy output is exactly the target's own greedy output,
 whatever the drafts. With temperature > 0, top_k / top_p / min_p default to llama.cpp's 40 / 0.95 / 0.05.
+Every method takes a SamplingParams as `sampling=` and any of its fields by name (temperature=0.7, seed=1).
 One LLM runs one generation at a time; a stream should be finished (or closed) before the next call.
 """
 
@@ -102,50 +103,46 @@ class LLM:
                                   "(prompt and answer together): shorten it or raise the context length (ctx)")
         return generate(self.cascade, self.tokenizer, tokens, max_tokens, sampling, () if stop is None else stop)
 
-    def generate(self, prompt: str | Sequence[int], max_tokens: int | None = 128, temperature: float = 0.0,
-                 top_k: int = 40, top_p: float = 0.95, min_p: float = 0.05, repeat_penalty: float = 1.0,
-                 seed: int | None = None, stop: str | Sequence[str] | None = None,
-                 stream: bool = False) -> GenerationResult | Generation:
+    def generate(self, prompt: str | Sequence[int], max_tokens: int | None = 128, *,
+                 sampling: SamplingParams | None = None, stop: str | Sequence[str] | None = None,
+                 stream: bool = False, **sampling_options: Any) -> GenerationResult | Generation:
         """Continue `prompt` (text or token ids) by up to `max_tokens` tokens.
 
+        Sampling: `sampling` (default greedy), with any of its fields given by name as well
+        (temperature=0.7, top_k=..., top_p, min_p, repeat_penalty, repeat_last_n, seed).
         Returns a GenerationResult (text, tokens, finish_reason "stop" or "length", timings with
         per-level speculation stats), or with stream=True the Generation: iterate it for the text
         as it is decided; its `.result` is set when the iteration ends. Stop strings end the text
         before them. Bad arguments raise ValueError subclasses before any work.
         """
-        sampling = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
-                                  repeat_penalty=repeat_penalty, seed=seed)
-        generation = self.start(prompt, max_tokens, sampling, stop)
+        generation = self.start(prompt, max_tokens, _sampling(sampling, sampling_options), stop)
         return generation if stream else generation.run()
 
-    def create_completion(self, prompt: str, max_tokens: int | None = 128, temperature: float = 0.0,
-                          top_k: int = 40, top_p: float = 0.95, min_p: float = 0.05, repeat_penalty: float = 1.0,
-                          seed: int | None = None, stop: str | Sequence[str] | None = None,
-                          stream: bool = False) -> dict[str, Any] | Iterator[dict[str, Any]]:
+    def create_completion(self, prompt: str, max_tokens: int | None = 128, *, sampling: SamplingParams | None = None,
+                          stop: str | Sequence[str] | None = None, stream: bool = False,
+                          **sampling_options: Any) -> dict[str, Any] | Iterator[dict[str, Any]]:
         """An OpenAI completion ("text_completion") dict for `prompt`, with usage and llama.cpp
         timings; with stream=True an iterator of chunks whose texts concatenate to the same text (the
-        last chunk carries finish_reason, usage and timings)."""
+        last chunk carries finish_reason, usage and timings). Sampling as in generate()."""
         if not isinstance(prompt, str):
             raise GenerationError(f"prompt must be a string (got {type(prompt).__name__})")
         tokens = self.tokenize(prompt) if prompt else []
         if not tokens:
             raise GenerationError("prompt is empty: give some text to continue")
         return self._respond(ResponseShape(False, self.model_name), tokens, max_tokens, stop, stream,
-                             SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
-                                            repeat_penalty=repeat_penalty, seed=seed))
+                             _sampling(sampling, sampling_options))
 
-    def create_chat_completion(self, messages: list[dict[str, Any]], max_tokens: int | None = None,
-                               temperature: float = 0.0, top_k: int = 40, top_p: float = 0.95, min_p: float = 0.05,
-                               repeat_penalty: float = 1.0, seed: int | None = None,
-                               stop: str | Sequence[str] | None = None,
-                               stream: bool = False) -> dict[str, Any] | Iterator[dict[str, Any]]:
+    def create_chat_completion(self, messages: list[dict[str, Any]], max_tokens: int | None = None, *,
+                               sampling: SamplingParams | None = None, stop: str | Sequence[str] | None = None,
+                               stream: bool = False,
+                               **sampling_options: Any) -> dict[str, Any] | Iterator[dict[str, Any]]:
         """An OpenAI chat completion for `messages` ([{"role", "content"}, ...]) through the model's
         chat template; max_tokens None runs to the end of the turn (or of the context). With
-        stream=True an iterator of "chat.completion.chunk" dicts in the delta shape."""
+        stream=True an iterator of "chat.completion.chunk" dicts in the delta shape. Sampling as in
+        generate()."""
         tokens = self.chat_prompt_tokens(messages)
         return self._respond(ResponseShape(True, self.model_name), tokens, max_tokens, stop, stream,
-                             SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
-                                            repeat_penalty=repeat_penalty, seed=seed))
+                             _sampling(sampling, sampling_options))
 
     def _respond(self, shape: ResponseShape, tokens: list[int], max_tokens: int | None,
                  stop: str | Sequence[str] | None, stream: bool,
@@ -169,6 +166,11 @@ class LLM:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+def _sampling(sampling: SamplingParams | None, options: dict[str, Any]) -> SamplingParams:
+    """`sampling` (greedy by default) with the fields named in `options` replaced."""
+    return (sampling or SamplingParams.greedy()).replace(**options)
 
 
 def _plain_message(message: Any, index: int) -> Any:

@@ -20,11 +20,13 @@ from pathlib import Path
 
 from mlspecqd import _native, hub
 from mlspecqd.apps.llm import LLM
-from mlspecqd.speculative import Cascade, ModelLevel, NgramDrafter
-from mlspecqd.speculative.policies import check_draft_max, check_policy_name
+from mlspecqd.engine.model import PRECISIONS, Model
+from mlspecqd.speculative import MODEL_FREE_DRAFTERS, Cascade, ModelLevel
+from mlspecqd.speculative.policies import check_draft_max, policy_class
 from mlspecqd.tokenizer import Tokenizer
+from mlspecqd.validation import whole_number
 
-PRECISIONS = ("bf16", "mxfp4")
+_SPEC_FORMS = f"{', '.join(repr(name) for name in MODEL_FREE_DRAFTERS)}, 'mxfp4' or 'PATH-OR-NAME[:mxfp4|:bf16]'"
 
 
 class LoadError(ValueError):
@@ -34,7 +36,8 @@ class LoadError(ValueError):
 
 @dataclass(frozen=True)
 class DraftSpec:
-    """One parsed draft spec: kind "ngram", "self" (the target cast to `precision`) or "model"."""
+    """One parsed draft spec: kind "model-free" (a name in MODEL_FREE_DRAFTERS), "self" (the target cast
+    to `precision`) or "model"."""
 
     text: str
     kind: str
@@ -44,9 +47,9 @@ class DraftSpec:
     @classmethod
     def parse(cls, text: str) -> DraftSpec:
         if not isinstance(text, str) or not text.strip():
-            raise LoadError(f"draft spec {text!r}: expected 'ngram', 'mxfp4' or 'PATH-OR-NAME[:mxfp4|:bf16]'")
-        if text == "ngram":
-            return cls(text, "ngram")
+            raise LoadError(f"draft spec {text!r}: expected {_SPEC_FORMS}")
+        if text in MODEL_FREE_DRAFTERS:
+            return cls(text, "model-free")
         if text == "mxfp4":
             return cls(text, "self", precision="mxfp4")
         model, precision = text, "bf16"
@@ -56,18 +59,18 @@ class DraftSpec:
         if model not in hub.NAMED_MODELS and not Path(model).expanduser().is_file():
             known = ", ".join(hub.NAMED_MODELS)
             raise LoadError(f"draft spec {text!r}: '{model}' is no file and no named model ({known}); "
-                            "other specs: 'ngram', 'mxfp4'")
+                            f"other specs: {', '.join(repr(name) for name in [*MODEL_FREE_DRAFTERS, 'mxfp4'])}")
         return cls(text, "model", model, precision)
 
 
 def parse_draft_specs(drafts: Sequence[str]) -> list[DraftSpec]:
-    """Parse and order-check a list of draft specs (smallest first; 'ngram' only first)."""
+    """Parse and order-check a list of draft specs (smallest first; a model-free drafter only first)."""
     if isinstance(drafts, str):
         raise LoadError(f"drafts must be a list of specs, not the string {drafts!r} (write [{drafts!r}])")
     specs = [DraftSpec.parse(text) for text in drafts]
     for index, spec in enumerate(specs):
-        if spec.kind == "ngram" and index != 0:
-            raise LoadError(f"draft spec 'ngram' at position {index + 1}: the n-gram drafter cannot verify "
+        if spec.kind == "model-free" and index != 0:
+            raise LoadError(f"draft spec {spec.text!r} at position {index + 1}: a model-free drafter cannot verify "
                             "another draft, so it must come first (drafts go smallest first)")
     return specs
 
@@ -76,9 +79,7 @@ def check_threads(threads: int | None) -> int:
     """The thread count to use: `threads`, or the number of physical cores when None."""
     if threads is None:
         return _native.default_num_threads()
-    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
-        raise LoadError(f"threads must be a whole number >= 1 (got {threads!r})")
-    return threads
+    return whole_number("threads", threads, LoadError, low=1)
 
 
 def load(model: str | os.PathLike[str] = hub.DEFAULT_MODEL, drafts: Sequence[str] | None = None,
@@ -96,11 +97,10 @@ def load(model: str | os.PathLike[str] = hub.DEFAULT_MODEL, drafts: Sequence[str
     Bad arguments raise ValueError subclasses (LoadError, hub.ModelNotFoundError, gguf.GGUFError,
     TokenizerError, ...) before the big weights are read.
     """
-    check_policy_name(draft_policy)
+    policy_class(draft_policy)
     check_draft_max(draft_max)
     thread_count = check_threads(threads)
-    if isinstance(ctx, bool) or not isinstance(ctx, int) or ctx < 2:
-        raise LoadError(f"ctx must be a whole number of tokens >= 2 (got {ctx!r})")
+    whole_number("ctx", ctx, LoadError, low=2)
     if precision not in PRECISIONS:
         raise LoadError(f"precision must be one of {', '.join(PRECISIONS)} (got {precision!r})")
     name = os.fspath(model)
@@ -121,8 +121,6 @@ def load(model: str | os.PathLike[str] = hub.DEFAULT_MODEL, drafts: Sequence[str
             raise LoadError(f"draft {spec_text!r} ({path}): its vocabulary differs from the target's "
                             f"({target_path}): {difference}")
 
-    from mlspecqd.engine.model import Model  # the native decoder, needed only from here on
-
     _native.set_num_threads(thread_count)
     models: list[Model] = []
     try:
@@ -130,8 +128,8 @@ def load(model: str | os.PathLike[str] = hub.DEFAULT_MODEL, drafts: Sequence[str
         models.append(target)
         levels = []
         for spec in specs:
-            if spec.kind == "ngram":
-                levels.append(NgramDrafter())
+            if spec.kind == "model-free":
+                levels.append(MODEL_FREE_DRAFTERS[spec.text]())
                 continue
             if spec.kind == "self":
                 draft = target.sibling(spec.precision)  # casts the linear weights, shares the rest

@@ -9,11 +9,13 @@ going to the lowest token id.
 
 from __future__ import annotations
 
-import math
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+
+from mlspecqd.validation import finite_number, whole_number
 
 
 class SamplingParamsError(ValueError):
@@ -37,14 +39,14 @@ class SamplingParams:
     seed: int | None = None
 
     def __post_init__(self) -> None:
-        _check_real("temperature", self.temperature, low=0.0)
-        _check_int("top_k", self.top_k, low=0)
-        _check_real("top_p", self.top_p, low=0.0, high=1.0, low_open=True)
-        _check_real("min_p", self.min_p, low=0.0, high=1.0)
-        _check_real("repeat_penalty", self.repeat_penalty, low=0.0, low_open=True)
-        _check_int("repeat_last_n", self.repeat_last_n, low=0)
+        finite_number("temperature", self.temperature, SamplingParamsError, low=0.0)
+        whole_number("top_k", self.top_k, SamplingParamsError, low=0)
+        finite_number("top_p", self.top_p, SamplingParamsError, low=0.0, high=1.0, low_open=True)
+        finite_number("min_p", self.min_p, SamplingParamsError, low=0.0, high=1.0)
+        finite_number("repeat_penalty", self.repeat_penalty, SamplingParamsError, low=0.0, low_open=True)
+        whole_number("repeat_last_n", self.repeat_last_n, SamplingParamsError, low=0)
         if self.seed is not None:
-            _check_int("seed", self.seed, low=0)
+            whole_number("seed", self.seed, SamplingParamsError, low=0)
 
     @classmethod
     def greedy(cls, repeat_penalty: float = 1.0, repeat_last_n: int = 64) -> SamplingParams:
@@ -54,21 +56,16 @@ class SamplingParams:
     def is_greedy(self) -> bool:
         return self.temperature == 0.0
 
+    def replace(self, **overrides: object) -> SamplingParams:
+        """These parameters with the named ones replaced (and checked); an unknown name is an error."""
+        unknown = sorted(set(overrides) - set(SAMPLING_PARAMETER_NAMES))
+        if unknown:
+            raise SamplingParamsError(f"unknown sampling parameter {unknown[0]!r}: the parameters are "
+                                      f"{', '.join(SAMPLING_PARAMETER_NAMES)}")
+        return dataclasses.replace(self, **overrides)
 
-def _check_real(name: str, value: object, low: float, high: float = math.inf, low_open: bool = False) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise SamplingParamsError(f"{name} must be a finite number (got {value!r})")
-    too_low = value <= low if low_open else value < low
-    if too_low or value > high:
-        interval = ("(" if low_open else "[") + f"{low:g}, " + (f"{high:g}]" if math.isfinite(high) else "inf)")
-        raise SamplingParamsError(f"{name} must be in {interval} (got {value!r})")
 
-
-def _check_int(name: str, value: object, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise SamplingParamsError(f"{name} must be an integer (got {value!r})")
-    if value < low:
-        raise SamplingParamsError(f"{name} must be >= {low} (got {value!r})")
+SAMPLING_PARAMETER_NAMES = tuple(parameter.name for parameter in dataclasses.fields(SamplingParams))
 
 
 def penalized_logits(logits: np.ndarray, params: SamplingParams, recent_tokens: Sequence[int]) -> np.ndarray:

@@ -10,9 +10,10 @@ policies.py for the draft-length policies, verification.py for the acceptance ru
 """
 
 from mlspecqd.speculative.cascade import Cascade, CascadeError, VocabularyMismatchError
-from mlspecqd.speculative.levels import Decoding, LanguageModel, Level, LevelStats, ModelLevel, Proposal
+from mlspecqd.speculative.levels import Decoding, LanguageModel, Level, LevelStats, Membership, ModelLevel, Proposal
 from mlspecqd.speculative.ngram import NgramDrafter
 from mlspecqd.speculative.policies import (
+    POLICIES,
     POLICY_NAMES,
     ConfidenceDraftLength,
     CostDraftLength,
@@ -23,9 +24,15 @@ from mlspecqd.speculative.policies import (
     PolicyError,
     TimeModel,
     make_policy,
+    policy_class,
 )
 
+# Drafters that need no model, by the name a draft spec gives them (mlspecqd.load(drafts=[...]), --draft).
+MODEL_FREE_DRAFTERS: dict[str, type[Level]] = {"ngram": NgramDrafter}
+
 __all__ = [
+    "MODEL_FREE_DRAFTERS",
+    "POLICIES",
     "POLICY_NAMES",
     "Cascade",
     "CascadeError",
@@ -39,6 +46,7 @@ __all__ = [
     "LanguageModel",
     "Level",
     "LevelStats",
+    "Membership",
     "ModelLevel",
     "NgramDrafter",
     "PolicyError",
@@ -46,4 +54,5 @@ __all__ = [
     "TimeModel",
     "VocabularyMismatchError",
     "make_policy",
+    "policy_class",
 ]

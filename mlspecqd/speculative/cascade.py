@@ -10,8 +10,9 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 
-from mlspecqd.speculative.levels import Decoding, LanguageModel, Level, ModelLevel, Proposal, Route
-from mlspecqd.speculative.policies import CostDraftLength, check_draft_max, check_policy_name, make_policy
+from mlspecqd.speculative.levels import Decoding, LanguageModel, Level, Membership, ModelLevel, Proposal, Route
+from mlspecqd.speculative.policies import CostDraftLength, check_draft_max, make_policy, policy_class
+from mlspecqd.validation import whole_number
 
 
 class CascadeError(ValueError):
@@ -37,7 +38,7 @@ def _as_level(item: Level | LanguageModel, index: int) -> Level:
 
 class Cascade:
     """Levels smallest first, last = target. Raw models are wrapped in ModelLevel. Levels without a
-    policy of their own get a fresh `policy` (see policies.POLICY_NAMES) with `draft_max`.
+    policy of their own get a fresh `policy` (a name in policies.POLICIES) with `draft_max`.
 
     `skip_levels`: under the cost policy a level may also take its drafts straight from a level further
     down, round by round, where that promises more tokens per second (ModelLevel._choose_route); False
@@ -48,10 +49,9 @@ class Cascade:
                  clock: Callable[[], float] = time.perf_counter) -> None:
         if len(levels) == 0:
             raise CascadeError("a cascade needs at least one level (the target model)")
-        check_policy_name(policy)
+        policy_class(policy)
         check_draft_max(draft_max)
-        if isinstance(prompt_chunk, bool) or not isinstance(prompt_chunk, int) or prompt_chunk < 1:
-            raise CascadeError(f"prompt_chunk must be an integer >= 1 (got {prompt_chunk!r})")
+        whole_number("prompt_chunk", prompt_chunk, CascadeError, low=1)
         self.levels = [_as_level(item, index) for index, item in enumerate(levels)]
         target = self.levels[-1]
         if not isinstance(target, ModelLevel):
@@ -62,50 +62,45 @@ class Cascade:
             if not isinstance(level, ModelLevel) and index != 0:
                 raise CascadeError(f"level {index}: the {level.kind} level cannot verify, "
                                    "so it must be the bottom level")
-            if getattr(level, "_cascade", None) is not None:
+            if level.cascade is not None:
                 raise CascadeError(f"level {index} ({level.name!r}) already belongs to another cascade")
         models = [id(level.model) for level in self.levels if isinstance(level, ModelLevel)]
         if len(set(models)) != len(models):
             raise CascadeError("the same model object appears at two levels: its one KV cache cannot follow both")
-        model_drafters = 0
-        for level in self.levels:
-            model_drafters += isinstance(level, ModelLevel) and level is not target
-            if level.name is None:
-                level.name = "target" if level is target else f"draft{model_drafters}"
-        self._check_vocabularies()
         self.prompt_chunk = prompt_chunk
         self.clock = clock
         # A drafter that sat a whole generation out (the MXFP4 level the route choice steps around) is
-        # not prefilled with the next prompt, except every this many prompts: the default cascade spent
-        # as long prefilling it as the target, for 50 rounds in 100 prompts.
+        # not prefilled with the next prompt, except every this many prompts, so that it is measured again.
         self.prefill_all_every = 8
         self._prefills = 0
+        names, model_drafters = [], 0
+        for level in self.levels:
+            model_drafters += isinstance(level, ModelLevel) and level is not target
+            names.append(level.name or ("target" if level is target else f"draft{model_drafters}"))
+        self._check_vocabularies(names)
         for index, level in enumerate(self.levels):
-            level._cascade = self
-            level.clock = clock
-            if isinstance(level, ModelLevel):
-                level.chunk = prompt_chunk
-                level.in_step_lag = len(self.levels) - index
-            if level is not target and level.policy is None:
-                level.policy = make_policy(policy, draft_max)
+            needs_policy = level is not target and level.policy is None
+            level.join(Membership(cascade=self, name=names[index], clock=clock,
+                                  policy=make_policy(policy, draft_max) if needs_policy else None,
+                                  prompt_chunk=prompt_chunk, in_step_lag=len(self.levels) - index))
         for index, level in enumerate(self.levels):
             if isinstance(level, ModelLevel) and index > 0:
                 nearest = self.levels[index - 1]
                 may_skip = skip_levels and index >= 2 and isinstance(nearest.policy, CostDraftLength)
                 further = self.levels[index - 2 :: -1] if may_skip else []
-                level.routes = [Route(nearest, nearest.policy)] + [Route(below, CostDraftLength(draft_max))
-                                                                   for below in further]
+                level.accept_drafts_from([Route(nearest, nearest.policy)]
+                                         + [Route(below, CostDraftLength(draft_max)) for below in further])
 
-    def _check_vocabularies(self) -> None:
+    def _check_vocabularies(self, names: Sequence[str]) -> None:
         target = self.target
         for index, level in enumerate(self.levels[:-1]):
             if isinstance(level, ModelLevel) and level.vocab_size != target.vocab_size:
-                raise VocabularyMismatchError(f"level {index} ({level.name!r}): {level.vocab_size} logits per token, "
+                raise VocabularyMismatchError(f"level {index} ({names[index]!r}): {level.vocab_size} logits per token, "
                                               f"the target has {target.vocab_size}")
             if level.tokenizer is not None and target.tokenizer is not None:
                 difference = level.tokenizer.same_vocabulary(target.tokenizer)
                 if difference is not None:
-                    raise VocabularyMismatchError(f"level {index} ({level.name!r}): vocabulary differs from the "
+                    raise VocabularyMismatchError(f"level {index} ({names[index]!r}): vocabulary differs from the "
                                                   f"target's: {difference}")
 
     @property
@@ -135,10 +130,7 @@ class Cascade:
                     level.sync(prompt)  # keep no tokens that are not the new text's
                     continue
                 level.drafted_since_prefill = False
-                if chunk is not None:
-                    level.chunk = chunk
-                count = level.prefill(list(prompt[:-1]))
-                level.chunk = self.prompt_chunk
+                count = level.prefill(list(prompt[:-1]), chunk)
                 if level is self.target:
                     reused = count
         return reused

@@ -68,7 +68,8 @@ class Proposal:
 
 def model_confidence(distribution: TokenDistribution | None, logits: np.ndarray) -> float:
     """Top probability of the distribution a token was drawn from (of softmax(logits) under greedy).
-    In float32: a float64 softmax over Qwen's 151,936 logits cost 1.5 ms, a quarter of a 0.5B draft token."""
+    In float32: this runs once per drafted token over the whole vocabulary, where float64 would cost a
+    noticeable share of a small draft model's token."""
     if distribution is not None:
         return distribution.top_probability()
     shifted = logits - logits.max()
@@ -141,9 +142,21 @@ class LevelStats:
         }
 
 
+@dataclass(frozen=True)
+class Membership:
+    """What a cascade gives a level it takes in."""
+
+    cascade: object
+    name: str                                # the level's name unless it has one of its own
+    clock: Callable[[], float]
+    policy: DraftLengthPolicy | None         # the level's policy unless it has one (None: the target)
+    prompt_chunk: int                        # most tokens per forward while prefilling
+    in_step_lag: int                         # model levels above this one, plus one (see ModelLevel)
+
+
 class Level:
-    """A member of a cascade. As a drafter it proposes tokens continuing a sequence; the Cascade gives
-    it the draft-length `policy` and the `clock`."""
+    """A member of a cascade. As a drafter it proposes tokens continuing a sequence; the cascade that
+    takes it in (`join`) gives it its clock and, where it has none of its own, a draft-length policy."""
 
     kind = "level"
 
@@ -156,7 +169,16 @@ class Level:
         self.stats = LevelStats()
         self.proposal_timing = TimeModel(extra_token_share=1.0)
         self.drafted_since_prefill = True  # the Cascade prefills a drafter that sat a prompt out only now and then
-        self._cascade: object | None = None
+        self.cascade: object | None = None  # the cascade that took this level in; a level serves one
+
+    def join(self, membership: Membership) -> None:
+        """Become a member of `membership.cascade`."""
+        self.cascade = membership.cascade
+        self.clock = membership.clock
+        if self.name is None:
+            self.name = membership.name
+        if self.policy is None:
+            self.policy = membership.policy
 
     def propose(self, sequence: list[int], count: int, decoding: Decoding, stopping: StoppingRule | None = None,
                 confidences: bool = False) -> Proposal:
@@ -207,7 +229,7 @@ class ModelLevel(Level):
                  policy: DraftLengthPolicy | None = None) -> None:
         super().__init__(name, tokenizer, policy)
         self.model = model
-        self.routes: list[Route] = []  # who may draft for this level: set by the Cascade
+        self.routes: list[Route] = []  # who may draft for this level (accept_drafts_from)
         self.route_reprobe_after = 32  # rounds after which a route not taken is tried once, where it is in step
         self.chunk = 256
         self.round_timing = ForwardTimeModel()  # a forward of T tokens and the verification of its rows
@@ -215,6 +237,15 @@ class ModelLevel(Level):
         # level above it, and one more where a round of the level above had no room to ask it.
         self.in_step_lag = 2
         self._cached: list[int] = []  # the tokens whose keys/values the model holds, in order
+
+    def join(self, membership: Membership) -> None:
+        super().join(membership)
+        self.chunk = membership.prompt_chunk
+        self.in_step_lag = membership.in_step_lag
+
+    def accept_drafts_from(self, routes: Sequence[Route]) -> None:
+        """The levels below that may draft for this one, the nearest first."""
+        self.routes = list(routes)
 
     @property
     def vocab_size(self) -> int:
@@ -231,15 +262,17 @@ class ModelLevel(Level):
             self.model.truncate(keep)
             del self._cached[keep:]
 
-    def prefill(self, tokens: Sequence[int]) -> int:
-        """Bring the cache to exactly `tokens`, in chunks; returns how many were already cached.
-        A level whose context cannot hold them is left alone: it will not draft this time."""
+    def prefill(self, tokens: Sequence[int], chunk: int | None = None) -> int:
+        """Bring the cache to exactly `tokens`, in forwards of `chunk` tokens (default: the cascade's
+        prompt chunk); returns how many were already cached. A level whose context cannot hold them is
+        left alone: it will not draft this time."""
         if len(tokens) > self.context_length:
             return 0
         self.sync(tokens)
         reused = len(self._cached)
-        for start in range(reused, len(tokens), self.chunk):
-            self._forward(tokens[start : start + self.chunk], start, all_logits=False)
+        chunk = chunk or self.chunk
+        for start in range(reused, len(tokens), chunk):
+            self._forward(tokens[start : start + chunk], start, all_logits=False)
         return reused
 
     def step(self, sequence: list[int], budget: int, decoding: Decoding) -> Proposal:
@@ -271,8 +304,7 @@ class ModelLevel(Level):
     def _choose_route(self, sequence: list[int]) -> Route:
         """The route of the next round: the nearest level below, unless, under the cost policy, a level
         further down promises more tokens per second, its catch-up priced in. A middle level whose drafts
-        cost more than their better acceptance saves is thus stepped around (the 1.5B's MXFP4 copy
-        between the 0.5B and the BF16 target, on 2 cores). A route not taken for `route_reprobe_after`
+        cost more than their better acceptance saves is thus stepped around. A route not taken for `route_reprobe_after`
         rounds is tried once when its drafter is in step, so that what it would give is measured."""
         nearest = self.routes[0]
         if len(self.routes) == 1 or not isinstance(nearest.policy, CostDraftLength):
@@ -345,8 +377,8 @@ class ModelLevel(Level):
                     finished = True
                     break
         # A drafter that sat out rounds first forwards the tokens it missed. That is the price of
-        # having paused, not of drafting: recorded, it made every probe after a pause look too dear to
-        # resume, and over 100 prompts the 0.5B level of the three-level cascade drafted almost never.
+        # having paused, not of drafting (catch_up_seconds prices it): recorded here, it would make every
+        # probe after a pause look too dear to resume.
         if behind <= self.in_step_lag:
             self.proposal_timing.record(drafted, self.clock() - started)
         return proposal

@@ -16,6 +16,8 @@ from typing import Protocol
 
 import numpy as np
 
+from mlspecqd.validation import whole_number
+
 
 class PolicyError(ValueError):
     """An unknown policy name or a policy argument outside its range."""
@@ -27,19 +29,15 @@ class TimeModel:
 
     A size measured at least `measured_at_size` times among the recent calls is estimated by the median
     of its last measurements: a CPU forward's time is a step function of T (flat while reading the
-    weights bounds it, rising once the dot products do), which a straight line misplaces (in a
-    three-level cascade the BF16 target's one-token forward was fitted at 27 ms, measured at 64 ms).
-    A size between two measured ones is interpolated between them. A size beyond the measured ones
-    takes the nearest measured time, scaled by the prior shape: each token beyond the first costs
-    `extra_token_share` of the first. For a verifier that is 1/32, on purpose optimistic: a size priced
-    too low is tried and then measured, one priced too high is never tried (at 1/8, llama.cpp's shape, the
-    BF16 target's 9-token forward, 1.1x its 5-token one here, was priced 1.33x, and the 0.5B drafted 4
-    tokens a round where 8 paid). For a drafter it is 1 (a model drafter's time grows with each token it
-    proposes). A line fitted through calls that are nearly all of one size extrapolates
-    its noise: in a three-level cascade it priced six drafted tokens at 81 ms where five measured 57
-    (11 ms a token), and the policy never drafted six. Until some size is measured, the estimate is a line a + b*T
-    fitted by least squares over the recent calls, or, while those span fewer than three sizes, the
-    prior shape through their mean.
+    weights bounds it, rising once the dot products do), which a straight line misplaces. A size between
+    two measured ones is interpolated between them. A size beyond the measured ones takes the nearest
+    measured time scaled by the prior shape, in which each token beyond the first costs
+    `extra_token_share` of the first. For a verifier that share is small on purpose: a size priced too
+    low is tried and then measured, while one priced too high is never tried, so never corrected. For a
+    drafter it is 1, since a model drafter's time grows with each token it proposes. Until some size is
+    measured, the estimate is a line a + b*T fitted by least squares over the recent calls, or, while
+    those span fewer than three sizes, the prior shape through their mean (a line fitted through calls
+    nearly all of one size would extrapolate their noise).
     """
 
     def __init__(self, extra_token_share: float = 1 / 32, window: int = 48, measured_at_size: int = 2,
@@ -109,15 +107,12 @@ class ForwardTimeModel(TimeModel):
     """The time of one forward call of T tokens: the machine's speed at the moment times the shape
     1 + slope * (T - 1), the two estimated apart.
 
-    The memory speed of a shared machine flips within seconds: a 4-token verification took 46 ms and
-    70 ms within one prompt. Medians per size then mix the speeds: a size last called in a slow
-    stretch looks dear next to one called in a fast stretch (6 tokens 72 ms, 7 tokens 58 ms), and the
-    stopping rule, which prices a verified row as the difference of two sizes, drafted short for
-    whole prompts. A shape per size, even one learned free of the speed, locked in the same way: a
-    size priced too dear once was never verified again, so never measured again. One slope learned
-    from every call leaves no size behind. Over the sizes a verifier sees (up to draft_max + 1) the
-    shape is near a line (bench_decode: 1.07x at 2 tokens, 1.21x at 5, 1.33x at 9). Unlike
-    `TimeModel`'s line, this one is not fitted in seconds, so changes of speed do not bend it.
+    The speed of a shared machine (its memory bandwidth above all) changes within seconds, so per-size
+    medians would mix speeds: a size last called in a slow stretch would look dear next to one called in
+    a fast stretch, and a size priced too dear once is never verified again, so never measured again.
+    One slope learned from every call leaves no size behind, and over the sizes a verifier sees (up to
+    draft_max + 1) a forward's shape is near a line. Unlike `TimeModel`'s line, this one is not fitted
+    in seconds, so changes of speed do not bend it.
 
     The slope is learned from calls next to each other: two calls in a row ran at nearly the same
     speed, so the ratio of their times is the ratio of their shapes. It is the slope whose shapes fit
@@ -166,9 +161,7 @@ class ForwardTimeModel(TimeModel):
 
 
 def check_draft_max(draft_max: object) -> int:
-    if isinstance(draft_max, bool) or not isinstance(draft_max, int) or draft_max < 1:
-        raise PolicyError(f"draft_max must be an integer >= 1 (got {draft_max!r})")
-    return draft_max
+    return whole_number("draft_max", draft_max, PolicyError, low=1)
 
 
 class StoppingRule(Protocol):
@@ -261,8 +254,8 @@ class AcceptanceByPosition:
     first round must not switch a draft off), and becomes an exponential moving average once the
     observations outweigh 1/smoothing, so the estimate follows the text. The prior of the first
     position is `prior`; that of a later one is the rate of the position before it when it is first
-    observed: a draft accepted 99% of the time at five tokens is no worse at the sixth, and a fixed
-    prior of 0.6 there made a sixth token look too risky to try.
+    observed, since a draft accepted nearly always at five tokens is no worse at the sixth (a fixed prior
+    there would make each new position look too risky to try).
     """
 
     def __init__(self, draft_max: int, smoothing: float = 0.1, prior: float = 0.6, prior_weight: float = 2.0) -> None:
@@ -332,9 +325,7 @@ class CostDraftLength(DraftLengthPolicy):
 
     Where drafting pays (K > 0) and `stop_early` is on, the round may draft up to draft_max and the
     `stopping_rule` ends it token by token (CostStoppingRule): a confident draft runs long, an unsure one
-    stops at its first doubtful token. With `stop_early` off every round drafts the planned K. With the 0.5B drafting for the 1.5B on 100
-    HumanEval prompts, stopping early drafted 20% fewer tokens for 3% fewer accepted, and gave 4% more
-    tokens per second (bench/results/speculative-real-stopping-rule.json).
+    stops at its first doubtful token. With `stop_early` off every round drafts the planned K.
     """
 
     uses_confidence = True
@@ -434,23 +425,22 @@ class CostStoppingRule:
         return True
 
 
-POLICY_NAMES = ("cost", "fixed", "heuristic", "confidence")
+POLICIES: dict[str, type[DraftLengthPolicy]] = {
+    "cost": CostDraftLength,
+    "fixed": FixedDraftLength,
+    "heuristic": HeuristicDraftLength,
+    "confidence": ConfidenceDraftLength,
+}
+POLICY_NAMES = tuple(POLICIES)
 
 
-def check_policy_name(name: str) -> str:
-    if name not in POLICY_NAMES:
+def policy_class(name: str) -> type[DraftLengthPolicy]:
+    """The policy registered as `name` in POLICIES; PolicyError naming the choices otherwise."""
+    if name not in POLICIES:
         raise PolicyError(f"unknown draft-length policy {name!r}: choose one of {', '.join(POLICY_NAMES)}")
-    return name
+    return POLICIES[name]
 
 
 def make_policy(name: str, draft_max: int) -> DraftLengthPolicy:
     """A fresh policy by name: one of POLICY_NAMES."""
-    if name == "cost":
-        return CostDraftLength(draft_max)
-    if name == "fixed":
-        return FixedDraftLength(draft_max)
-    if name == "heuristic":
-        return HeuristicDraftLength(draft_max)
-    if name == "confidence":
-        return ConfidenceDraftLength(draft_max)
-    raise PolicyError(f"unknown draft-length policy {name!r}: choose one of {', '.join(POLICY_NAMES)}")
+    return policy_class(name)(draft_max)
