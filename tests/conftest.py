@@ -1,5 +1,7 @@
 """Shared fixtures. Tests that need a real checkpoint ask for it by name and are skipped, with the pull
-command in the reason, when it is not in the cache (CI runs them whenever the cache is warm)."""
+command in the reason, when it is not in the cache (CI runs them whenever the cache is warm).
+
+The helpers the tests import live in tests/support/; tests/ is on sys.path because this file is here."""
 
 from __future__ import annotations
 
@@ -7,7 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from mlspecqd import _native, hub
+pytest.register_assert_rewrite("support")
+
+from support.real_models import real_model_path  # noqa: E402  (imported after the rewrite registration)
+
+from mlspecqd import _native  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -17,13 +23,6 @@ def restore_isa_and_threads():
     yield
     _native.set_isa(isa)
     _native.set_num_threads(threads)
-
-
-def real_model_path(name: str) -> Path:
-    path = hub.cached_path(name)
-    if path is None:
-        pytest.skip(f"{name} is not cached: run `mlspecqd pull {name}`")
-    return path
 
 
 @pytest.fixture

@@ -7,10 +7,10 @@ import functools
 from pathlib import Path
 
 import pytest
-from conftest import real_model_path
 
 from mlspecqd import hub
 from mlspecqd.tokenizer import Tokenizer
+from support.real_models import real_model_path
 
 
 def real_tokenizer(name: str) -> Tokenizer:
@@ -46,8 +46,8 @@ def _transformers_tokenizer(path: Path):
 
 
 def cached_text(name: str) -> str:
-    """A calibration text that bench/datasets.py has fetched; skips rather than download in a test."""
+    """A calibration text that bench/corpora.py has fetched; skips rather than download in a test."""
     path = hub.cache_dir() / "data" / f"{name}.utf8"
     if not path.is_file():
-        pytest.skip(f"{path} is not cached: run `python3 -m bench.datasets`")
+        pytest.skip(f"{path} is not cached: run `python3 bench/run.py corpora`")
     return path.read_text(encoding="utf-8")

@@ -1,10 +1,12 @@
 """The LLM object and ChatSession on deterministic stand-in models with a real GGUF tokenizer: response
-shapes, streaming, stop strings, seeds, lossless drafts, chat cache reuse, bad requests."""
+shapes, streaming, stop strings, seeds, lossless drafts, chat cache reuse, bad requests; and (real_model)
+load() on the real checkpoints."""
 
 import pytest
-from fake_models import FakeLanguageModel
-from llm_fixtures import END_OF_TEXT, VOCAB, write_chat_model
+from support.fake_models import FakeLanguageModel
+from support.llm_fixtures import END_OF_TEXT, VOCAB, write_chat_model
 
+import mlspecqd
 from mlspecqd import ChatSession, GenerationError, SamplingParams
 from mlspecqd.apps.chat_template import ChatTemplateError
 from mlspecqd.apps.llm import LLM
@@ -201,3 +203,40 @@ def test_sampling_params_object_is_accepted_by_start(tokenizer):
     llm = make_llm(tokenizer)
     generation = llm.start("Hello", 5, SamplingParams(temperature=0.5, seed=1))
     assert len(generation.run().tokens) == 5
+
+
+# load() on the real checkpoints, skipped unless they are cached: the cascade of drafts changes no greedy
+# token, a smaller model drafts for the larger one, a draft of another vocabulary is refused.
+
+REAL_MODEL_MESSAGES = [{"role": "user", "content": "Write a Python function that returns the square of x."}]
+
+
+@pytest.mark.real_model
+def test_drafts_leave_the_greedy_answer_unchanged(qwen_small_path):
+    pytest.importorskip("mlspecqd.engine.model")
+    pytest.importorskip("mlspecqd.engine.quant")
+    with mlspecqd.load(str(qwen_small_path), drafts=[], ctx=512) as plain:
+        expected = plain.create_chat_completion(REAL_MODEL_MESSAGES, max_tokens=24)
+    with mlspecqd.load(str(qwen_small_path), drafts=["ngram", "mxfp4"], ctx=512, draft_policy="fixed",
+                       draft_max=4) as speculative:
+        assert speculative.level_names == ["ngram", "mxfp4", "target:bf16"]
+        response = speculative.create_chat_completion(REAL_MODEL_MESSAGES, max_tokens=24)
+    assert response["choices"][0]["message"]["content"] == expected["choices"][0]["message"]["content"]
+    assert response["usage"] == expected["usage"]
+    assert response["timings"]["levels"][1]["draft_n"] > 0
+
+
+@pytest.mark.real_model
+def test_a_small_model_drafts_for_the_larger_one(qwen_small_path, qwen_target_path):
+    pytest.importorskip("mlspecqd.engine.model")
+    with mlspecqd.load(str(qwen_target_path), drafts=[f"{qwen_small_path}:mxfp4"], ctx=256) as llm:
+        assert llm.level_names == [f"{qwen_small_path}:mxfp4", "target:bf16"]
+        result = llm.generate("def square(x):", max_tokens=8)
+    assert len(result.tokens) == 8 and result.timings["levels"][0]["draft_n"] > 0
+
+
+@pytest.mark.real_model
+def test_a_draft_with_another_vocabulary_is_refused_before_loading(qwen_target_path, smollm2_path):
+    pytest.importorskip("mlspecqd.engine.model")
+    with pytest.raises(mlspecqd.LoadError, match="vocabulary differs"):
+        mlspecqd.load(str(qwen_target_path), drafts=[str(smollm2_path)])

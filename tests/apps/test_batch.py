@@ -4,8 +4,8 @@ import io
 import json
 
 import pytest
-from fake_models import FakeLanguageModel
-from llm_fixtures import END_OF_TEXT, VOCAB, write_chat_model
+from support.fake_models import FakeLanguageModel
+from support.llm_fixtures import END_OF_TEXT, VOCAB, write_chat_model
 
 from mlspecqd.apps.batch import BatchFileError, answered_ids, run_batch
 from mlspecqd.apps.llm import LLM

@@ -1,6 +1,7 @@
-"""`mlspecqd generate | chat | batch` as a user meets them, on tiny synthetic GGUF models: streamed text,
---json, lossless drafts, the chat loop through a pipe and a terminal, batch resume after a kill, and
-bad input (exit code 2, one line, no traceback)."""
+"""The command line as a user meets it: exit code 0 on success, 2 with a one-line message on bad input
+and no traceback. `convert` and `pull` on tiny GGUF files; `generate | chat | batch` on tiny synthetic
+GGUF models: streamed text, --json, lossless drafts, the chat loop through a pipe and a terminal, batch
+resume after a kill."""
 
 import json
 import os
@@ -11,16 +12,14 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 from gguf import GGMLQuantizationType
-from llm_fixtures import VOCAB, write_chat_model
+from support.gguf_fixtures import write_model_gguf
+from support.llm_fixtures import VOCAB, write_chat_model
 
 import mlspecqd
-
-# The synthetic GGUF models need the native decoder to run.
-pytest.importorskip("mlspecqd.engine.model")
-
-LONG_QUESTION = "Tell me a long story"
+from mlspecqd.gguf import open_gguf
 
 
 def run_cli(*args, input=None, timeout=120):
@@ -28,8 +27,54 @@ def run_cli(*args, input=None, timeout=120):
                           timeout=timeout)
 
 
+def test_convert_to_bf16_round_trips(tmp_path):
+    source = tmp_path / "tiny.gguf"
+    write_model_gguf(source, "qwen2")
+    out = tmp_path / "tiny-bf16.gguf"
+    result = run_cli("convert", str(source), str(out), "--type", "bf16")
+    assert result.returncode == 0, result.stderr
+    with open_gguf(source) as original, open_gguf(out) as converted:
+        assert converted.metadata["tokenizer.ggml.tokens"] == original.metadata["tokenizer.ggml.tokens"]
+        name = "blk.0.ffn_up.weight"
+        assert np.array_equal(converted.tensor_bf16(name), original.tensor_bf16(name))
+
+
+def test_convert_bad_input_exits_2_and_writes_nothing(tmp_path):
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(b"GGUF" + bytes(3))
+    out = tmp_path / "out.gguf"
+    result = run_cli("convert", str(bad), str(out), "--type", "bf16")
+    assert result.returncode == 2
+    assert "bad.gguf" in result.stderr and "Traceback" not in result.stderr
+    assert list(tmp_path.iterdir()) == [bad]
+
+
+def test_pull_unknown_name_exits_2():
+    result = run_cli("pull", "no-such-model")
+    assert result.returncode == 2
+    assert "unknown model 'no-such-model'" in result.stderr
+
+
+def test_convert_to_mxfp4_casts_linear_weights_only(tmp_path):
+    source = tmp_path / "tiny.gguf"
+    write_model_gguf(source, "llama")
+    out = tmp_path / "tiny-mxfp4.gguf"
+    result = run_cli("convert", str(source), str(out), "--type", "mxfp4")
+    assert result.returncode == 0, result.stderr
+    with open_gguf(out) as converted:
+        assert converted.tensors["blk.0.ffn_up.weight"].ggml_type.name == "MXFP4"
+        assert converted.tensors["token_embd.weight"].ggml_type.name == "BF16"
+
+
+# generate, chat and batch on tiny synthetic models.
+
+LONG_QUESTION = "Tell me a long story"
+
+
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
+    # The synthetic GGUF models need the native decoder to run.
+    pytest.importorskip("mlspecqd.engine.model")
     folder = tmp_path_factory.mktemp("models")
     long_context = {"context_length": 4096}
     write_chat_model(folder / "target.gguf", long_context, seed=1)
@@ -37,7 +82,7 @@ def models(tmp_path_factory):
     write_chat_model(folder / "draft.gguf", long_context, seed=1, tensor_type=GGMLQuantizationType.Q8_0)
     write_chat_model(folder / "other-vocab.gguf", {"vocab_size": VOCAB + 32})
     # Wider, so an answer takes long enough to be interrupted: greedy, it answers LONG_QUESTION with
-    # 16,000 tokens (about 15 s at the speed of this machine) without an end-of-text token.
+    # 16,000 tokens without an end-of-text token.
     write_chat_model(folder / "slow.gguf", {"context_length": 16384, "d_model": 512, "n_heads": 8, "n_kv_heads": 2,
                                            "d_ff": 1536, "n_layers": 2}, seed=1)
     return {name: str(folder / f"{name}.gguf") for name in ("target", "draft", "other-vocab", "slow")}

@@ -64,7 +64,7 @@ def apply_rope(x: np.ndarray, positions: np.ndarray, theta: np.ndarray, style: s
 
 def causal_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, n_kv_heads: int, scale: float) -> np.ndarray:
     """q: T x heads x d; k, v: T x kv_heads x d. Query head h reads key/value head h // (heads / kv_heads)."""
-    T, n_heads, head_dim = q.shape
+    T, n_heads, _ = q.shape
     group = n_heads // n_kv_heads
     k = np.repeat(k, group, axis=1)
     v = np.repeat(v, group, axis=1)
@@ -110,6 +110,7 @@ def forward(
         attended = causal_attention(q, k, v, spec.n_kv_heads, attention_scale).reshape(T, spec.n_heads * spec.head_dim)
         x = x + linear(attended, block + "attn_output.weight")
         h = rms_norm(x, weight(block + "ffn_norm.weight"), spec.norm_eps)
-        x = x + linear(silu(linear(h, block + "ffn_gate.weight")) * linear(h, block + "ffn_up.weight"), block + "ffn_down.weight")
+        x = x + linear(silu(linear(h, block + "ffn_gate.weight")) * linear(h, block + "ffn_up.weight"),
+                       block + "ffn_down.weight")
     x = rms_norm(x, weight("output_norm.weight"), spec.norm_eps)
     return linear(x, "token_embd.weight" if spec.tied_output else "output.weight")

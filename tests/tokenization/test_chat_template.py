@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime
 
 import pytest
-from real_tokenizers import real_tokenizer
+from support.real_tokenizers import real_tokenizer
 
 from mlspecqd.apps.chat_template import ChatTemplateError, render_chat
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from gguf_fixtures import write_model_gguf
+from support.gguf_fixtures import write_model_gguf
 
 VOCAB = 320
 END_OF_TEXT = 258  # the fixture vocabulary's <|endoftext|>: BOS, EOS and end of generation

@@ -1,5 +1,5 @@
-"""The native decoder against the NumPy reference (tests/reference_model.py) on tiny random models, its
-batch invariance (equality), the key/value cache, and its refusals of bad input."""
+"""The native decoder against the NumPy reference (tests/support/reference_model.py) on tiny random models,
+its batch invariance (equality), the key/value cache, and its refusals of bad input."""
 
 from __future__ import annotations
 
@@ -10,70 +10,21 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import reference_model
 from gguf import GGMLQuantizationType
-from gguf_fixtures import models_dir, write_model_gguf
+from support import reference_model
+from support.decoder_fixtures import (
+    TOLERANCE_BF16_INPUTS,
+    TOLERANCE_EXACT_INPUTS,
+    bf16_bits,
+    random_tensors,
+    tiny_spec,
+)
+from support.gguf_fixtures import models_dir, write_model_gguf
 
 from mlspecqd import _native
 from mlspecqd.engine.model import Model
 from mlspecqd.engine.weight_layout import in_column_blocks
-from mlspecqd.gguf import ModelSpec, RopeScaling
-
-
-def tiny_spec(architecture: str = "llama", **overrides) -> ModelSpec:
-    spec = ModelSpec(
-        architecture=architecture, n_layers=2, d_model=64, n_heads=4, n_kv_heads=2, head_dim=16, d_ff=96,
-        vocab_size=160, context_length=256, rope_base=10000.0, rope_dim=16,
-        rope_style="interleaved" if architecture == "llama" else "neox", rope_scaling=RopeScaling(),
-        norm_eps=1e-6, tied_output=False, qkv_bias=architecture == "qwen2", qk_norm=architecture == "qwen3",
-    )
-    return replace(spec, **overrides)
-
-
-def bf16_bits(x: np.ndarray) -> np.ndarray:
-    bits = x.astype(np.float32).view(np.uint32)
-    return ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
-
-
-def random_tensors(spec: ModelSpec, seed: int = 0) -> dict[str, np.ndarray]:
-    """Random weights by GGUF name: matrices as BF16 bits scaled like a trained model's, norms near 1."""
-    rng = np.random.default_rng(seed)
-
-    def matrix(rows: int, cols: int) -> np.ndarray:
-        return bf16_bits(rng.standard_normal((rows, cols)) / np.sqrt(cols))
-
-    def vector(n: int, centre: float, spread: float) -> np.ndarray:
-        return (centre + spread * rng.standard_normal(n)).astype(np.float32)
-
-    q_width, kv_width = spec.n_heads * spec.head_dim, spec.n_kv_heads * spec.head_dim
-    tensors = {
-        "token_embd.weight": bf16_bits(rng.standard_normal((spec.vocab_size, spec.d_model))),
-        "output_norm.weight": vector(spec.d_model, 1.0, 0.1),
-    }
-    if not spec.tied_output:
-        tensors["output.weight"] = matrix(spec.vocab_size, spec.d_model)
-    if spec.rope_scaling.kind == "llama3":
-        tensors["rope_freqs.weight"] = np.linspace(1.0, 8.0, spec.rope_dim // 2).astype(np.float32)
-    for layer in range(spec.n_layers):
-        block = f"blk.{layer}."
-        tensors[block + "attn_norm.weight"] = vector(spec.d_model, 1.0, 0.1)
-        tensors[block + "attn_q.weight"] = matrix(q_width, spec.d_model)
-        tensors[block + "attn_k.weight"] = matrix(kv_width, spec.d_model)
-        tensors[block + "attn_v.weight"] = matrix(kv_width, spec.d_model)
-        tensors[block + "attn_output.weight"] = matrix(spec.d_model, q_width)
-        if spec.qkv_bias:
-            tensors[block + "attn_q.bias"] = vector(q_width, 0.0, 0.5)
-            tensors[block + "attn_k.bias"] = vector(kv_width, 0.0, 0.5)
-            tensors[block + "attn_v.bias"] = vector(kv_width, 0.0, 0.5)
-        if spec.qk_norm:
-            tensors[block + "attn_q_norm.weight"] = vector(spec.head_dim, 1.0, 0.1)
-            tensors[block + "attn_k_norm.weight"] = vector(spec.head_dim, 1.0, 0.1)
-        tensors[block + "ffn_norm.weight"] = vector(spec.d_model, 1.0, 0.1)
-        tensors[block + "ffn_gate.weight"] = matrix(spec.d_ff, spec.d_model)
-        tensors[block + "ffn_up.weight"] = matrix(spec.d_ff, spec.d_model)
-        tensors[block + "ffn_down.weight"] = matrix(spec.d_model, spec.d_ff)
-    return tensors
-
+from mlspecqd.gguf import RopeScaling
 
 ARCHITECTURE_CASES = {
     "llama-mha-tied": tiny_spec("llama", n_kv_heads=4, tied_output=True),
@@ -88,21 +39,12 @@ ARCHITECTURE_CASES = {
     "qwen3-gqa8": tiny_spec("qwen3", n_heads=8, n_kv_heads=1, head_dim=8, rope_dim=8),
 }
 
+
 def gemm_rounds_inputs_to_bf16() -> bool:
     """Whether the active GEMM kernel rounds its float32 input to BF16 (1 + 2^-12 is not a BF16 value)."""
     x = np.array([[1.0 + 2.0**-12]], dtype=np.float32)
     one = np.array([[0x3F80]], dtype=np.uint16)
     return float(_native.matmul_bf16(x, one)[0, 0]) == 1.0
-
-
-# Activations are float32. Against a float64 reference that rounds GEMM inputs as the kernel does,
-# only float32 accumulation differs: about 2e-6 of the logits' spread when the kernel keeps its float32
-# inputs. When it rounds them to BF16, a value whose float32 and float64 forms fall on either side of a
-# BF16 rounding boundary flips by 2^-8, and the flip travels through the later layers (and, through
-# attention, to later positions): measured up to 1.6e-2, hence the looser bound. Every wiring mistake
-# tried (rope pairing or position, mask, scale, bias, norm) moves the logits by order 1.
-TOLERANCE_EXACT_INPUTS = 1e-4
-TOLERANCE_BF16_INPUTS = 4e-2
 
 
 def assert_matches_reference(model: Model, tensors: dict[str, np.ndarray], tokens: np.ndarray) -> None:
@@ -137,7 +79,8 @@ def test_load_gguf_matches_reference(tmp_path, architecture):
     with Model.load(path, context_length=64) as model:
         assert model.spec.architecture == architecture and model.context_length == 64
         from_arrays = Model.from_arrays(model.spec, tensors, context_length=64)
-        assert np.array_equal(model.forward(tokens, 0, all_logits=True), from_arrays.forward(tokens, 0, all_logits=True))
+        assert np.array_equal(model.forward(tokens, 0, all_logits=True),
+                              from_arrays.forward(tokens, 0, all_logits=True))
         assert_matches_reference(model, tensors, tokens)
 
 
@@ -154,12 +97,16 @@ def test_load_stores_long_k_weights_in_column_blocks_with_the_same_bits(tmp_path
         assert model.tensors["blk.0.ffn_up.weight"].shape == (2048, 64)  # K = d_model: row-major
         assert all(a.ctypes.data % 64 == 0 for a in model.tensors.values())  # every array on a cache line
         from_arrays = Model.from_arrays(model.spec, tensors, context_length=64)
-        assert np.array_equal(model.forward(tokens, 0, all_logits=True), from_arrays.forward(tokens, 0, all_logits=True))
+        assert np.array_equal(model.forward(tokens, 0, all_logits=True),
+                              from_arrays.forward(tokens, 0, all_logits=True))
         draft, reference_draft = model.sibling("mxfp4"), from_arrays.sibling("mxfp4")
-        assert np.array_equal(draft.tensors["blk.0.ffn_down.weight"], reference_draft.tensors["blk.0.ffn_down.weight"])
-        assert np.array_equal(draft.forward(tokens, 0, all_logits=True), reference_draft.forward(tokens, 0, all_logits=True))
+        assert np.array_equal(draft.tensors["blk.0.ffn_down.weight"],
+                              reference_draft.tensors["blk.0.ffn_down.weight"])
+        assert np.array_equal(draft.forward(tokens, 0, all_logits=True),
+                              reference_draft.forward(tokens, 0, all_logits=True))
     with Model.load(path, precision="mxfp4", context_length=64) as loaded_draft:
-        assert np.array_equal(loaded_draft.tensors["blk.0.ffn_down.weight"], reference_draft.tensors["blk.0.ffn_down.weight"])
+        assert np.array_equal(loaded_draft.tensors["blk.0.ffn_down.weight"],
+                              reference_draft.tensors["blk.0.ffn_down.weight"])
 
 
 def test_load_refuses_unsupported_architecture(tmp_path):
@@ -177,55 +124,6 @@ def test_reference_rope_styles_differ():
     interleaved = reference_model.forward(spec, tensors, tokens)
     neox = reference_model.forward(replace(spec, rope_style="neox"), tensors, tokens)
     assert np.abs(interleaved - neox).max() > 0.1 * interleaved.std()
-
-
-@pytest.mark.parametrize("isa", [isa for isa in _native.supported_isas() if isa != "scalar"])
-@pytest.mark.parametrize("shape", [(1, 4, 2, 16, 0), (7, 6, 3, 24, 5), (17, 8, 1, 64, 30), (3, 2, 2, 128, 200),
-                                   (5, 6, 2, 40, 300)])
-def test_attention_kernel_matches_scalar(isa, shape):
-    T, heads, kv_heads, head_dim, first = shape
-    rng = np.random.default_rng(T)
-    q = rng.standard_normal((T, heads, head_dim)).astype(np.float32) * 2
-    k = rng.standard_normal((kv_heads, first + T + 3, head_dim)).astype(np.float32)
-    v = rng.standard_normal((kv_heads, first + T + 3, head_dim)).astype(np.float32)
-    _native.set_isa("scalar")
-    scalar = _native.causal_attention(q, k, v, first)
-    _native.set_isa(isa)
-    vector = _native.causal_attention(q, k, v, first)
-    np.testing.assert_allclose(vector, scalar, rtol=1e-5, atol=1e-6)
-    # and the scalar kernel against float64 attention
-    positions = first + np.arange(T)
-    group = heads // kv_heads
-    for h in range(heads):
-        keys, values = k[h // group].astype(np.float64), v[h // group].astype(np.float64)
-        for t in range(T):
-            scores = keys[: positions[t] + 1] @ q[t, h] / np.sqrt(head_dim)
-            weights = np.exp(scores - scores.max())
-            expected = weights @ values[: positions[t] + 1] / weights.sum()
-            np.testing.assert_allclose(scalar[t, h], expected, rtol=1e-4, atol=1e-5)
-
-
-@pytest.mark.parametrize("isa", [isa for isa in _native.supported_isas() if isa != "scalar"])
-def test_silu_multiply_kernel_matches_scalar(isa):
-    """Every length from 0 to 40 (vector tails), and gates far into both tails of the exponential."""
-    rng = np.random.default_rng(11)
-    for n in range(41):
-        gate = (rng.standard_normal(n) * 6).astype(np.float32)
-        gate[: n // 10] = [-200.0, 200.0, -90.0, 90.0][: n // 10]
-        up = rng.standard_normal(n).astype(np.float32)
-        _native.set_isa("scalar")
-        scalar = _native.silu_multiply(gate, up)
-        _native.set_isa(isa)
-        vector = _native.silu_multiply(gate, up)
-        np.testing.assert_allclose(vector, scalar, rtol=2e-6, atol=1e-30)
-        exact = gate.astype(np.float64) / (1 + np.exp(-gate.astype(np.float64))) * up
-        np.testing.assert_allclose(scalar, exact, rtol=1e-6, atol=1e-30)
-
-
-@pytest.mark.parametrize("gate, up", [(np.zeros(3), np.zeros(4)), (np.zeros((2, 2)), np.zeros((2, 2)))])
-def test_silu_multiply_refuses_mismatched_arrays(gate, up):
-    with pytest.raises(ValueError, match="silu_multiply wants two 1-D arrays of one length"):
-        _native.silu_multiply(gate, up)
 
 
 # Prefixes for the batches: a short one, and one whose batches straddle the attention kernel's key
@@ -392,7 +290,8 @@ def test_precision_checked():
         Model.from_arrays(spec, random_tensors(spec), precision="fp8")
 
 
-AGREEMENT_SCRIPT = Path(__file__).resolve().parent.parent / "bench" / "real_model_agreement.py"
+REPO_ROOT = next(folder for folder in Path(__file__).resolve().parents if (folder / "pyproject.toml").is_file())
+AGREEMENT_SCRIPT = REPO_ROOT / "bench" / "real_model_agreement.py"
 
 
 @pytest.mark.real_model

@@ -3,8 +3,8 @@
 import io
 
 import pytest
-from fake_models import FakeLanguageModel
-from llm_fixtures import END_OF_TEXT, VOCAB, write_chat_model
+from support.fake_models import FakeLanguageModel
+from support.llm_fixtures import END_OF_TEXT, VOCAB, write_chat_model
 
 from mlspecqd.apps.conversation import ChatSession
 from mlspecqd.apps.llm import LLM

@@ -2,8 +2,8 @@
 
 import numpy as np
 import pytest
-import reference_model
-from test_decoder import TOLERANCE_BF16_INPUTS, random_tensors, tiny_spec
+from support import reference_model
+from support.decoder_fixtures import TOLERANCE_BF16_INPUTS, random_tensors, tiny_spec
 
 from mlspecqd import _native
 from mlspecqd.engine.model import Model

@@ -14,7 +14,7 @@ import gguf
 import numpy as np
 import pytest
 from gguf import GGMLQuantizationType as Q
-from gguf_fixtures import (
+from support.gguf_fixtures import (
     ARCHITECTURE_SPECS,
     model_spec,
     models_dir,
@@ -182,17 +182,21 @@ def test_fixture_values_are_what_the_file_holds(tmp_path):
 
 
 def test_unknown_tensor_name(llama_path):
-    with open_gguf(llama_path) as model:
-        with pytest.raises(GGUFError, match=r"llama\.gguf: tensor nope\.weight: not in the file"):
-            model.tensor_f32("nope.weight")
+    with (
+        open_gguf(llama_path) as model,
+        pytest.raises(GGUFError, match=r"llama\.gguf: tensor nope\.weight: not in the file"),
+    ):
+        model.tensor_f32("nope.weight")
 
 
 def test_unsupported_tensor_type_names_tensor_and_type(tmp_path):
     blocks = random_blocks(Q.IQ2_XXS, 4, np.random.default_rng(0)).reshape(1, -1)
     write_model_gguf(tmp_path / "m.gguf", extra_tensors={"odd.weight": (blocks, Q.IQ2_XXS)})
-    with open_gguf(tmp_path / "m.gguf") as model:
-        with pytest.raises(GGUFError, match=r"m\.gguf: tensor odd\.weight: type IQ2_XXS cannot be dequantized"):
-            model.tensor_bf16("odd.weight")
+    with (
+        open_gguf(tmp_path / "m.gguf") as model,
+        pytest.raises(GGUFError, match=r"m\.gguf: tensor odd\.weight: type IQ2_XXS cannot be dequantized"),
+    ):
+        model.tensor_bf16("odd.weight")
 
 
 # --- bad input -------------------------------------------------------------------------------------
@@ -296,7 +300,7 @@ def test_unsupported_architecture(tmp_path):
     with open_gguf(path) as model:
         assert model.metadata["general.architecture"] == "mamba"  # metadata stay readable
         with pytest.raises(GGUFError, match=r"m\.gguf: general\.architecture: unsupported architecture 'mamba'"):
-            model.spec
+            _ = model.spec
 
 
 @pytest.mark.parametrize(
@@ -464,9 +468,11 @@ def test_a_cast_plugged_into_casts_is_used(tmp_path, monkeypatch, llama_path):
 
 
 def test_write_refuses_to_overwrite_its_source(llama_path):
-    with open_gguf(llama_path) as source:
-        with pytest.raises(GGUFError, match="would overwrite the file it is converted from"):
-            write_gguf(llama_path, source, [])
+    with (
+        open_gguf(llama_path) as source,
+        pytest.raises(GGUFError, match="would overwrite the file it is converted from"),
+    ):
+        write_gguf(llama_path, source, [])
 
 
 def test_write_without_file_type_drops_the_key(tmp_path, llama_path):
@@ -505,7 +511,8 @@ def test_real_model_specs(name):
     assert spec.qk_norm == (architecture == "gemma3")
 
 
-LLAMA_CPP_BIN = os.environ.get("LLAMA_CPP_BIN", str(Path.home() / ".cache" / "llamacpp-ref" / "bin"))  # as bench/llamacpp.py
+# The llama.cpp binaries, found as bench/llamacpp.py finds them.
+LLAMA_CPP_BIN = os.environ.get("LLAMA_CPP_BIN", str(Path.home() / ".cache" / "llamacpp-ref" / "bin"))
 
 
 @pytest.mark.real_model

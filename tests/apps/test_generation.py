@@ -1,5 +1,5 @@
 import pytest
-from fake_models import ByteTokenizer, FakeClock, FakeLanguageModel, reference_greedy
+from support.fake_models import ByteTokenizer, FakeClock, FakeLanguageModel, reference_greedy
 
 from mlspecqd.apps.generation import GenerationError, StopStringMatcher, generate
 from mlspecqd.engine.sampling import SamplingParams

@@ -1,0 +1,75 @@
+"""Tiny dense decoder specs and random weights for the native decoder tests, and the tolerances of the
+native logits against the NumPy reference (support/reference_model.py)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+
+from mlspecqd.gguf import ModelSpec, RopeScaling
+
+
+def tiny_spec(architecture: str = "llama", **overrides) -> ModelSpec:
+    spec = ModelSpec(
+        architecture=architecture, n_layers=2, d_model=64, n_heads=4, n_kv_heads=2, head_dim=16, d_ff=96,
+        vocab_size=160, context_length=256, rope_base=10000.0, rope_dim=16,
+        rope_style="interleaved" if architecture == "llama" else "neox", rope_scaling=RopeScaling(),
+        norm_eps=1e-6, tied_output=False, qkv_bias=architecture == "qwen2", qk_norm=architecture == "qwen3",
+    )
+    return replace(spec, **overrides)
+
+
+def bf16_bits(x: np.ndarray) -> np.ndarray:
+    bits = x.astype(np.float32).view(np.uint32)
+    return ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
+
+
+def random_tensors(spec: ModelSpec, seed: int = 0) -> dict[str, np.ndarray]:
+    """Random weights by GGUF name: matrices as BF16 bits scaled like a trained model's, norms near 1."""
+    rng = np.random.default_rng(seed)
+
+    def matrix(rows: int, cols: int) -> np.ndarray:
+        return bf16_bits(rng.standard_normal((rows, cols)) / np.sqrt(cols))
+
+    def vector(n: int, centre: float, spread: float) -> np.ndarray:
+        return (centre + spread * rng.standard_normal(n)).astype(np.float32)
+
+    q_width, kv_width = spec.n_heads * spec.head_dim, spec.n_kv_heads * spec.head_dim
+    tensors = {
+        "token_embd.weight": bf16_bits(rng.standard_normal((spec.vocab_size, spec.d_model))),
+        "output_norm.weight": vector(spec.d_model, 1.0, 0.1),
+    }
+    if not spec.tied_output:
+        tensors["output.weight"] = matrix(spec.vocab_size, spec.d_model)
+    if spec.rope_scaling.kind == "llama3":
+        tensors["rope_freqs.weight"] = np.linspace(1.0, 8.0, spec.rope_dim // 2).astype(np.float32)
+    for layer in range(spec.n_layers):
+        block = f"blk.{layer}."
+        tensors[block + "attn_norm.weight"] = vector(spec.d_model, 1.0, 0.1)
+        tensors[block + "attn_q.weight"] = matrix(q_width, spec.d_model)
+        tensors[block + "attn_k.weight"] = matrix(kv_width, spec.d_model)
+        tensors[block + "attn_v.weight"] = matrix(kv_width, spec.d_model)
+        tensors[block + "attn_output.weight"] = matrix(spec.d_model, q_width)
+        if spec.qkv_bias:
+            tensors[block + "attn_q.bias"] = vector(q_width, 0.0, 0.5)
+            tensors[block + "attn_k.bias"] = vector(kv_width, 0.0, 0.5)
+            tensors[block + "attn_v.bias"] = vector(kv_width, 0.0, 0.5)
+        if spec.qk_norm:
+            tensors[block + "attn_q_norm.weight"] = vector(spec.head_dim, 1.0, 0.1)
+            tensors[block + "attn_k_norm.weight"] = vector(spec.head_dim, 1.0, 0.1)
+        tensors[block + "ffn_norm.weight"] = vector(spec.d_model, 1.0, 0.1)
+        tensors[block + "ffn_gate.weight"] = matrix(spec.d_ff, spec.d_model)
+        tensors[block + "ffn_up.weight"] = matrix(spec.d_ff, spec.d_model)
+        tensors[block + "ffn_down.weight"] = matrix(spec.d_model, spec.d_ff)
+    return tensors
+
+
+# Activations are float32. Against a float64 reference that rounds GEMM inputs as the kernel does,
+# only float32 accumulation differs: about 2e-6 of the logits' spread when the kernel keeps its float32
+# inputs. When it rounds them to BF16, a value whose float32 and float64 forms fall on either side of a
+# BF16 rounding boundary flips by 2^-8, and the flip travels through the later layers (and, through
+# attention, to later positions): up to 1.6e-2 of the spread on these models, hence the looser bound. A
+# wiring mistake (rope pairing or position, mask, scale, bias, norm) moves the logits by order 1.
+TOLERANCE_EXACT_INPUTS = 1e-4
+TOLERANCE_BF16_INPUTS = 4e-2
