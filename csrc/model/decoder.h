@@ -1,7 +1,7 @@
 // A dense decoder-only transformer (llama, qwen2, qwen3) with its key/value cache. One forward call runs
 // T tokens through every layer. Activations are float32 throughout; the matrix products take whatever
-// weight type each Linear holds (BF16 today). Batch invariant: the logits of a position are the same bits
-// whether it is computed alone, in a verification batch, or inside a prompt.
+// weight type each Linear holds (BF16 or MXFP4). Batch invariant: the logits of a position are the same
+// bits whether it is computed alone, in a verification batch, or inside a prompt.
 #pragma once
 #include <cstdint>
 #include <mutex>
@@ -16,8 +16,9 @@
 
 namespace mlspecqd {
 
-// Where the decoder finds its weights, by GGUF tensor name. The Python binding implements it over NumPy
-// arrays; every accessor throws std::invalid_argument naming the tensor when it is missing or mis-shaped.
+// Where the decoder finds its weights, by GGUF tensor name. csrc/bindings/model.cpp implements it over
+// NumPy arrays; every accessor throws std::invalid_argument naming the tensor when it is missing or
+// mis-shaped.
 class TensorSource {
 public:
     virtual ~TensorSource() = default;

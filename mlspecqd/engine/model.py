@@ -45,9 +45,9 @@ class Model:
                     context_length: int = 4096, mxfp4_head: bool = True) -> Model:
         """A model over `tensors` (by GGUF name): matrices are BF16 bit patterns (uint16), row-major (N, K)
         or, for linear weights, in column blocks (K / B, N, B) (mlspecqd.engine.weight_layout); 1-D arrays are
-        float32. The arrays are used in place; those that start on a 64-byte cache line are read fastest
-        (weight_layout.cache_aligned_empty; Model.load's do). For precision="mxfp4" the linear weights are
-        cast and every other array (embedding, norms, biases) is shared with `tensors`."""
+        float32. The arrays are used in place and should start on a 64-byte cache line, so that no 64-byte
+        load touches two lines (weight_layout.cache_aligned_empty; Model.load's do). For precision="mxfp4"
+        the linear weights are cast and every other array (embedding, norms, biases) is shared with `tensors`."""
         check_supported(spec, precision)
         if precision == "mxfp4":
             spec, tensors = _cast_to_mxfp4(spec, tensors, mxfp4_head)

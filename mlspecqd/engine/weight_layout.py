@@ -4,12 +4,12 @@ A matrix W (N x K) is either row-major, shape (N, K), or cut into blocks of B co
 another, shape (K / B, N, B), each block N x B row-major. The second is for a long K: when several
 activation rows multiply W (a verification batch, a prompt chunk) the kernels take K one block at a
 time, so that the rows' activations for the block stay in L1. Row-major, such a pass reads a short run
-from every weight row (1.75 KiB at B = 896), which the hardware prefetchers follow badly; in blocks it
-reads one long run. The products have the same bits in either layout.
+of B values from every weight row, which the hardware prefetchers follow badly; in blocks it reads one
+long run. The products have the same bits in either layout.
 
-Either way the kernels read fastest when the matrix starts on a 64-byte cache line: a row that starts
-inside one makes every 64-byte load touch two lines. Arrays from this module and from the GGUF reader
-(mlspecqd.gguf) start on one; NumPy's own allocations are aligned to 16 bytes only.
+Either way the matrix should start on a 64-byte cache line, so that no 64-byte load touches two lines.
+Arrays from this module and from the GGUF reader (mlspecqd.gguf) start on one; NumPy's own allocations
+are aligned to 16 bytes only.
 """
 
 from __future__ import annotations

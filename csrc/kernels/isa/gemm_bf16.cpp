@@ -29,17 +29,15 @@ using Accumulator = __m512;
 constexpr int64_t kStep = 32;
 constexpr int kMaxTileRows = 12;
 constexpr int kMaxTileCols = 2;  // 12 x 2 accumulators + 2 weights + 1 activation of 32 registers
-// Rows per tile when a chunk takes several passes: 10 rows' activations at K = 1536 (30 KiB) stay in
-// L1 without K blocks; 12 needed them (and parked partial sums), and prompts ran 18% slower (pp512 189
-// vs 223 tokens/s).
+// Rows per tile when a chunk takes several passes: 10 rows' activations at K = 1536 (30 KiB) fit
+// kActivationsInL1, so the tile needs no K blocks and parks no partial sums; 12 rows (36 KiB) would.
 constexpr int kMultiPassTileRows = 10;
 // Weight rows a tile of `rows` activation rows takes at once, when a chunk has `passes` row tiles.
 // Each weight row is a memory stream. A single pass (decoding, verification) streams the weights from
-// memory: up to 7 rows one weight row at a time is fastest; from 8 rows a second weight row lets the
-// dot products keep up when memory is fast (this machine's bandwidth varies 1.7x over the day: a
-// 9-row forward cost 1.46x a 1-row one with two weight rows, 1.94x with one, at 82 GB/s; 1.37x and 1.31x
-// at 47 GB/s). With several passes the weights come from L2, and a second weight row halves the
-// activation loads per product. (A third would leave too few registers: 8 x 3 spills in the loop.)
+// memory: up to 7 rows, one weight row at a time keeps up with it; from 8 rows the dot products of one
+// weight row fall behind fast memory, and a second weight row gives them independent work. With
+// several passes the weights come from L2, and a second weight row halves the activation loads per
+// product. A third would leave too few registers (8 x 3 accumulators spill in the loop).
 constexpr int tile_cols(int64_t rows, int64_t passes) { return rows <= (passes == 1 ? 7 : 4) ? 1 : 2; }
 
 #elif defined(__AVX2__)
@@ -113,7 +111,8 @@ struct Tiling {
 };
 
 Tiling choose_tiling(int64_t rows, int64_t passes, int64_t K, int64_t weight_block_columns) {
-    // Measured on Zen 5 (48 KiB L1, 1 MiB L2); activations read from L2 at every step halve the speed.
+    // Sized for a 48 KiB L1 and a 1 MiB L2 (Zen 5). A tile reads its activations at every step, so they
+    // must stay in L1.
     constexpr int64_t kActivationsInL1 = 32 << 10;       // a row tile's activations up to this: no K blocks
     constexpr int64_t kActivationBlockBytes = 16 << 10;  // else blocks this size
     constexpr int64_t kSpanBlockBytes = 128 << 10;       // L2 share for a span's weights
@@ -176,9 +175,7 @@ public:
 
     // Always inlined, as is all it calls: a call inside the tile loop would make the compiler spill
     // every accumulator around it (and GCC drops a call whose only effect is a prefetch). MaxCols, the
-    // calling tile's width, bounds the prefetches, so their loop unrolls. As a loop over cols_ a 9-token
-    // forward took 56.2-58.2 ms against 53.1-53.9 ms at fast memory, but 76.4-77.1 against 81.0-81.3 ms
-    // at slow memory; the goal is missed at fast memory, so this form stays (see README).
+    // calling tile's width, is a compile-time bound on the prefetches, so their loop unrolls.
     template <int MaxCols>
     __attribute__((always_inline)) void step() {
         if (--countdown_ > 0) return;
@@ -443,9 +440,9 @@ void gemm_chunk(const Prepared* prepared, int64_t chunk, int64_t chunk_rows, int
     const RowTiling rows = row_tiling(chunk_rows);
     const Tiling t = choose_tiling(rows.rows, rows.passes, K, w.block_columns);
     const Schedule schedule(t, K, n_begin, n_end);
-    // One pass reads a block as it streams in: a fixed distance ahead is enough. Several passes
-    // re-read a span's block from cache: the next one is what memory must bring meanwhile.
-    // (Distances measured on Zen 5: 16 KiB for one weight row, 9 KiB for two.)
+    // One pass reads a block as it streams in: a fixed distance ahead is enough (16 KiB of weights for
+    // one weight row, 9 KiB for two; tuned for Zen 5). Several passes re-read a span's block from
+    // cache: the next one is what memory must bring meanwhile.
     const int64_t lead_bytes = t.cols == 1 ? 16 << 10 : 9 << 10;
     const int64_t lead = rows.passes > 1 ? t.groups * t.block / kStep
                                          : lead_bytes / (t.cols * kStep * int64_t(sizeof(uint16_t)));

@@ -8,17 +8,8 @@
 // through the blocks in order, so y[m, n] does not depend on M, the tile shapes or the n range (batch
 // invariance).
 //
-// Int8 activations (vpdpbusd, activations quantized per block of 32) were measured twice:
-// - on these row-major blocks: about 2x slower per block in cache (M = 1..6), since each block's int32
-//   sum needs its own convert and scale per output (bench/mxfp4_int8_vs_bf16.cpp);
-// - on weights repacked into panels of 16 rows (4 values of 16 rows per vector, so the convert and scale
-//   serve 16 outputs; branch mxfp4-int8-panels): 1.35-1.6x faster at M = 9 and pp512 +20%, but 10-20%
-//   slower at M = 1 and 2, where the weights stream from memory. The three-level cascade runs its
-//   MXFP4 levels mostly there (T = 1 and 2), and measured slower, so it was not merged. The loss is the
-//   access pattern, not arithmetic: with the weights in cache the panel kernel runs 2x faster than
-//   this one at M = 1, but its one sequential stream per thread reads memory at 41-46 GB/s with no
-//   arithmetic at all, where this kernel's 8 row streams reach 49-51 (NTA prefetch 8-16 KiB ahead
-//   recovers about half the gap).
+// Activations stay BF16 rather than int8 (vpdpbusd): with the weights in GGUF's row-major blocks, each
+// block's int32 sum would need its own convert and scale per output.
 #include <algorithm>
 #include <array>
 #include <cmath>
@@ -209,8 +200,8 @@ void prepare_activations(const float* x, int64_t count, Activation* out) {
 
 // Tile shapes: a tile of R weight rows by MT activation rows holds R * MT accumulators and R decoded
 // blocks in registers, and reads its MT activation rows once per R weight rows. Up to 8 activation
-// rows (R = 3) while those rows stay in L1; beyond that (K = 8960) the re-reads come from L2, and
-// at most 6 (R = 4) is faster (measured at M = 7 and 8).
+// rows (R = 3) while those rows stay in L1; when they do not (K = 8960), the re-reads come from L2,
+// and at most 6 (R = 4) lets each activation row read serve more weight rows.
 constexpr int kVectorRegisters = 32;
 constexpr int kRegistersPerDecodedBlock = 1;
 constexpr int kSpareRegisters = 4;  // activations, decoding temporaries

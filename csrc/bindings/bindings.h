@@ -1,0 +1,40 @@
+// csrc/bindings/ is the only folder that knows pybind11: it turns Python objects into the plain C++
+// types of csrc/. This header holds what its files share; module.cpp defines the module and calls the
+// two registration functions below.
+#pragma once
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>  // in every file here: one set of STL conversions across the module
+
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+
+#include "kernels/mxfp4.h"
+
+namespace mlspecqd::bindings {
+
+namespace py = pybind11;
+
+// An array's shape as Python prints it, for error messages.
+inline std::string shape_text(const py::array& a) {
+    std::string text = "(";
+    for (py::ssize_t i = 0; i < a.ndim(); ++i) text += (i ? ", " : "") + std::to_string(a.shape(i));
+    return text + (a.ndim() == 1 ? ",)" : ")");
+}
+
+// Bytes of one row of K values as MXFP4 blocks; refuses a K the format cannot hold.
+inline int64_t mxfp4_row_bytes(int64_t K, const std::string& where) {
+    if (K <= 0 || K % kMxfp4BlockValues != 0)
+        throw std::invalid_argument(where + ": K=" + std::to_string(K) + " is not a positive multiple of " +
+                                    std::to_string(kMxfp4BlockValues) + " (the MXFP4 block size)");
+    return K / kMxfp4BlockValues * kMxfp4BlockBytes;
+}
+
+// What the package calls (model.cpp): _native.Model, GGUF dequantization and the MXFP4 cast.
+void register_model(py::module_& m);
+
+// Single kernels for tests and benchmarks to compare with their references (kernel_hooks.cpp).
+void register_kernel_hooks(py::module_& m);
+
+}  // namespace mlspecqd::bindings
