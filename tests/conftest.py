@@ -11,9 +11,8 @@ import pytest
 
 pytest.register_assert_rewrite("support")
 
-from support.real_models import real_model_path  # noqa: E402  (imported after the rewrite registration)
-
 from mlspecqd import _native  # noqa: E402
+from support.real_models import real_model_path  # noqa: E402  (imported after the rewrite registration)
 
 
 @pytest.fixture(autouse=True)

@@ -10,7 +10,7 @@
 
 // Bit-exactness with the NumPy reference needs every product and sum rounded on its own: the build
 // must not contract a * b - c into a fused multiply-add (the baseline x86-64 target has no FMA, and
-// tests/test_dequantize.py fails if a build ever does).
+// tests/gguf_files/test_dequantize.py fails if a build ever does).
 
 namespace mlspecqd {
 

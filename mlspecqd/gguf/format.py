@@ -6,6 +6,7 @@ trusted, so a lying or truncated header gives a GGUFError, never a huge allocati
 
 from __future__ import annotations
 
+import itertools
 import math
 import struct
 from dataclasses import dataclass
@@ -273,7 +274,7 @@ def _tensors(reader: _Reader, entries: list[_TensorEntry], data_start: int, alig
         tensors[entry.name] = TensorInfo(entry.name, entry.ggml_type, entry.dims[::-1], raw)
         extents.append((start, start + n_bytes, entry.name))
     extents.sort()
-    for (_, end, name), (next_start, _, next_name) in zip(extents, extents[1:]):
+    for (_, end, name), (next_start, _, next_name) in itertools.pairwise(extents):
         if end > next_start:
             info = tensors[name]
             raise reader.fail(

@@ -206,7 +206,8 @@ def conversion_plan(
             continue
         tensor_cast = cast if not linear_only or quant.is_linear_weight(name) else cast_to_bf16
         ggml_type = row_type(name, tensor_cast, info.shape[-1])
-        plan.append(OutputTensor(name, ggml_type, info.shape, _cast_bytes(source, name, tensor_cast, ggml_type, out_path)))
+        data = _cast_bytes(source, name, tensor_cast, ggml_type, out_path)
+        plan.append(OutputTensor(name, ggml_type, info.shape, data))
         if largest is None or info.n_elements > largest[0]:
             largest = (info.n_elements, ggml_type)
     return plan, (largest[1] if largest else None)

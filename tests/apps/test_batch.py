@@ -4,13 +4,13 @@ import io
 import json
 
 import pytest
-from support.fake_models import FakeLanguageModel
-from support.llm_fixtures import END_OF_TEXT, VOCAB, write_chat_model
 
 from mlspecqd.apps.batch import BatchFileError, answered_ids, run_batch
 from mlspecqd.apps.llm import LLM
 from mlspecqd.speculative import Cascade, ModelLevel, NgramDrafter
 from mlspecqd.tokenizer import Tokenizer
+from support.fake_models import FakeLanguageModel
+from support.llm_fixtures import END_OF_TEXT, VOCAB, write_chat_model
 
 
 @pytest.fixture(scope="module")

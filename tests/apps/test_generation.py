@@ -1,9 +1,9 @@
 import pytest
-from support.fake_models import ByteTokenizer, FakeClock, FakeLanguageModel, reference_greedy
 
 from mlspecqd.apps.generation import GenerationError, StopStringMatcher, generate
 from mlspecqd.engine.sampling import SamplingParams
 from mlspecqd.speculative import Cascade, ModelLevel, NgramDrafter
+from support.fake_models import ByteTokenizer, FakeClock, FakeLanguageModel, reference_greedy
 
 VOCAB = 128  # ASCII: one character per token
 EOS = 0

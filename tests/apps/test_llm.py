@@ -3,8 +3,6 @@ shapes, streaming, stop strings, seeds, lossless drafts, chat cache reuse, bad r
 load() on the real checkpoints."""
 
 import pytest
-from support.fake_models import FakeLanguageModel
-from support.llm_fixtures import END_OF_TEXT, VOCAB, write_chat_model
 
 import mlspecqd
 from mlspecqd import ChatSession, GenerationError, SamplingParams
@@ -13,6 +11,8 @@ from mlspecqd.apps.llm import LLM
 from mlspecqd.engine.sampling import SamplingParamsError
 from mlspecqd.speculative import Cascade, ModelLevel, NgramDrafter
 from mlspecqd.tokenizer import Tokenizer
+from support.fake_models import FakeLanguageModel
+from support.llm_fixtures import END_OF_TEXT, VOCAB, write_chat_model
 
 
 @pytest.fixture(scope="module")

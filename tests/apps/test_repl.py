@@ -3,14 +3,14 @@
 import io
 
 import pytest
-from support.fake_models import FakeLanguageModel
-from support.llm_fixtures import END_OF_TEXT, VOCAB, write_chat_model
 
 from mlspecqd.apps.conversation import ChatSession
 from mlspecqd.apps.llm import LLM
 from mlspecqd.apps.repl import ChatLoop
 from mlspecqd.speculative import Cascade, ModelLevel, NgramDrafter
 from mlspecqd.tokenizer import Tokenizer
+from support.fake_models import FakeLanguageModel
+from support.llm_fixtures import END_OF_TEXT, VOCAB, write_chat_model
 
 
 @pytest.fixture(scope="module")

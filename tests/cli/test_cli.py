@@ -15,11 +15,11 @@ import time
 import numpy as np
 import pytest
 from gguf import GGMLQuantizationType
-from support.gguf_fixtures import write_model_gguf
-from support.llm_fixtures import VOCAB, write_chat_model
 
 import mlspecqd
 from mlspecqd.gguf import open_gguf
+from support.gguf_fixtures import write_model_gguf
+from support.llm_fixtures import VOCAB, write_chat_model
 
 
 def run_cli(*args, input=None, timeout=120):

@@ -11,6 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from gguf import GGMLQuantizationType
+
+from mlspecqd import _native
+from mlspecqd.engine.model import Model
+from mlspecqd.engine.weight_layout import in_column_blocks
+from mlspecqd.gguf import RopeScaling
 from support import reference_model
 from support.decoder_fixtures import (
     TOLERANCE_BF16_INPUTS,
@@ -20,11 +25,6 @@ from support.decoder_fixtures import (
     tiny_spec,
 )
 from support.gguf_fixtures import models_dir, write_model_gguf
-
-from mlspecqd import _native
-from mlspecqd.engine.model import Model
-from mlspecqd.engine.weight_layout import in_column_blocks
-from mlspecqd.gguf import RopeScaling
 
 ARCHITECTURE_CASES = {
     "llama-mha-tied": tiny_spec("llama", n_kv_heads=4, tied_output=True),

@@ -2,12 +2,12 @@
 
 import numpy as np
 import pytest
-from support import reference_model
-from support.decoder_fixtures import TOLERANCE_BF16_INPUTS, random_tensors, tiny_spec
 
 from mlspecqd import _native
 from mlspecqd.engine.model import Model
 from mlspecqd.engine.quant import mxfp4_to_float32
+from support import reference_model
+from support.decoder_fixtures import TOLERANCE_BF16_INPUTS, random_tensors, tiny_spec
 
 
 def dequantized(model: Model) -> dict[str, np.ndarray]:

@@ -14,6 +14,9 @@ import gguf
 import numpy as np
 import pytest
 from gguf import GGMLQuantizationType as Q
+
+from mlspecqd.engine.quant import cast_to_mxfp4
+from mlspecqd.gguf import CASTS, GGUFError, ModelSpec, RopeScaling, convert, open_gguf, write_gguf
 from support.gguf_fixtures import (
     ARCHITECTURE_SPECS,
     model_spec,
@@ -22,9 +25,6 @@ from support.gguf_fixtures import (
     tensor_entry_offset,
     write_model_gguf,
 )
-
-from mlspecqd.engine.quant import cast_to_mxfp4
-from mlspecqd.gguf import CASTS, GGUFError, ModelSpec, RopeScaling, convert, open_gguf, write_gguf
 
 
 @pytest.fixture

@@ -2,12 +2,12 @@
 state, with every cache on the accepted text; cascades that cannot work are refused."""
 
 import pytest
-from support.fake_models import ByteTokenizer, FakeLanguageModel, reference_greedy
-from support.speculative_fixtures import PROMPT, VOCAB, assert_caches_match_accepted_text, target_model
 
 from mlspecqd.apps.generation import generate
 from mlspecqd.engine.sampling import SamplingParams
 from mlspecqd.speculative import Cascade, CascadeError, ModelLevel, NgramDrafter, VocabularyMismatchError
+from support.fake_models import ByteTokenizer, FakeLanguageModel, reference_greedy
+from support.speculative_fixtures import PROMPT, VOCAB, assert_caches_match_accepted_text, target_model
 
 
 def cascade_levels(size: int, target: FakeLanguageModel) -> list:

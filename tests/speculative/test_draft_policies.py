@@ -3,8 +3,6 @@ estimates, the fixed, heuristic and confidence policies, and their argument chec
 
 import numpy as np
 import pytest
-from support.fake_models import ByteTokenizer, FakeClock, FakeLanguageModel, reference_greedy
-from support.speculative_fixtures import PROMPT, VOCAB, assert_caches_match_accepted_text, target_model
 
 from mlspecqd.apps.generation import generate
 from mlspecqd.apps.repl import format_stats
@@ -20,6 +18,8 @@ from mlspecqd.speculative import (
     TimeModel,
 )
 from mlspecqd.speculative.policies import AcceptanceByPosition, ConfidenceCalibration
+from support.fake_models import ByteTokenizer, FakeClock, FakeLanguageModel, reference_greedy
+from support.speculative_fixtures import PROMPT, VOCAB, assert_caches_match_accepted_text, target_model
 
 
 def test_cost_policy_switches_off_a_useless_slow_draft():

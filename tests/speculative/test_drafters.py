@@ -3,12 +3,12 @@ proposals, and the n-gram drafter."""
 
 import numpy as np
 import pytest
-from support.fake_models import ByteTokenizer, FakeClock, reference_greedy
-from support.speculative_fixtures import PROMPT, VOCAB, assert_caches_match_accepted_text, target_model
 
 from mlspecqd.apps.generation import generate
 from mlspecqd.engine.sampling import Sampler, SamplingParams
 from mlspecqd.speculative import Cascade, Decoding, ModelLevel, NgramDrafter
+from support.fake_models import ByteTokenizer, FakeClock, reference_greedy
+from support.speculative_fixtures import PROMPT, VOCAB, assert_caches_match_accepted_text, target_model
 
 
 def test_a_drafter_that_sat_a_prompt_out_is_prefilled_only_every_few_prompts():

@@ -8,12 +8,12 @@ import math
 
 import numpy as np
 import pytest
-from support.fake_models import ByteTokenizer, FakeClock, FakeLanguageModel
 
 from mlspecqd.apps.generation import generate
 from mlspecqd.engine.sampling import SamplingParams, token_distribution
 from mlspecqd.speculative import Cascade, NgramDrafter, verification
 from mlspecqd.speculative.policies import ConfidenceCalibration, CostStoppingRule
+from support.fake_models import ByteTokenizer, FakeClock, FakeLanguageModel
 
 SMALL_VOCAB = 4
 SAMPLED_PROMPT = [1, 2, 3, 1, 2]

@@ -1,9 +1,8 @@
 """The greedy setting the speculative tests share: a fake target model and the check that every model
 level's cache holds a prefix of the accepted text."""
 
-from support.fake_models import FakeLanguageModel
-
 from mlspecqd.speculative import Cascade, ModelLevel
+from support.fake_models import FakeLanguageModel
 
 VOCAB = 64
 PROMPT = [1, 2, 3, 4, 5]

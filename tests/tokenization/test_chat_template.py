@@ -5,9 +5,9 @@ from __future__ import annotations
 import datetime
 
 import pytest
-from support.real_tokenizers import real_tokenizer
 
 from mlspecqd.apps.chat_template import ChatTemplateError, render_chat
+from support.real_tokenizers import real_tokenizer
 
 SIMPLE = (
     "{{ bos_token }}{% for m in messages %}<{{ m['role'] }}>{{ m.content }}</{{ m.role }}>\n{% endfor %}"

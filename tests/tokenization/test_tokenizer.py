@@ -8,12 +8,12 @@ import random
 import numpy as np
 import pytest
 import sentencepiece
-from support.real_tokenizers import cached_text, real_tokenizer, transformers_tokenizer
 
 from mlspecqd.gguf import GGUFError
 from mlspecqd.tokenizer import Tokenizer, TokenizerError, TokenType
 from mlspecqd.tokenizer.byte_level_bpe import BYTE_ALPHABET
 from mlspecqd.tokenizer.pretokenizers import PRE_TOKENIZERS
+from support.real_tokenizers import cached_text, real_tokenizer, transformers_tokenizer
 
 
 def spell(text: str) -> str:
