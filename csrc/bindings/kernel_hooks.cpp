@@ -84,8 +84,9 @@ py::array matmul_mxfp4(const FloatArray& x, const py::array& blocks, int64_t K, 
 
 // The attention kernel alone, for tests: q (T, n_heads, head_dim) at positions first_position.. against
 // caches k, v (n_kv_heads, capacity, head_dim) that hold positions 0 .. first_position + T - 1 (k is
-// copied into the kernel's key tiles).
-FloatArray causal_attention(const FloatArray& q, const FloatArray& k, const FloatArray& v, int64_t first_position) {
+// copied into the kernel's key tiles); window as AttentionProblem::window.
+FloatArray causal_attention(const FloatArray& q, const FloatArray& k, const FloatArray& v, int64_t first_position,
+                            int64_t window) {
     if (q.ndim() != 3 || k.ndim() != 3 || v.ndim() != 3)
         throw std::invalid_argument("causal_attention wants 3-D q (T, heads, d), k and v (kv_heads, capacity, d)");
     AttentionProblem p;
@@ -96,6 +97,8 @@ FloatArray causal_attention(const FloatArray& q, const FloatArray& k, const Floa
     p.capacity = k.shape(1);
     p.first_position = first_position;
     p.scale = float(1.0 / std::sqrt(double(p.head_dim)));
+    p.window = window;
+    if (window < 0) throw std::invalid_argument("causal_attention: window = " + std::to_string(window) + " is negative");
     const bool shapes_fit = k.shape(2) == p.head_dim && v.shape(0) == p.n_kv_heads && v.shape(1) == p.capacity &&
                             v.shape(2) == p.head_dim && p.n_kv_heads > 0 && p.n_heads % p.n_kv_heads == 0 &&
                             first_position >= 0 && first_position + p.T <= p.capacity;
@@ -117,15 +120,24 @@ FloatArray causal_attention(const FloatArray& q, const FloatArray& k, const Floa
     return out;
 }
 
-// The gated MLP's activation kernel alone, for tests: silu(gate) * up, elementwise, as a new array.
-FloatArray silu_multiply(const FloatArray& gate, const FloatArray& up) {
+// A gated MLP's activation kernel alone, for tests: act(gate) * up, elementwise, as a new array.
+FloatArray gated_activation(const FloatArray& gate, const FloatArray& up, void (*kernel)(float*, const float*, int64_t),
+                            const char* name) {
     if (gate.ndim() != 1 || up.ndim() != 1 || gate.shape(0) != up.shape(0))
-        throw std::invalid_argument("silu_multiply wants two 1-D arrays of one length, got " + shape_text(gate) +
+        throw std::invalid_argument(std::string(name) + " wants two 1-D arrays of one length, got " + shape_text(gate) +
                                     " and " + shape_text(up));
     FloatArray out({gate.shape(0)});
     std::copy(gate.data(), gate.data() + gate.shape(0), out.mutable_data());
-    kernels().silu_multiply(out.mutable_data(), up.data(), gate.shape(0));
+    kernel(out.mutable_data(), up.data(), gate.shape(0));
     return out;
+}
+
+FloatArray silu_multiply(const FloatArray& gate, const FloatArray& up) {
+    return gated_activation(gate, up, kernels().silu_multiply, "silu_multiply");
+}
+
+FloatArray gelu_tanh_multiply(const FloatArray& gate, const FloatArray& up) {
+    return gated_activation(gate, up, kernels().gelu_tanh_multiply, "gelu_tanh_multiply");
 }
 
 // The streaming-read baseline over a buffer of whole, aligned 64-bit words, with the GIL released.
@@ -149,9 +161,12 @@ void register_kernel_hooks(py::module_& m) {
     m.def("matmul_mxfp4", &matmul_mxfp4, py::arg("x"), py::arg("blocks"), py::arg("K"), py::arg("out") = py::none(),
           "y = bf16(x) W^T with W given as MXFP4 blocks (N, K / 32 * 17); out as for matmul_bf16.");
     m.def("causal_attention", &causal_attention, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("first_position"),
-          "The active instruction set's attention kernel on its own (for tests).");
+          py::arg("window") = 0,
+          "The active instruction set's attention kernel on its own (for tests); window > 0: sliding window.");
     m.def("silu_multiply", &silu_multiply, py::arg("gate"), py::arg("up"),
           "The active instruction set's silu(gate) * up kernel on its own (for tests).");
+    m.def("gelu_tanh_multiply", &gelu_tanh_multiply, py::arg("gate"), py::arg("up"),
+          "The active instruction set's gelu_tanh(gate) * up kernel on its own (for tests).");
     m.def("stream_read", &stream_read_array, py::arg("buffer"),
           "Read a buffer once on every thread; returns the wrapping sum of its 64-bit words.");
 }

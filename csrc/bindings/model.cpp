@@ -141,6 +141,12 @@ ModelConfig model_config_from_dict(const py::dict& d) {
     c.tied_output = config_value<bool>(d, "tied_output");
     c.qkv_bias = config_value<bool>(d, "qkv_bias");
     c.qk_norm = config_value<bool>(d, "qk_norm");
+    c.activation = gate_activation_from_name(config_value<std::string>(d, "activation"));
+    c.embedding_scale = config_value<double>(d, "embedding_scale");
+    c.post_norms = config_value<bool>(d, "post_norms");
+    c.sliding_window = config_value<int64_t>(d, "sliding_window");
+    c.sliding_window_pattern = config_value<int64_t>(d, "sliding_window_pattern");
+    c.rope_base_sliding = config_value<double>(d, "rope_base_sliding");
     const py::dict scaling = config_value<py::dict>(d, "rope_scaling");
     c.rope_scaling.kind = rope_scaling_kind_from_name(config_value<std::string>(scaling, "kind"));
     if (c.rope_scaling.kind == RopeScalingKind::linear) c.rope_scaling.factor = config_value<double>(scaling, "factor");
@@ -252,7 +258,7 @@ py::array dequantize(const py::array_t<uint8_t, py::array::c_style>& raw, int gg
 namespace mlspecqd::bindings {
 
 void register_model(py::module_& m) {
-    py::class_<NativeModel>(m, "Model", "A dense transformer (llama, qwen2, qwen3) with its key/value cache")
+    py::class_<NativeModel>(m, "Model", "A dense transformer (llama, qwen2, qwen3, gemma3) with its key/value cache")
         .def(py::init<const py::dict&, const py::dict&, int64_t>(), py::arg("config"), py::arg("weights"),
              py::arg("max_context"))
         .def("forward", &NativeModel::forward, py::arg("tokens"), py::arg("start"), py::arg("all_logits") = false,

@@ -17,7 +17,9 @@ constexpr int64_t key_offset(int64_t position, int64_t head_dim) {
 }
 
 // One causal attention problem: T query rows at positions first_position .. first_position + T - 1 against
-// one layer's key/value cache, which already holds positions 0 .. first_position + T - 1.
+// one layer's key/value cache, which already holds positions 0 .. first_position + T - 1. With a window
+// W > 0 (sliding-window attention) the row at position P attends to positions max(0, P - W + 1) .. P
+// only; with W = 0, to 0 .. P.
 struct AttentionProblem {
     const float* q;        // T x (n_heads * head_dim), RoPE applied
     const float* k_cache;  // n_kv_heads x key_tiles(capacity) tiles of head_dim x kKeyTile (see kKeyTile)
@@ -30,6 +32,7 @@ struct AttentionProblem {
     int64_t capacity = 0;  // positions each cache head has room for
     int64_t first_position = 0;
     float scale = 1.0f;  // multiplies every q . k
+    int64_t window = 0;  // keys a row attends to, itself included; 0: all earlier positions
 };
 
 // A BF16 weight matrix W (N x K bit patterns) as gemm_bf16 reads it: K is cut into blocks of
@@ -98,12 +101,15 @@ struct KernelTable {
                        int64_t n_end, float* y, int64_t ldy);
     // Softmax attention for the work items [item_begin, item_end) of `p`; item = kv_head * T + row covers
     // the n_heads / n_kv_heads query heads of that key/value head. `scores` has room for
-    // attention_scores_floats(p) floats. Each query visits its keys in position order and sums in an
-    // order fixed by the row's position alone, so a row's output is the same bits in any batch.
+    // attention_scores_floats(p) floats. Each query visits its keys (those in its window) in position
+    // order and sums in an order fixed by the row's position and the window alone, so a row's output is
+    // the same bits in any batch.
     void (*causal_attention)(const AttentionProblem& p, int64_t item_begin, int64_t item_end, float* scores);
 
-    // The gated MLP's activation, elementwise over n floats: gate[i] <- gate[i] / (1 + exp(-gate[i])) * up[i].
+    // The gated MLP's activations, elementwise over n floats (csrc/kernels/isa/activation.cpp):
+    // gate[i] <- silu(gate[i]) * up[i], and gate[i] <- gelu_tanh(gate[i]) * up[i].
     void (*silu_multiply)(float* gate, const float* up, int64_t n);
+    void (*gelu_tanh_multiply)(float* gate, const float* up, int64_t n);
 };
 
 }  // namespace mlspecqd

@@ -101,18 +101,20 @@ void matmul_shared_input(std::initializer_list<Product> products, const float* x
     });
 }
 
-void matmul_swiglu(const Linear& gate, const Linear& up, const float* x, int64_t M, float* gate_y, float* up_y) {
+void matmul_gated(const Linear& gate, const Linear& up, GateActivation activation, const float* x, int64_t M,
+                  float* gate_y, float* up_y) {
     const int64_t N = gate.out_features;
     if (M <= 0 || N <= 0) return;
-    check_shared_input(gate, up, "matmul_swiglu");
+    check_shared_input(gate, up, "matmul_gated");
     if (up.out_features != N)
-        throw std::invalid_argument("matmul_swiglu: gate has " + std::to_string(N) + " rows, up " +
+        throw std::invalid_argument("matmul_gated: gate has " + std::to_string(N) + " rows, up " +
                                     std::to_string(up.out_features));
     const KernelTable& k = kernels();
+    const auto activate = activation == GateActivation::gelu_tanh ? k.gelu_tanh_multiply : k.silu_multiply;
     parallel_for_prepared(gate.type, x, M, gate.in_features, N, [&](const void* prepared, int64_t begin, int64_t end) {
         multiply_rows(gate, prepared, M, begin, end, gate_y);
         multiply_rows(up, prepared, M, begin, end, up_y);
-        for (int64_t m = 0; m < M; ++m) k.silu_multiply(gate_y + m * N + begin, up_y + m * N + begin, end - begin);
+        for (int64_t m = 0; m < M; ++m) activate(gate_y + m * N + begin, up_y + m * N + begin, end - begin);
     });
 }
 

@@ -7,6 +7,12 @@ namespace mlspecqd {
 
 enum class WeightType { bf16, mxfp4 };
 
+// The activation of a gated MLP: act(x G^T) * (x U^T).
+enum class GateActivation {
+    silu,       // x / (1 + exp(-x)): SwiGLU (llama, qwen)
+    gelu_tanh,  // 0.5 x (1 + tanh(sqrt(2 / pi) (x + 0.044715 x^3))): GeGLU (gemma)
+};
+
 struct Linear {
     WeightType type = WeightType::bf16;
     int64_t out_features = 0;  // N: rows of W
@@ -34,10 +40,12 @@ struct Product {
 // type and K > 0 (std::invalid_argument otherwise).
 void matmul_shared_input(std::initializer_list<Product> products, const float* x, int64_t M);
 
-// The gated MLP's first half: gate_y <- silu(x G^T) * (x U^T), up_y <- x U^T (M x N each). One parallel
-// region: each thread takes the same rows of G and U and applies silu(gate) * up to its own columns at
-// once. Each output has the same bits as matmul followed by the elementwise silu_multiply kernel. G and
-// U must have one shape and type (std::invalid_argument otherwise).
-void matmul_swiglu(const Linear& gate, const Linear& up, const float* x, int64_t M, float* gate_y, float* up_y);
+// The gated MLP's first half: gate_y <- act(x G^T) * (x U^T), up_y <- x U^T (M x N each). One parallel
+// region: each thread takes the same rows of G and U and applies act(gate) * up to its own columns at
+// once. Each output has the same bits as matmul followed by the elementwise kernel of `activation`
+// (silu_multiply or gelu_tanh_multiply). G and U must have one shape and type (std::invalid_argument
+// otherwise).
+void matmul_gated(const Linear& gate, const Linear& up, GateActivation activation, const float* x, int64_t M,
+                  float* gate_y, float* up_y);
 
 }  // namespace mlspecqd

@@ -9,6 +9,7 @@ namespace {
 // Bounds that no real checkpoint comes near; they keep a lying header from asking for absurd buffers.
 constexpr int64_t kMaxDimension = int64_t{1} << 20;
 constexpr int64_t kMaxVocabulary = int64_t{1} << 24;
+constexpr int64_t kMaxContext = int64_t{1} << 31;
 
 void require_in_range(const char* field, int64_t value, int64_t low, int64_t high) {
     if (value < low || value > high)
@@ -37,6 +38,14 @@ void ModelConfig::validate() const {
     if (!(attention_scale >= 0.0)) throw std::invalid_argument("model config: attention_scale must not be negative");
     if (rope_scaling.kind == RopeScalingKind::linear && !(rope_scaling.factor > 0.0))
         throw std::invalid_argument("model config: rope_scaling.factor must be positive");
+    if (!(embedding_scale > 0.0 && embedding_scale < 1e30))
+        throw std::invalid_argument("model config: embedding_scale must be positive and finite");
+    require_in_range("sliding_window", sliding_window, 0, kMaxContext);
+    if (sliding_window > 0) {
+        require_in_range("sliding_window_pattern", sliding_window_pattern, 1, 4096);
+        if (!(rope_base_sliding > 0.0))
+            throw std::invalid_argument("model config: rope_base_sliding must be positive when sliding_window is set");
+    }
 }
 
 RopeStyle rope_style_from_name(const std::string& name) {
@@ -51,6 +60,12 @@ RopeScalingKind rope_scaling_kind_from_name(const std::string& name) {
     if (name == "llama3") return RopeScalingKind::llama3;
     throw std::invalid_argument("model config: rope scaling '" + name +
                                 "' is not supported (supported: none, linear, llama3)");
+}
+
+GateActivation gate_activation_from_name(const std::string& name) {
+    if (name == "silu") return GateActivation::silu;
+    if (name == "gelu_tanh") return GateActivation::gelu_tanh;
+    throw std::invalid_argument("model config: activation '" + name + "' is not supported (supported: silu, gelu_tanh)");
 }
 
 }  // namespace mlspecqd

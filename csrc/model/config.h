@@ -1,7 +1,9 @@
-// Hyper-parameters of a dense decoder-only transformer (llama, qwen2, qwen3), as the GGUF states them.
+// Hyper-parameters of a dense decoder-only transformer (llama, qwen2, qwen3, gemma3), as the GGUF states them.
 #pragma once
 #include <cstdint>
 #include <string>
+
+#include "kernels/linear.h"
 
 namespace mlspecqd {
 
@@ -37,7 +39,20 @@ struct ModelConfig {
     double attention_scale = 0.0;  // multiplies q . k; 0 means 1 / sqrt(head_dim)
     bool tied_output = false;  // LM head = token embedding matrix
     bool qkv_bias = false;     // qwen2
-    bool qk_norm = false;      // qwen3: RMSNorm of each q and k head before RoPE
+    bool qk_norm = false;      // qwen3, gemma3: RMSNorm of each q and k head before RoPE
+    GateActivation activation = GateActivation::silu;  // of the gated MLP (gemma3: GELU, tanh form)
+    double embedding_scale = 1.0;  // multiplies every token embedding (gemma3: sqrt(d_model)), in float32
+    bool post_norms = false;       // gemma3: RMSNorm of the attention and MLP outputs before the residual adds
+    // Sliding-window (local) attention, gemma3: layer i attends to the last sliding_window positions
+    // (itself included) unless (i + 1) % sliding_window_pattern == 0; local layers rotate with
+    // rope_base_sliding and no rope scaling. sliding_window = 0: every layer is global.
+    int64_t sliding_window = 0;
+    int64_t sliding_window_pattern = 0;
+    double rope_base_sliding = 0.0;
+
+    bool is_sliding(int64_t layer) const {
+        return sliding_window > 0 && (layer + 1) % sliding_window_pattern != 0;
+    }
 
     // Throws std::invalid_argument naming the first field that is out of range.
     void validate() const;
@@ -45,5 +60,6 @@ struct ModelConfig {
 
 RopeStyle rope_style_from_name(const std::string& name);              // throws std::invalid_argument
 RopeScalingKind rope_scaling_kind_from_name(const std::string& name);  // throws std::invalid_argument
+GateActivation gate_activation_from_name(const std::string& name);     // throws std::invalid_argument
 
 }  // namespace mlspecqd

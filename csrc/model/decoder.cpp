@@ -33,6 +33,10 @@ LayerWeights load_layer(const ModelConfig& c, const TensorSource& tensors, int64
     w.gate = tensors.linear(block(i, "ffn_gate.weight"), c.d_ff, c.d_model);
     w.up = tensors.linear(block(i, "ffn_up.weight"), c.d_ff, c.d_model);
     w.down = tensors.linear(block(i, "ffn_down.weight"), c.d_model, c.d_ff);
+    if (c.post_norms) {
+        w.post_attention_norm = tensors.vector(block(i, "post_attention_norm.weight"), c.d_model);
+        w.post_ffw_norm = tensors.vector(block(i, "post_ffw_norm.weight"), c.d_model);
+    }
     return w;
 }
 
@@ -46,6 +50,11 @@ const float* rope_freq_factors(const ModelConfig& c, const TensorSource& tensors
     return tensors.vector("rope_freqs.weight", c.rope_dim / 2);
 }
 
+std::optional<Rope> sliding_rope(const ModelConfig& c) {
+    if (c.sliding_window == 0) return std::nullopt;
+    return Rope(c.rope_style, c.head_dim, c.rope_dim, c.rope_base_sliding, RopeScaling{}, nullptr);
+}
+
 void add_rows(float* x, const float* y, int64_t n) {
     for (int64_t i = 0; i < n; ++i) x[i] += y[i];
 }
@@ -54,7 +63,9 @@ void add_rows(float* x, const float* y, int64_t n) {
 
 Decoder::Decoder(const ModelConfig& config, const TensorSource& tensors, int64_t max_context)
     : config_(validated(config)),
-      rope_(config_, rope_freq_factors(config_, tensors)),
+      rope_(config_.rope_style, config_.head_dim, config_.rope_dim, config_.rope_base, config_.rope_scaling,
+            rope_freq_factors(config_, tensors)),
+      sliding_rope_(sliding_rope(config_)),
       cache_(config_.n_layers, config_.n_kv_heads, config_.head_dim, max_context) {
     const ModelConfig& c = config_;
     token_embedding_ = tensors.bf16_matrix("token_embd.weight", c.vocab_size, c.d_model);
@@ -109,8 +120,9 @@ void Decoder::forward(const int64_t* tokens, int64_t T, int64_t start, bool all_
     gate_.resize(T * c.d_ff);
     up_.resize(T * c.d_ff);
 
-    embed_tokens(token_embedding_, d, tokens, T, x_.data());
+    embed_tokens(token_embedding_, d, tokens, T, float(c.embedding_scale), x_.data());
     rope_.tables(start, T, rope_cos_, rope_sin_);
+    if (sliding_rope_) sliding_rope_->tables(start, T, sliding_cos_, sliding_sin_);
     for (int64_t layer = 0; layer < c.n_layers; ++layer) {
         attention_block(layers_[layer], layer, T, start);
         mlp_block(layers_[layer], T);
@@ -122,8 +134,9 @@ void Decoder::forward(const int64_t* tokens, int64_t T, int64_t start, bool all_
     matmul(output_, normed_.data(), rows, logits);
 }
 
-// x += W_o attention(rope(W_q h), rope(W_k h), W_v h) with h = rms_norm(x); appends this layer's keys and
-// values for the T new positions to the cache.
+// x += W_o attention(rope(W_q h), rope(W_k h), W_v h) with h = rms_norm(x), the product normed again
+// first with post_norms; appends this layer's keys and values for the T new positions to the cache. A
+// sliding-window layer rotates with its own base and attends within the window.
 void Decoder::attention_block(const LayerWeights& w, int64_t layer, int64_t T, int64_t start) {
     const ModelConfig& c = config_;
     const int64_t d = c.d_model, q_width = c.n_heads * c.head_dim, kv_width = c.n_kv_heads * c.head_dim;
@@ -138,8 +151,12 @@ void Decoder::attention_block(const LayerWeights& w, int64_t layer, int64_t T, i
         rms_norm(q_.data(), w.q_norm, T * c.n_heads, c.head_dim, c.norm_eps, q_.data());
         rms_norm(k_.data(), w.k_norm, T * c.n_kv_heads, c.head_dim, c.norm_eps, k_.data());
     }
-    rope_.apply(q_.data(), T, c.n_heads, rope_cos_, rope_sin_);
-    rope_.apply(k_.data(), T, c.n_kv_heads, rope_cos_, rope_sin_);
+    const bool sliding = c.is_sliding(layer);
+    const Rope& rope = sliding ? *sliding_rope_ : rope_;
+    const std::vector<float>& cos = sliding ? sliding_cos_ : rope_cos_;
+    const std::vector<float>& sin = sliding ? sliding_sin_ : rope_sin_;
+    rope.apply(q_.data(), T, c.n_heads, cos, sin);
+    rope.apply(k_.data(), T, c.n_kv_heads, cos, sin);
     cache_.write(layer, k_.data(), v_.data(), T);
 
     AttentionProblem problem;
@@ -154,6 +171,7 @@ void Decoder::attention_block(const LayerWeights& w, int64_t layer, int64_t T, i
     problem.capacity = cache_.capacity();
     problem.first_position = start;
     problem.scale = float(c.attention_scale > 0.0 ? c.attention_scale : 1.0 / std::sqrt(double(c.head_dim)));
+    problem.window = sliding ? c.sliding_window : 0;
     const KernelTable& kernel = kernels();
     // Items are ordered head-major, so a thread's slice is whole key/value heads when it can be, and
     // the slices cost about the same (later rows have more keys).
@@ -164,15 +182,18 @@ void Decoder::attention_block(const LayerWeights& w, int64_t layer, int64_t T, i
     });
 
     matmul(w.o, attention_.data(), T, normed_.data());
+    if (c.post_norms) rms_norm(normed_.data(), w.post_attention_norm, T, d, c.norm_eps, normed_.data());
     add_rows(x_.data(), normed_.data(), T * d);
 }
 
-// x += W_down (silu(W_gate h) * W_up h) with h = rms_norm(x).
+// x += W_down (act(W_gate h) * W_up h) with h = rms_norm(x), the product normed again first with
+// post_norms.
 void Decoder::mlp_block(const LayerWeights& w, int64_t T) {
     const ModelConfig& c = config_;
     rms_norm(x_.data(), w.ffn_norm, T, c.d_model, c.norm_eps, normed_.data());
-    matmul_swiglu(w.gate, w.up, normed_.data(), T, gate_.data(), up_.data());
+    matmul_gated(w.gate, w.up, c.activation, normed_.data(), T, gate_.data(), up_.data());
     matmul(w.down, gate_.data(), T, normed_.data());
+    if (c.post_norms) rms_norm(normed_.data(), w.post_ffw_norm, T, c.d_model, c.norm_eps, normed_.data());
     add_rows(x_.data(), normed_.data(), T * c.d_model);
 }
 

@@ -1,10 +1,11 @@
-// A dense decoder-only transformer (llama, qwen2, qwen3) with its key/value cache. One forward call runs
-// T tokens through every layer. Activations are float32 throughout; the matrix products take whatever
+// A dense decoder-only transformer (llama, qwen2, qwen3, gemma3) with its key/value cache. One forward
+// call runs T tokens through every layer. Activations are float32 throughout; the matrix products take whatever
 // weight type each Linear holds (BF16 or MXFP4). Batch invariant: the logits of a position are the same
 // bits whether it is computed alone, in a verification batch, or inside a prompt.
 #pragma once
 #include <cstdint>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -32,8 +33,10 @@ struct LayerWeights {
     Linear q, k, v, o;
     const float *q_bias = nullptr, *k_bias = nullptr, *v_bias = nullptr;  // qkv_bias only
     const float *q_norm = nullptr, *k_norm = nullptr;                      // qk_norm only
+    const float* post_attention_norm = nullptr;                            // post_norms only
     const float* ffn_norm = nullptr;
     Linear gate, up, down;
+    const float* post_ffw_norm = nullptr;  // post_norms only
 };
 
 class Decoder {
@@ -64,12 +67,15 @@ private:
     const float* output_norm_ = nullptr;
     Linear output_;
     Rope rope_;
+    std::optional<Rope> sliding_rope_;  // the local layers' own, when the model has sliding-window layers
+    // Every layer caches every position, local layers included: their attention reads only the window,
+    // and keeping the whole cache lets truncation (speculative rollback) stay O(1) for every layer.
     KvCache cache_;
     mutable std::mutex mutex_;  // one forward or truncate at a time (forward runs without the GIL)
 
     // Work buffers, grown to the largest T seen and then reused.
     CacheAlignedVector<float> x_, normed_, q_, k_, v_, attention_, gate_, up_;
-    std::vector<float> rope_cos_, rope_sin_;
+    std::vector<float> rope_cos_, rope_sin_, sliding_cos_, sliding_sin_;
 };
 
 }  // namespace mlspecqd

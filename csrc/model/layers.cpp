@@ -7,10 +7,10 @@
 
 namespace mlspecqd {
 
-void embed_tokens(const uint16_t* embedding, int64_t d, const int64_t* tokens, int64_t T, float* x) {
+void embed_tokens(const uint16_t* embedding, int64_t d, const int64_t* tokens, int64_t T, float scale, float* x) {
     for (int64_t t = 0; t < T; ++t) {
         const uint16_t* row = embedding + tokens[t] * d;
-        for (int64_t i = 0; i < d; ++i) x[t * d + i] = bf16_to_float(row[i]);
+        for (int64_t i = 0; i < d; ++i) x[t * d + i] = bf16_to_float(row[i]) * scale;
     }
 }
 
@@ -49,13 +49,14 @@ void add_bias(float* x, const float* bias, int64_t rows, int64_t width) {
         for (int64_t i = 0; i < width; ++i) x[r * width + i] += bias[i];
 }
 
-Rope::Rope(const ModelConfig& config, const float* freq_factors)
-    : style_(config.rope_style), head_dim_(config.head_dim), pairs_(config.rope_dim / 2) {
+Rope::Rope(RopeStyle style, int64_t head_dim, int64_t rope_dim, double base, const RopeScaling& scaling,
+           const float* freq_factors)
+    : style_(style), head_dim_(head_dim), pairs_(rope_dim / 2) {
     inverse_frequency_.resize(pairs_);
     for (int64_t i = 0; i < pairs_; ++i) {
-        double inv = std::pow(config.rope_base, -2.0 * double(i) / double(config.rope_dim));
-        if (config.rope_scaling.kind == RopeScalingKind::linear) inv /= config.rope_scaling.factor;
-        if (config.rope_scaling.kind == RopeScalingKind::llama3) inv /= freq_factors[i];
+        double inv = std::pow(base, -2.0 * double(i) / double(rope_dim));
+        if (scaling.kind == RopeScalingKind::linear) inv /= scaling.factor;
+        if (scaling.kind == RopeScalingKind::llama3) inv /= freq_factors[i];
         inverse_frequency_[i] = inv;
     }
 }

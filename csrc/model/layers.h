@@ -8,8 +8,9 @@
 
 namespace mlspecqd {
 
-// x[t] <- bf16 row tokens[t] of the (vocab x d) embedding matrix, widened to float32.
-void embed_tokens(const uint16_t* embedding, int64_t d, const int64_t* tokens, int64_t T, float* x);
+// x[t] <- bf16 row tokens[t] of the (vocab x d) embedding matrix, widened to float32 and multiplied by
+// `scale` in float32 (one rounding; scale 1 leaves the widened values as they are).
+void embed_tokens(const uint16_t* embedding, int64_t d, const int64_t* tokens, int64_t T, float scale, float* x);
 
 // y[r] = x[r] / sqrt(mean(x[r]^2) + eps) * weight for `rows` rows of `width` floats (y may be x).
 void rms_norm(const float* x, const float* weight, int64_t rows, int64_t width, double eps, float* y);
@@ -20,8 +21,10 @@ void add_bias(float* x, const float* bias, int64_t rows, int64_t width);
 // Rotary position embedding: the inverse frequency of each rotated pair, after any scaling.
 class Rope {
 public:
+    // Rotates the leading rope_dim dimensions of heads of head_dim with the given base and scaling;
     // freq_factors: the rope_dim/2 divisors of llama3 scaling (rope_freqs.weight), else null.
-    Rope(const ModelConfig& config, const float* freq_factors);
+    Rope(RopeStyle style, int64_t head_dim, int64_t rope_dim, double base, const RopeScaling& scaling,
+         const float* freq_factors);
 
     // cos/sin of every pair for positions first .. first + T - 1 (T x rope_dim/2 each).
     void tables(int64_t first, int64_t T, std::vector<float>& cos, std::vector<float>& sin) const;

@@ -20,13 +20,12 @@ from mlspecqd import _native
 from mlspecqd.engine import quant, weight_layout
 from mlspecqd.gguf import GGUFFile, ModelSpec, open_gguf
 
-SUPPORTED_ARCHITECTURES = ("llama", "qwen2", "qwen3")
+SUPPORTED_ARCHITECTURES = ("llama", "qwen2", "qwen3", "gemma3")
 PRECISIONS = ("bf16", "mxfp4")
 
 
-
 class Model:
-    """A dense transformer (llama, qwen2, qwen3) with its key/value cache; see the module docstring."""
+    """A dense transformer (llama, qwen2, qwen3, gemma3) with its key/value cache; see the module docstring."""
 
     def __init__(self, spec: ModelSpec, tensors: Mapping[str, np.ndarray], precision: str, context_length: int) -> None:
         self.spec = spec

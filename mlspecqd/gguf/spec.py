@@ -202,6 +202,7 @@ def read_model_spec(path: Path, metadata: Mapping[str, Any], tensors: Mapping[st
         problem = f"{len(tokens)} tokens but the embedding has only {vocab_size} rows"
         raise GGUFError(path, "tokenizer.ggml.tokens", problem)
 
+    _refuse_softcapping(keys)
     is_gemma3 = architecture == "gemma3"
     spec = ModelSpec(
         architecture=architecture,
@@ -234,7 +235,7 @@ def read_model_spec(path: Path, metadata: Mapping[str, Any], tensors: Mapping[st
         embedding_scale=math.sqrt(d_model) if is_gemma3 else 1.0,
         post_norms=is_gemma3,
         sliding_window=keys.integer("attention.sliding_window") if is_gemma3 else 0,
-        sliding_window_pattern=_sliding_window_pattern(keys) if is_gemma3 else 0,
+        sliding_window_pattern=_sliding_window_pattern(keys, n_layers) if is_gemma3 else 0,
         rope_base_sliding=(
             keys.positive_number("rope.freq_base_swa", default=_GEMMA3_ROPE_BASE_SLIDING) if is_gemma3 else 0.0
         ),
@@ -250,12 +251,32 @@ def _default_attention_scale(architecture: str, n_layers: int, d_model: int, n_h
     return 1.0 / math.sqrt(head_dim)
 
 
-def _sliding_window_pattern(keys: _Metadata) -> int:
-    # Newer converters may store the pattern; older Gemma 3 files rely on the family's fixed pattern.
-    value = keys.metadata.get(keys.key("attention.sliding_window_pattern"))
-    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-        return value
-    return _GEMMA3_SLIDING_WINDOW_PATTERN
+def _sliding_window_pattern(keys: _Metadata, n_layers: int) -> int:
+    """Every how many layers one attends globally. Gemma 3 files usually leave it to the family's fixed
+    pattern; a file may state it as a number, or as one flag per layer (true: sliding) that must then
+    follow such a pattern."""
+    suffix = "attention.sliding_window_pattern"
+    if not keys.has(suffix):
+        return _GEMMA3_SLIDING_WINDOW_PATTERN
+    value = keys.metadata[keys.key(suffix)]
+    if isinstance(value, list) and len(value) == n_layers and all(isinstance(flag, bool) for flag in value):
+        period = value.index(False) + 1 if False in value else n_layers + 1
+        if value == [(layer + 1) % period != 0 for layer in range(n_layers)]:
+            return period
+        raise GGUFError(keys.path, keys.key(suffix), "sliding and global layers that do not repeat with one period "
+                        "(every n-th layer global) are not supported")
+    if isinstance(value, list):
+        raise GGUFError(keys.path, keys.key(suffix), f"expected {n_layers} booleans (one per layer) or a number")
+    return keys.integer(suffix)
+
+
+def _refuse_softcapping(keys: _Metadata) -> None:
+    """Gemma 2 caps attention and final logits with c * tanh(x / c); the decoder does not, so a file that
+    asks for it (a nonzero cap) is refused rather than run wrongly."""
+    for suffix in ("attn_logit_softcapping", "final_logit_softcapping"):
+        if keys.has(suffix) and keys.number(suffix) != 0.0:
+            problem = f"logit softcapping ({keys.number(suffix)}) is not supported"
+            raise GGUFError(keys.path, keys.key(suffix), problem)
 
 
 def _rope_scaling(keys: _Metadata, tensors: Mapping[str, TensorInfo]) -> RopeScaling:

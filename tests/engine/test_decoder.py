@@ -1,5 +1,6 @@
-"""The native decoder against the NumPy reference (tests/support/reference_model.py) on tiny random models,
-its batch invariance (equality), the key/value cache, and its refusals of bad input."""
+"""The native decoder against the NumPy reference (tests/support/reference_model.py) on tiny random models
+(Gemma 3's sliding-window layers among them), its batch invariance (equality), the key/value cache, and
+its refusals of bad input."""
 
 from __future__ import annotations
 
@@ -37,6 +38,15 @@ ARCHITECTURE_CASES = {
     "qwen2-tied-odd-head-dim": tiny_spec("qwen2", n_heads=6, n_kv_heads=3, head_dim=24, rope_dim=24, tied_output=True),
     "qwen3-qk-norm-gqa2-tied": tiny_spec("qwen3", tied_output=True),
     "qwen3-gqa8": tiny_spec("qwen3", n_heads=8, n_kv_heads=1, head_dim=8, rope_dim=8),
+    # Gemma 3: 4 layers, every third global, the others in a window of 7 positions (the sequences are 40).
+    "gemma3-sliding-window": tiny_spec("gemma3"),
+    "gemma3-270m-shaped": tiny_spec("gemma3", n_heads=4, n_kv_heads=1, head_dim=32, rope_dim=32, n_layers=6,
+                                    sliding_window_pattern=6, sliding_window=12, attention_scale=32**-0.5),
+    "gemma3-window-of-one": tiny_spec("gemma3", sliding_window=1),
+    "gemma3-window-beyond-the-text": tiny_spec("gemma3", sliding_window=100),
+    "gemma3-every-layer-sliding": tiny_spec("gemma3", n_layers=2, sliding_window_pattern=3),
+    "gemma3-linear-scaling-on-global-layers": tiny_spec("gemma3", rope_scaling=RopeScaling("linear", factor=8.0)),
+    "gemma3-untied": tiny_spec("gemma3", tied_output=False),
 }
 
 
@@ -68,7 +78,7 @@ def test_matches_reference(case):
     assert_matches_reference(Model.from_arrays(spec, tensors), tensors, tokens)
 
 
-@pytest.mark.parametrize("architecture", ["llama", "qwen2", "qwen3"])
+@pytest.mark.parametrize("architecture", ["llama", "qwen2", "qwen3", "gemma3"])
 def test_load_gguf_matches_reference(tmp_path, architecture):
     """Model.load on a synthetic Q8_0 GGUF: the same bits as the stored weights upcast to BF16 and run
     from arrays, and the reference's logits."""
@@ -110,9 +120,9 @@ def test_load_stores_long_k_weights_in_column_blocks_with_the_same_bits(tmp_path
 
 
 def test_load_refuses_unsupported_architecture(tmp_path):
-    path = tmp_path / "gemma3.gguf"
-    write_model_gguf(path, "gemma3")
-    with pytest.raises(ValueError, match=r"gemma3.gguf: architecture 'gemma3' is not supported by the dense decoder"):
+    path = tmp_path / "qwen2moe.gguf"
+    write_model_gguf(path, "qwen2moe")
+    with pytest.raises(ValueError, match=r"qwen2moe.gguf: architecture 'qwen2moe' is not supported by the dense"):
         Model.load(path)
 
 
@@ -126,26 +136,51 @@ def test_reference_rope_styles_differ():
     assert np.abs(interleaved - neox).max() > 0.1 * interleaved.std()
 
 
+@pytest.mark.parametrize("change", [
+    {"sliding_window": 0}, {"sliding_window": 8}, {"sliding_window_pattern": 2}, {"rope_base_sliding": 1e6},
+    {"post_norms": False}, {"activation": "silu"}, {"embedding_scale": 1.0},
+])
+def test_reference_gemma3_features_matter(change):
+    """Guards the Gemma 3 cases above: each feature, changed alone, moves the logits of a 40-token text
+    well beyond the tolerance, so the native decoder cannot match the reference while getting it wrong."""
+    spec = tiny_spec("gemma3")
+    tensors = random_tensors(spec, seed=1)
+    tokens = np.random.default_rng(2).integers(0, spec.vocab_size, 40)
+    expected = reference_model.forward(spec, tensors, tokens)
+    changed = reference_model.forward(replace(spec, **change), tensors, tokens)
+    assert np.abs(changed - expected).max() > 3 * TOLERANCE_BF16_INPUTS * expected.std()
+
+
+def test_gemma3_refuses_missing_post_norms():
+    spec = tiny_spec("gemma3")
+    tensors = {k: v for k, v in random_tensors(spec).items() if k != "blk.2.post_ffw_norm.weight"}
+    with pytest.raises(ValueError, match=r"missing tensor 'blk.2.post_ffw_norm.weight'"):
+        Model.from_arrays(spec, tensors)
+
+
 # Prefixes for the batches: a short one, and one whose batches straddle the attention kernel's key
 # block of 128 positions (and its groups of 64).
 BATCH_PREFIXES = (5, 120)
 
 
-def batch_invariance_model() -> tuple[Model, np.ndarray]:
+def batch_invariance_model(architecture: str = "qwen2") -> tuple[Model, np.ndarray]:
     # Widths above 64 rows so that two threads split every matrix product; three query heads per
-    # key/value head.
-    spec = tiny_spec("qwen2", d_model=96, n_heads=6, n_kv_heads=2, head_dim=16, rope_dim=16, d_ff=320,
-                     vocab_size=300)
+    # key/value head. Gemma 3's local layers attend within 45 positions: windows that start anywhere in a
+    # key block of 32, the later batches entirely past the first window.
+    sizes = dict(d_model=96, n_heads=6, n_kv_heads=2, head_dim=16, rope_dim=16, d_ff=320, vocab_size=300)
+    extra = dict(sliding_window=45, sliding_window_pattern=2) if architecture == "gemma3" else {}
+    spec = tiny_spec(architecture, **sizes, **extra)
     tokens = np.random.default_rng(7).integers(0, spec.vocab_size, max(BATCH_PREFIXES) + 17)
     return Model.from_arrays(spec, random_tensors(spec, seed=3)), tokens
 
 
+@pytest.mark.parametrize("architecture", ["qwen2", "gemma3"])
 @pytest.mark.parametrize("isa", sorted({"scalar", _native.best_isa()}))
-def test_batch_invariance_bit_exact(isa):
+def test_batch_invariance_bit_exact(isa, architecture):
     """Position p's logits are the same bits alone (T = 1), in a batch of M = 1..17 after a prefix, or in
     one prompt, with one or two threads."""
     _native.set_isa(isa)
-    model, tokens = batch_invariance_model()
+    model, tokens = batch_invariance_model(architecture)
     _native.set_num_threads(1)
     alone = np.concatenate([model.forward(tokens[p : p + 1], p) for p in range(len(tokens))])
     for threads in (1, 2):
@@ -275,7 +310,13 @@ def test_bad_weights_are_named():
     ({"d_model": 1 << 30}, r"d_model = 1073741824 is outside"),
     ({"rope_style": "spiral"}, r"rope_style 'spiral'"),
     ({"rope_scaling": RopeScaling("yarn", factor=4.0)}, r"rope scaling 'yarn' is not supported"),
-    ({"architecture": "gemma3"}, r"architecture 'gemma3' is not supported"),
+    ({"architecture": "qwen3moe"}, r"architecture 'qwen3moe' is not supported"),
+    ({"activation": "relu"}, r"activation 'relu' is not supported \(supported: silu, gelu_tanh\)"),
+    ({"embedding_scale": 0.0}, r"embedding_scale must be positive and finite"),
+    ({"sliding_window": -1}, r"sliding_window = -1 is outside"),
+    ({"sliding_window": 8, "sliding_window_pattern": 0, "rope_base_sliding": 1e4},
+     r"sliding_window_pattern = 0 is outside \[1, 4096\]"),
+    ({"sliding_window": 8, "sliding_window_pattern": 6}, r"rope_base_sliding must be positive"),
 ])
 def test_bad_config_refused(overrides, message):
     spec = tiny_spec("llama")

@@ -18,7 +18,7 @@ def dequantized(model: Model) -> dict[str, np.ndarray]:
     }
 
 
-@pytest.mark.parametrize("architecture", ["llama", "qwen2", "qwen3"])
+@pytest.mark.parametrize("architecture", ["llama", "qwen2", "qwen3", "gemma3"])
 @pytest.mark.parametrize("tied", [False, True])
 def test_mxfp4_sibling_matches_reference_on_its_own_weights(architecture, tied):
     spec = tiny_spec(architecture, tied_output=tied)

@@ -3,6 +3,7 @@ native logits against the NumPy reference (support/reference_model.py)."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 
 import numpy as np
@@ -15,9 +16,27 @@ def tiny_spec(architecture: str = "llama", **overrides) -> ModelSpec:
         architecture=architecture, n_layers=2, d_model=64, n_heads=4, n_kv_heads=2, head_dim=16, d_ff=96,
         vocab_size=160, context_length=256, rope_base=10000.0, rope_dim=16,
         rope_style="interleaved" if architecture == "llama" else "neox", rope_scaling=RopeScaling(),
-        norm_eps=1e-6, tied_output=False, qkv_bias=architecture == "qwen2", qk_norm=architecture == "qwen3",
+        norm_eps=1e-6, tied_output=False, qkv_bias=architecture == "qwen2",
+        qk_norm=architecture in ("qwen3", "gemma3"),
     )
-    return replace(spec, **overrides)
+    spec = replace(spec, **{**(GEMMA3_EXTRAS if architecture == "gemma3" else {}), **overrides})
+    if architecture == "gemma3" and "embedding_scale" not in overrides:
+        spec = replace(spec, embedding_scale=math.sqrt(spec.d_model))
+    return spec
+
+
+# Gemma 3's own features, shaped as the 270M has them but small: every third layer global, the others
+# within a window of 7 positions (shorter than the test sequences), each with its own rope base.
+GEMMA3_EXTRAS = {
+    "n_layers": 4,
+    "tied_output": True,
+    "activation": "gelu_tanh",
+    "post_norms": True,
+    "sliding_window": 7,
+    "sliding_window_pattern": 3,
+    "rope_base": 1000000.0,
+    "rope_base_sliding": 10000.0,
+}
 
 
 def bf16_bits(x: np.ndarray) -> np.ndarray:
@@ -62,6 +81,9 @@ def random_tensors(spec: ModelSpec, seed: int = 0) -> dict[str, np.ndarray]:
         tensors[block + "ffn_gate.weight"] = matrix(spec.d_ff, spec.d_model)
         tensors[block + "ffn_up.weight"] = matrix(spec.d_ff, spec.d_model)
         tensors[block + "ffn_down.weight"] = matrix(spec.d_model, spec.d_ff)
+        if spec.post_norms:
+            tensors[block + "post_attention_norm.weight"] = vector(spec.d_model, 1.0, 0.1)
+            tensors[block + "post_ffw_norm.weight"] = vector(spec.d_model, 1.0, 0.1)
     return tensors
 
 

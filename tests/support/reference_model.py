@@ -1,4 +1,4 @@
-"""A plain NumPy float64 forward pass of the dense decoders (llama, qwen2, qwen3): the reference the
+"""A plain NumPy float64 forward pass of the dense decoders (llama, qwen2, qwen3, gemma3): the reference the
 native decoder is tested against. Written for reading, not speed: no cache, the whole sequence each call.
 
 Weights are the same arrays the native model gets (BF16 bit patterns for matrices, float32 vectors),
@@ -33,11 +33,26 @@ def silu(x: np.ndarray) -> np.ndarray:
     return x / (1.0 + np.exp(-x))
 
 
-def inverse_frequencies(spec: Any, tensors: Mapping[str, np.ndarray]) -> np.ndarray:
+def gelu_tanh(x: np.ndarray) -> np.ndarray:
+    """GELU in its tanh approximation (PyTorch's approximate="tanh", Gemma's hidden_activation)."""
+    return 0.5 * x * (1.0 + np.tanh(np.sqrt(2.0 / np.pi) * (x + 0.044715 * x**3)))
+
+
+ACTIVATIONS = {"silu": silu, "gelu_tanh": gelu_tanh}
+
+
+def is_sliding(spec: Any, layer: int) -> bool:
+    """Gemma 3: every sliding_window_pattern-th layer attends globally, the others within the window."""
+    return spec.sliding_window > 0 and (layer + 1) % spec.sliding_window_pattern != 0
+
+
+def inverse_frequencies(spec: Any, tensors: Mapping[str, np.ndarray], sliding: bool = False) -> np.ndarray:
     """theta_i = base^(-2i / rope_dim), divided by the linear factor or by llama3's per-frequency
-    factors (the tensor rope_freqs.weight)."""
+    factors (the tensor rope_freqs.weight). Sliding-window layers use their own base and no scaling."""
     i = np.arange(spec.rope_dim // 2, dtype=np.float64)
-    theta = spec.rope_base ** (-2.0 * i / spec.rope_dim)
+    theta = (spec.rope_base_sliding if sliding else spec.rope_base) ** (-2.0 * i / spec.rope_dim)
+    if sliding:
+        return theta
     if spec.rope_scaling.kind == "linear":
         return theta / spec.rope_scaling.factor
     if spec.rope_scaling.kind == "llama3":
@@ -62,15 +77,19 @@ def apply_rope(x: np.ndarray, positions: np.ndarray, theta: np.ndarray, style: s
     return out
 
 
-def causal_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, n_kv_heads: int, scale: float) -> np.ndarray:
-    """q: T x heads x d; k, v: T x kv_heads x d. Query head h reads key/value head h // (heads / kv_heads)."""
+def causal_attention(
+    q: np.ndarray, k: np.ndarray, v: np.ndarray, n_kv_heads: int, scale: float, window: int = 0
+) -> np.ndarray:
+    """q: T x heads x d; k, v: T x kv_heads x d. Query head h reads key/value head h // (heads / kv_heads).
+    window > 0: position t attends to positions t - window + 1 .. t only."""
     T, n_heads, _ = q.shape
     group = n_heads // n_kv_heads
     k = np.repeat(k, group, axis=1)
     v = np.repeat(v, group, axis=1)
     scores = np.einsum("thd,shd->hts", q, k) * scale
-    future = np.triu(np.ones((T, T), dtype=bool), k=1)
-    scores[:, future] = -np.inf
+    query, key = np.arange(T)[:, None], np.arange(T)[None, :]
+    hidden = (key > query) | ((query - key >= window) if window > 0 else False)
+    scores[:, hidden] = -np.inf
     weights = np.exp(scores - scores.max(axis=-1, keepdims=True))
     weights /= weights.sum(axis=-1, keepdims=True)
     return np.einsum("hts,shd->thd", weights, v)
@@ -90,11 +109,13 @@ def forward(
 
     T = len(tokens)
     positions = np.arange(T, dtype=np.float64)
-    theta = inverse_frequencies(spec, tensors)
     attention_scale = spec.attention_scale or 1.0 / np.sqrt(spec.head_dim)
-    x = weight("token_embd.weight")[np.asarray(tokens)]
+    activation = ACTIVATIONS[spec.activation]
+    x = weight("token_embd.weight")[np.asarray(tokens)] * spec.embedding_scale
     for layer in range(spec.n_layers):
         block = f"blk.{layer}."
+        sliding = is_sliding(spec, layer)
+        theta = inverse_frequencies(spec, tensors, sliding)
         h = rms_norm(x, weight(block + "attn_norm.weight"), spec.norm_eps)
         q, k, v = (linear(h, block + f"attn_{name}.weight") for name in "qkv")
         if spec.qkv_bias:
@@ -107,10 +128,17 @@ def forward(
             k = rms_norm(k, weight(block + "attn_k_norm.weight"), spec.norm_eps)
         q = apply_rope(q, positions, theta, spec.rope_style)
         k = apply_rope(k, positions, theta, spec.rope_style)
-        attended = causal_attention(q, k, v, spec.n_kv_heads, attention_scale).reshape(T, spec.n_heads * spec.head_dim)
-        x = x + linear(attended, block + "attn_output.weight")
+        window = spec.sliding_window if sliding else 0
+        attended = causal_attention(q, k, v, spec.n_kv_heads, attention_scale, window)
+        out = linear(attended.reshape(T, spec.n_heads * spec.head_dim), block + "attn_output.weight")
+        if spec.post_norms:
+            out = rms_norm(out, weight(block + "post_attention_norm.weight"), spec.norm_eps)
+        x = x + out
         h = rms_norm(x, weight(block + "ffn_norm.weight"), spec.norm_eps)
-        x = x + linear(silu(linear(h, block + "ffn_gate.weight")) * linear(h, block + "ffn_up.weight"),
-                       block + "ffn_down.weight")
+        out = linear(activation(linear(h, block + "ffn_gate.weight")) * linear(h, block + "ffn_up.weight"),
+                     block + "ffn_down.weight")
+        if spec.post_norms:
+            out = rms_norm(out, weight(block + "post_ffw_norm.weight"), spec.norm_eps)
+        x = x + out
     x = rms_norm(x, weight("output_norm.weight"), spec.norm_eps)
     return linear(x, "token_embd.weight" if spec.tied_output else "output.weight")

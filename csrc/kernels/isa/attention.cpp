@@ -1,14 +1,16 @@
-// Causal grouped-query softmax attention over a float32 key/value cache. The scalar path is the
-// reference the vector paths are tested against.
+// Causal grouped-query softmax attention over a float32 key/value cache, optionally within a sliding
+// window. The scalar path is the reference the vector paths are tested against.
 //
 // One work item is one (key/value head, query row): the query heads sharing that key/value head take
 // their keys and values block by block, so a block is read from memory once and then from cache by each
-// head. Per query head, over keys 0 .. position:
+// head. Per query head, over keys first .. position (first = 0, or position - window + 1 with a window):
 //   scores[j] = scale * (q . k_j)             (kKeyTile keys per vector, each summing over d in order)
 //   e_j = exp(scores[j] - max), sum = sum e_j (accumulated in key order, lane-wise in the vector paths)
 //   out = (sum_j e_j v_j) / sum               (accumulated in key order, lane-wise over dimensions)
 // Nothing in it depends on how many rows share the call, which is what makes it batch invariant: a
-// key's score takes the same operations whichever code path (group of tiles, masked tail) covers it.
+// key's score takes the same operations whichever code path (group of tiles, masked tail) covers it, and
+// the softmax and the value sums start at the row's own first key. Scores are computed from the start of
+// the key block holding a row's first key; those of keys before the window are never read.
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -345,30 +347,36 @@ void causal_attention(const AttentionProblem& p, int64_t item_begin, int64_t ite
         const int64_t kv_head = item / p.T, first_row = item % p.T;
         const int64_t rows = std::min({item_end - item, p.T - first_row, kAttentionRowsTogether});
         const auto n_keys = [&](int64_t i) { return p.first_position + first_row + i + 1; };
+        const auto first_key = [&](int64_t i) { return p.window > 0 ? std::max<int64_t>(0, n_keys(i) - p.window) : 0; };
+        // Rows are in position order, so row 0's window starts first.
+        const int64_t first_block = first_key(0) / kBlock * kBlock;
         const auto q = [&](int64_t i) { return p.q + (first_row + i) * row_stride + kv_head * group * p.head_dim; };
         const auto out = [&](int64_t i) { return p.out + (first_row + i) * row_stride + kv_head * group * p.head_dim; };
         const auto row_scores = [&](int64_t i) { return scores + i * group * scores_stride; };
         const float* keys = p.k_cache + kv_head * key_head_stride;
         const float* values = p.v_cache + kv_head * value_head_stride;
 
-        for (int64_t j = 0; j < n_keys(rows - 1); j += kBlock)
+        for (int64_t j = first_block; j < n_keys(rows - 1); j += kBlock)
             for (int64_t i = 0; i < rows; ++i)
-                if (j < n_keys(i))
+                if (j < n_keys(i) && j + kBlock > first_key(i))
                     group_key_scores(q(i), group, keys + key_offset(j, p.head_dim), p.head_dim,
                                      std::min(kBlock, n_keys(i) - j), p.scale, row_scores(i) + j, scores_stride);
         for (int64_t i = 0; i < rows; ++i)
             for (int64_t g = 0; g < group; ++g) {
-                float* head_scores = row_scores(i) + g * scores_stride;
-                const float sum = exponentiate(head_scores, n_keys(i), max_of(head_scores, n_keys(i)));
+                float* head_scores = row_scores(i) + g * scores_stride + first_key(i);
+                const int64_t n = n_keys(i) - first_key(i);
+                const float sum = exponentiate(head_scores, n, max_of(head_scores, n));
                 const float inverse_sum = 1.0f / sum;
-                for (int64_t j = 0; j < n_keys(i); ++j) head_scores[j] *= inverse_sum;
+                for (int64_t j = 0; j < n; ++j) head_scores[j] *= inverse_sum;
             }
         for (int64_t i = 0; i < rows; ++i) std::fill(out(i), out(i) + group * p.head_dim, 0.0f);
-        for (int64_t j = 0; j < n_keys(rows - 1); j += kBlock)
-            for (int64_t i = 0; i < rows; ++i)
-                if (j < n_keys(i))
-                    group_accumulate_values(row_scores(i) + j, scores_stride, group, values + j * p.head_dim,
-                                            std::min(kBlock, n_keys(i) - j), p.head_dim, out(i));
+        for (int64_t j = first_block; j < n_keys(rows - 1); j += kBlock)
+            for (int64_t i = 0; i < rows; ++i) {
+                const int64_t from = std::max(j, first_key(i)), to = std::min(j + kBlock, n_keys(i));
+                if (from < to)
+                    group_accumulate_values(row_scores(i) + from, scores_stride, group, values + from * p.head_dim,
+                                            to - from, p.head_dim, out(i));
+            }
         item += rows;
     }
 }

@@ -40,6 +40,7 @@ void gemm_mxfp4(const void* prepared, int64_t M, int64_t K, const uint8_t* w, in
                 float* y, int64_t ldy);
 void causal_attention(const AttentionProblem& p, int64_t item_begin, int64_t item_end, float* scores);
 void silu_multiply(float* gate, const float* up, int64_t n);
+void gelu_tanh_multiply(float* gate, const float* up, int64_t n);
 
 }  // namespace MLSPECQD_ISA
 }  // namespace mlspecqd

@@ -20,6 +20,7 @@ const KernelTable& kernel_table() {
         gemm_mxfp4,
         causal_attention,
         silu_multiply,
+        gelu_tanh_multiply,
     };
     return table;
 }
