@@ -210,6 +210,25 @@ def cmd_batch(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        from mlspecqd.apps.server import ServerSettings, serve
+    except ImportError as error:
+        raise UsageError(f"the server needs its extra: pip install 'mlspecqd[server]' ({error})") from None
+    if args.host not in ("127.0.0.1", "localhost", "::1") and args.api_key is None:
+        print(f"mlspecqd serve: warning: listening on {args.host} without --api-key: anyone who can reach "
+              "this address can use the model", file=sys.stderr)
+    settings = ServerSettings(api_key=args.api_key, max_waiting=args.max_waiting)
+    with load_from_args(args) as llm:
+        try:
+            serve(llm, args.host, args.port, settings,
+                  announce=lambda url: print(f"mlspecqd serve: {llm.model_name} on {url}", file=sys.stderr,
+                                             flush=True))
+        except OSError as error:
+            raise UsageError(f"cannot listen on {args.host}:{args.port} ({error.strerror or error})") from None
+    return 0
+
+
 def _checked(make: Any) -> Any:
     """make(), with bad-input errors (ValueError subclasses) turned into UsageError."""
     try:
@@ -258,6 +277,16 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("-v", "--verbose", action="store_true", help="load details on stderr")
     add_model_arguments(batch)
     batch.set_defaults(run=cmd_batch)
+
+    serve = commands.add_parser("serve", help="an OpenAI-compatible HTTP server (needs mlspecqd[server])")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default %(default)s: this machine)")
+    serve.add_argument("--port", type=_count(0, 65535), default=8080, help="port (default %(default)s; 0: any free)")
+    serve.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on /v1/*")
+    serve.add_argument("--max-waiting", type=_count(0, 4096), default=16,
+                       help="requests that may wait behind the running one; more get 503 (default %(default)s)")
+    serve.add_argument("-v", "--verbose", action="store_true", help="load details on stderr")
+    add_model_arguments(serve)
+    serve.set_defaults(run=cmd_serve)
     return parser
 
 

@@ -72,3 +72,20 @@ class ResponseShape:
         last["usage"] = usage(prompt_tokens, result)
         last["timings"] = result.timings
         yield last
+
+
+def response_from_chunks(chunks: list[dict[str, Any]]) -> dict[str, Any]:
+    """The non-streamed response that a complete stream of chunks (from ResponseShape.chunks) stands
+    for: the same id, text, finish_reason, usage and timings."""
+    first, last = chunks[0], chunks[-1]
+    chat = first["object"] == "chat.completion.chunk"
+    if chat:
+        text = "".join(chunk["choices"][0]["delta"].get("content", "") for chunk in chunks)
+        choice = {"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
+                  "finish_reason": last["choices"][0]["finish_reason"]}
+    else:
+        text = "".join(chunk["choices"][0]["text"] for chunk in chunks)
+        choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": last["choices"][0]["finish_reason"]}
+    return {"id": first["id"], "object": "chat.completion" if chat else "text_completion",
+            "created": first["created"], "model": first["model"], "choices": [choice],
+            "usage": last["usage"], "timings": last["timings"]}
