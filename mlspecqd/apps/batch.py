@@ -24,9 +24,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from mlspecqd.apps.llm import LLM
-from mlspecqd.engine.sampling import SAMPLING_PARAMETER_NAMES
-
-URLS = ("/v1/chat/completions", "/v1/completions")
+from mlspecqd.apps.openai_requests import URLS, CompletionRequest
 
 
 class BatchFileError(ValueError):
@@ -101,21 +99,116 @@ def parse_request(line: str, number: int) -> tuple[str, dict[str, Any]]:
 
 def run_request(llm: LLM, url: str, body: dict[str, Any]) -> dict[str, Any]:
     """The response body for one request; ValueError (any subclass) for a request the model refuses."""
-    if body.get("stream"):
+    request = CompletionRequest.from_body(url, body)
+    if request.stream:
         raise ValueError("stream: not available in a batch")
-    if body.get("n", 1) != 1:
-        raise ValueError(f"n: only 1 choice per request is supported (got {body['n']!r})")
-    # Body fields named as sampling parameters set them; others (model, user, ...) are ignored.
-    options = {name: body[name] for name in SAMPLING_PARAMETER_NAMES if body.get(name) is not None}
-    max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
-    if url == "/v1/chat/completions":
-        if "messages" not in body:
-            raise ValueError("messages: required for /v1/chat/completions")
-        return llm.create_chat_completion(body["messages"], max_tokens, stop=body.get("stop"), **options)
-    if not isinstance(body.get("prompt"), str):
-        raise ValueError("prompt: a string is required for /v1/completions")
-    return llm.create_completion(body["prompt"], 128 if max_tokens is None else max_tokens, stop=body.get("stop"),
-                                 **options)
+    response = request.run(llm)
+    assert isinstance(response, dict)
+    return response
+
+
+@dataclass(frozen=True)
+class WorkItem:
+    """A line of IN to answer: its request, or why it is no request (`problem`)."""
+
+    position: int                 # among the non-empty lines of IN, from 1
+    custom_id: str
+    request: dict[str, Any] | None
+    problem: str | None = None
+
+
+@dataclass(frozen=True)
+class Answer:
+    """The OUT line for one work item and what the progress report says of it."""
+
+    record: dict[str, Any]
+    completion_tokens: int
+    note: str
+    error: str | None = None  # for the summary: what went wrong, None when the request was answered
+
+
+def plan_batch(in_path: Path, out_path: Path) -> tuple[list[WorkItem], int, int]:
+    """The lines of IN still to answer, the number of requests in IN, and how many OUT already has."""
+    if not in_path.is_file():
+        raise BatchFileError(f"{in_path}: no such input file")
+    if out_path.is_dir():
+        raise BatchFileError(f"{out_path}: is a folder, not an output file")
+    try:
+        lines = in_path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as error:
+        raise BatchFileError(f"{in_path}: cannot read it as UTF-8 text ({error})") from None
+    done = answered_ids(out_path)
+    numbered = [(number, line) for number, line in enumerate(lines, 1) if line.strip()]
+    items, seen, skipped = [], set(), 0
+    for position, (number, line) in enumerate(numbered, 1):
+        try:
+            custom_id, request = parse_request(line, number)
+            if custom_id in seen:
+                raise RequestError(f"line-{number}", f"line {number}: custom_id {custom_id!r} repeats an earlier line")
+            problem = None
+        except RequestError as error:
+            custom_id, request, problem = error.custom_id, None, str(error)
+        seen.add(custom_id)
+        if custom_id in done:
+            skipped += 1
+        else:
+            items.append(WorkItem(position, custom_id, request, problem))
+    return items, len(numbered), skipped
+
+
+def answer(llm: LLM, item: WorkItem, clock: Callable[[], float] = time.perf_counter) -> Answer:
+    """Run one work item on `llm`: its OUT line, never an exception for a request the model refuses."""
+    if item.request is None:
+        record = _record(item.custom_id, None, {"code": "invalid_request", "message": item.problem})
+        return Answer(record, 0, f"error: {item.problem}", item.problem)
+    started = clock()
+    try:
+        body = run_request(llm, item.request["url"], item.request["body"])
+    except ValueError as error:
+        return Answer(_record(item.custom_id, _error_response(str(error)), None), 0, f"error: {error}",
+                      f"{item.custom_id}: {error}")
+    seconds = clock() - started
+    tokens = body["usage"]["completion_tokens"]
+    record = _record(item.custom_id, {"status_code": 200, "request_id": f"req_{uuid.uuid4().hex}", "body": body},
+                     None)
+    return Answer(record, tokens, f"{tokens} tokens, {tokens / seconds if seconds > 0 else 0.0:.2f} tok/s")
+
+
+class BatchWriter:
+    """Appends answers to OUT, one whole flushed line each, counting them and reporting progress."""
+
+    def __init__(self, out_path: Path, total: int, skipped: int, progress: TextIO | None,
+                 clock: Callable[[], float] = time.perf_counter) -> None:
+        try:
+            self.out = open(out_path, "a", encoding="utf-8")  # noqa: SIM115  (close() closes it)
+        except OSError as error:
+            raise BatchFileError(f"{out_path}: cannot write ({error.strerror})") from None
+        self.summary = BatchSummary(total=total, skipped=skipped)
+        self.progress = progress
+        self.clock = clock
+        self.started = clock()
+
+    def write(self, item: WorkItem, result: Answer) -> None:
+        self.out.write(json.dumps(result.record, ensure_ascii=False) + "\n")
+        self.out.flush()
+        summary = self.summary
+        if result.error is None:
+            summary.succeeded += 1
+            summary.completion_tokens += result.completion_tokens
+        else:
+            summary.failed += 1
+            summary.errors.append(result.error)
+        summary.seconds = self.clock() - self.started
+        if self.progress is not None:
+            overall = summary.completion_tokens / summary.seconds if summary.seconds > 0 else 0.0
+            self.progress.write(f"[{item.position}/{summary.total}] {item.custom_id}: {result.note} "
+                                f"(overall {overall:.2f} tok/s)\n")
+            self.progress.flush()
+
+    def close(self) -> BatchSummary:
+        self.out.close()
+        self.summary.seconds = self.clock() - self.started
+        return self.summary
 
 
 def _record(custom_id: str, response: dict[str, Any] | None, error: dict[str, Any] | None) -> dict[str, Any]:
@@ -130,66 +223,11 @@ def _error_response(message: str) -> dict[str, Any]:
 def run_batch(llm: LLM, in_path: str | os.PathLike[str], out_path: str | os.PathLike[str],
               progress: TextIO | None = None, clock: Callable[[], float] = time.perf_counter) -> BatchSummary:
     """Answer every request of IN not yet in OUT, appending one line per request to OUT."""
-    in_path, out_path = Path(in_path), Path(out_path)
-    if not in_path.is_file():
-        raise BatchFileError(f"{in_path}: no such input file")
-    if out_path.is_dir():
-        raise BatchFileError(f"{out_path}: is a folder, not an output file")
+    items, total, skipped = plan_batch(Path(in_path), Path(out_path))
+    writer = BatchWriter(Path(out_path), total, skipped, progress, clock)
     try:
-        lines = in_path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as error:
-        raise BatchFileError(f"{in_path}: cannot read it as UTF-8 text ({error})") from None
-    done = answered_ids(out_path)
-    numbered = [(number, line) for number, line in enumerate(lines, 1) if line.strip()]
-    summary = BatchSummary(total=len(numbered))
-    started = clock()
-    seen: set[str] = set()
-    try:
-        out = open(out_path, "a", encoding="utf-8")  # noqa: SIM115  (the with below closes it)
-    except OSError as error:
-        raise BatchFileError(f"{out_path}: cannot write ({error.strerror})") from None
-    with out:
-        for position, (number, line) in enumerate(numbered, 1):
-            try:
-                custom_id, request = parse_request(line, number)
-                if custom_id in seen:
-                    raise RequestError(f"line-{number}",
-                                       f"line {number}: custom_id {custom_id!r} repeats an earlier line")
-            except RequestError as error:
-                custom_id, message, request = error.custom_id, str(error), None
-            seen.add(custom_id)
-            if custom_id in done:
-                summary.skipped += 1
-                continue
-            if request is None:
-                record = _record(custom_id, None, {"code": "invalid_request", "message": message})
-                summary.failed += 1
-                summary.errors.append(message)
-                note = f"error: {message}"
-            else:
-                request_started = clock()
-                try:
-                    body = run_request(llm, request["url"], request["body"])
-                except ValueError as error:
-                    message = f"{custom_id}: {error}"
-                    record = _record(custom_id, _error_response(str(error)), None)
-                    summary.failed += 1
-                    summary.errors.append(message)
-                    note = f"error: {error}"
-                else:
-                    record = _record(custom_id, {"status_code": 200, "request_id": f"req_{uuid.uuid4().hex}",
-                                                 "body": body}, None)
-                    summary.succeeded += 1
-                    tokens = body["usage"]["completion_tokens"]
-                    summary.completion_tokens += tokens
-                    seconds = clock() - request_started
-                    note = f"{tokens} tokens, {tokens / seconds if seconds > 0 else 0.0:.2f} tok/s"
-            out.write(json.dumps(record, ensure_ascii=False) + "\n")
-            out.flush()
-            if progress is not None:
-                summary.seconds = clock() - started
-                overall = summary.completion_tokens / summary.seconds if summary.seconds > 0 else 0.0
-                progress.write(f"[{position}/{summary.total}] {custom_id}: {note} (overall {overall:.2f} tok/s)\n")
-                progress.flush()
-    summary.seconds = clock() - started
+        for item in items:
+            writer.write(item, answer(llm, item, clock))
+    finally:
+        summary = writer.close()
     return summary
