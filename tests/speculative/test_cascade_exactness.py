@@ -1,13 +1,22 @@
 """Greedy cascades give the target's output token for token, whatever the levels, policy and cache
-state, with every cache on the accepted text; cascades that cannot work are refused."""
+state, with every cache on the accepted text; cascades that cannot work are refused. The same equality
+holds with native Gemma-3-shaped models, whose sliding windows are shorter than the text."""
 
 import pytest
 
 from mlspecqd.apps.generation import generate
+from mlspecqd.engine.model import Model
 from mlspecqd.engine.sampling import SamplingParams
 from mlspecqd.speculative import Cascade, CascadeError, ModelLevel, NgramDrafter, VocabularyMismatchError
 from support.fake_models import ByteTokenizer, FakeLanguageModel, reference_greedy
-from support.speculative_fixtures import PROMPT, VOCAB, assert_caches_match_accepted_text, target_model
+from support.speculative_fixtures import (
+    PROMPT,
+    VOCAB,
+    assert_caches_match_accepted_text,
+    gemma3_native_model,
+    gemma3_prompt,
+    target_model,
+)
 
 
 def cascade_levels(size: int, target: FakeLanguageModel) -> list:
@@ -122,6 +131,35 @@ def test_cache_is_reused_by_a_following_generation():
     assert second.timings["cache_n"] >= len(PROMPT) + 20
     assert second.timings["prompt_n"] == len(follow_up) - second.timings["cache_n"]
     assert_caches_match_accepted_text(cascade, follow_up + second.tokens)
+
+
+# Native Gemma-3-shaped models: real kernels, sliding-window layers, drafts that are sometimes wrong.
+
+def gemma3_levels(target: Model, drafts: str) -> list:
+    """The target's own MXFP4 copy (its linear layers and LM head cast), a second Gemma model on other
+    weights, and the n-gram drafter, as `drafts` names them (smallest first)."""
+    made = {"ngram": NgramDrafter, "mxfp4": lambda: target.sibling("mxfp4"),
+            "other": lambda: gemma3_native_model(seed=5)}
+    return [made[name]() for name in drafts.split("+")] + [target]
+
+
+@pytest.mark.parametrize("policy", ["cost", "fixed"])
+@pytest.mark.parametrize("drafts", ["mxfp4", "ngram+mxfp4", "other+mxfp4", "ngram+other+mxfp4"])
+def test_greedy_cascade_of_native_gemma3_models_is_plain_decoding(drafts, policy):
+    """Every token equals plain greedy decoding of the target (a separate model on the same weights),
+    the prompt prefilled in chunks of 16 and the text running to 20 times the sliding window."""
+    plain_model = gemma3_native_model()
+    prompt = gemma3_prompt()
+    tokenizer = ByteTokenizer(plain_model.vocab_size)
+    plain = generate(plain_model, tokenizer, prompt, 140, prompt_chunk=16).run()
+    target = gemma3_native_model()
+    cascade = Cascade(gemma3_levels(target, drafts), policy=policy, draft_max=6)
+    result = generate(cascade, tokenizer, prompt, 140, prompt_chunk=16).run()
+    assert result.tokens == plain.tokens
+    assert target.n_past >= len(prompt) + len(result.tokens) - 1
+    levels = result.timings["levels"]
+    if policy == "fixed":  # drafts were made, and some of them rejected, so verification did real work
+        assert 0 < levels[-2]["draft_n_accepted"] < levels[-2]["draft_n"]
 
 
 # Building cascades.
