@@ -1,13 +1,15 @@
 """Decode, verification-batch and prompt speed of the native decoder, next to llama.cpp on the same model.
 
-    python3 bench/run.py decode [--model GGUF] [--precision bf16|mxfp4] [--threads 2] [--no-llama-cpp] [--out FILE]
+    python3 bench/run.py decode [--model GGUF] [--precision bf16|mxfp4] [--threads 2] [--no-llama-cpp]
+                                [--llama-cpp-model GGUF] [--out FILE]
 
 Default model: Qwen2.5-Coder-1.5B-Instruct (Q4_K_M GGUF) upcast to BF16 at load. Measures
   - decode: tokens/s of one-token forwards after a 512-token prompt;
   - verification: time of a forward of K + 1 tokens relative to a one-token forward, K = 1..16;
   - prompt: tokens/s of one 512-token forward from position 0.
-If llama.cpp is built (bench/llamacpp.py), its own BF16 or MXFP4 copy of the same model is measured
-with -t THREADS -p 512 -n 32 and the ratios printed. Prints JSON (also written to bench/results/decode.json),
+If llama.cpp is built (bench/llamacpp.py), its own BF16 or MXFP4 copy of the same model (or the file
+--llama-cpp-model names, e.g. the --model file itself when that is BF16 already) is measured with
+-t THREADS -p 512 -n 32 and the ratios printed. Prints JSON (also written to bench/results/decode.json),
 then a markdown table.
 Goals: decode >= 0.95x llama.cpp tg, a 9-token forward <= 1.3x a 1-token forward, prompt >= llama.cpp pp512.
 
@@ -81,11 +83,12 @@ def measure_native(model: Model, decode_tokens: int, max_k: int, repeats: int) -
     }
 
 
-def measure_llama_cpp(source: Path, precision: str, threads: int) -> dict[str, Any] | None:
-    """llama-bench on llama.cpp's own copy of the model at the same precision (bench/llamacpp.py)."""
+def measure_llama_cpp(source: Path, precision: str, threads: int, model: Path | None) -> dict[str, Any] | None:
+    """llama-bench on `model`, by default llama.cpp's own copy of `source` at the same precision
+    (bench/llamacpp.py)."""
     if not llamacpp.available():
         return None
-    model = llamacpp.quantized_copy(source, precision)
+    model = model or llamacpp.quantized_copy(source, precision)
     out = subprocess.run([str(llamacpp.BIN / "llama-bench"), "-m", str(model), "-t", str(threads),
                           "-p", str(PROMPT_TOKENS), "-n", "32", "-o", "json"],
                          check=True, capture_output=True, text=True).stdout
@@ -110,6 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=5,
                         help="prompt: best of this many; batches: median of this many")
     parser.add_argument("--no-llama-cpp", action="store_true", help="skip the llama-bench comparison")
+    parser.add_argument("--llama-cpp-model", type=Path, default=None,
+                        help="the GGUF llama-bench runs (default: llama-quantize's copy of --model at --precision)")
     parser.add_argument("--out", "--json-out", dest="out", type=Path, default=RESULTS / "decode.json",
                         help="JSON file (default: bench/results/decode.json)")
     args = parser.parse_args(argv)
@@ -121,7 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     native = measure_native(model, args.decode_tokens, args.max_k, args.repeats)
     model.close()
     del model
-    llama = None if args.no_llama_cpp else measure_llama_cpp(args.model, args.precision, args.threads)
+    llama = None if args.no_llama_cpp else measure_llama_cpp(args.model, args.precision, args.threads,
+                                                             args.llama_cpp_model)
 
     report: dict[str, Any] = {
         "benchmark": "decode", "model": str(args.model), "precision": args.precision, "threads": args.threads,
