@@ -121,15 +121,21 @@ def sampling_from_args(args: argparse.Namespace) -> SamplingParams:
     return SamplingParams.greedy().replace(**{name: getattr(args, name) for _, name, _, _ in SAMPLING_FLAGS})
 
 
-def load_from_args(args: argparse.Namespace) -> LLM:
-    """The LLM the model arguments describe; bad ones raise UsageError before the weights are read."""
+def load_arguments(args: argparse.Namespace) -> dict[str, Any]:
+    """mlspecqd.load()'s keyword arguments, as the model arguments give them."""
     if args.no_speculation and args.draft:
         raise UsageError("--draft and --no-speculation contradict each other: give one")
-    drafts = [] if args.no_speculation else args.draft
+    return {"model": args.model, "drafts": [] if args.no_speculation else args.draft, "threads": args.threads,
+            "ctx": args.ctx, "draft_policy": args.draft_policy, "draft_max": args.draft_max,
+            "precision": args.precision}
+
+
+def load_from_args(args: argparse.Namespace) -> LLM:
+    """The LLM the model arguments describe; bad ones raise UsageError before the weights are read."""
+    arguments = load_arguments(args)
     started = time.perf_counter()
     try:
-        llm = load(args.model, drafts, threads=args.threads, ctx=args.ctx, draft_policy=args.draft_policy,
-                   draft_max=args.draft_max, precision=args.precision)
+        llm = load(**arguments)
     except (ValueError, OSError) as error:  # every bad-input error of loading is a ValueError subclass
         raise UsageError(str(error)) from None
     if getattr(args, "verbose", False):
@@ -201,6 +207,20 @@ def cmd_chat(args: argparse.Namespace) -> int:
 def cmd_batch(args: argparse.Namespace) -> int:
     if not Path(args.input).is_file():
         raise UsageError(f"{args.input}: no such input file")
+    if args.ray is not None:
+        from mlspecqd.apps.ray_batch import RayBatchError, RayUnavailableError, run_batch_on_ray
+
+        try:
+            summary = run_batch_on_ray(load_arguments(args), args.input, args.output,
+                                       address=None if args.ray == "local" else args.ray, actors=args.actors,
+                                       progress=sys.stderr)
+        except (BatchFileError, RayUnavailableError) as error:
+            raise UsageError(str(error)) from None
+        except RayBatchError as error:
+            print(f"mlspecqd batch: error: {error}", file=sys.stderr)
+            return 1
+        print(summary.line(), file=sys.stderr)
+        return 0
     with load_from_args(args) as llm:
         try:
             summary = run_batch(llm, args.input, args.output, progress=sys.stderr)
@@ -275,6 +295,11 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("input", metavar="IN.jsonl", help="requests: custom_id, method, url, body per line")
     batch.add_argument("output", metavar="OUT.jsonl", help="answers, appended one line per request")
     batch.add_argument("-v", "--verbose", action="store_true", help="load details on stderr")
+    batch.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
+                       help="answer on a Ray cluster (needs mlspecqd[ray]): its ADDRESS, or none for the one "
+                            "RAY_ADDRESS names or a local one")
+    batch.add_argument("--actors", type=_count(1, 4096), default=2,
+                       help="with --ray: actors, each holding one loaded model (default %(default)s)")
     add_model_arguments(batch)
     batch.set_defaults(run=cmd_batch)
 
