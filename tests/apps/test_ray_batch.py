@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from support.llm_fixtures import write_chat_model
+from support.real_models import real_model_path
 
 pytest.importorskip("ray.data")
 pytest.importorskip("mlspecqd.engine.model")
@@ -91,8 +92,14 @@ def text_of(record: dict) -> str | None:
     return response["body"]["choices"][0]["message"]["content"]
 
 
-def test_killed_actor_and_rerun_answer_every_request_once(cluster, tmp_path):
-    model = write_chat_model(tmp_path / "model.gguf", {"context_length": 1024}, seed=1)
+@pytest.fixture(params=["synthetic", pytest.param("smollm2-135m", marks=pytest.mark.real_model)])
+def model(request, tmp_path) -> Path:
+    if request.param == "synthetic":
+        return write_chat_model(tmp_path / "model.gguf", {"context_length": 1024}, seed=1)
+    return real_model_path(request.param)
+
+
+def test_killed_actor_and_rerun_answer_every_request_once(cluster, model, tmp_path):
     source = tmp_path / "requests.jsonl"
     write_requests(source)
     local = tmp_path / "local.jsonl"
