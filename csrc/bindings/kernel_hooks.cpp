@@ -98,7 +98,8 @@ FloatArray causal_attention(const FloatArray& q, const FloatArray& k, const Floa
     p.first_position = first_position;
     p.scale = float(1.0 / std::sqrt(double(p.head_dim)));
     p.window = window;
-    if (window < 0) throw std::invalid_argument("causal_attention: window = " + std::to_string(window) + " is negative");
+    if (window < 0)
+        throw std::invalid_argument("causal_attention: window = " + std::to_string(window) + " is negative");
     const bool shapes_fit = k.shape(2) == p.head_dim && v.shape(0) == p.n_kv_heads && v.shape(1) == p.capacity &&
                             v.shape(2) == p.head_dim && p.n_kv_heads > 0 && p.n_heads % p.n_kv_heads == 0 &&
                             first_position >= 0 && first_position + p.T <= p.capacity;

@@ -65,7 +65,8 @@ RopeScalingKind rope_scaling_kind_from_name(const std::string& name) {
 GateActivation gate_activation_from_name(const std::string& name) {
     if (name == "silu") return GateActivation::silu;
     if (name == "gelu_tanh") return GateActivation::gelu_tanh;
-    throw std::invalid_argument("model config: activation '" + name + "' is not supported (supported: silu, gelu_tanh)");
+    throw std::invalid_argument("model config: activation '" + name +
+                                "' is not supported (supported: silu, gelu_tanh)");
 }
 
 }  // namespace mlspecqd

@@ -1,6 +1,7 @@
 // The gated MLP's activations, elementwise: gate <- act(gate) * up, with
 //   silu(x)      = x / (1 + exp(-x))
-//   gelu_tanh(x) = 0.5 x (1 + tanh(sqrt(2 / pi) (x + 0.044715 x^3))) = x / (1 + exp(-2 sqrt(2 / pi) x (1 + 0.044715 x^2)))
+//   gelu_tanh(x) = 0.5 x (1 + tanh(sqrt(2 / pi) (x + 0.044715 x^3)))
+//                = x / (1 + exp(-2 sqrt(2 / pi) x (1 + 0.044715 x^2)))
 // GELU is computed in its logistic form (0.5 (1 + tanh(y)) = 1 / (1 + exp(-2y))), which needs only exp and
 // loses nothing to cancellation where tanh(y) is near -1. The scalar path is the reference; the vector
 // paths take the same operations in the same order except exp (exp_ps), so they match it within a few

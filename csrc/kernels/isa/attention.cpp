@@ -347,7 +347,9 @@ void causal_attention(const AttentionProblem& p, int64_t item_begin, int64_t ite
         const int64_t kv_head = item / p.T, first_row = item % p.T;
         const int64_t rows = std::min({item_end - item, p.T - first_row, kAttentionRowsTogether});
         const auto n_keys = [&](int64_t i) { return p.first_position + first_row + i + 1; };
-        const auto first_key = [&](int64_t i) { return p.window > 0 ? std::max<int64_t>(0, n_keys(i) - p.window) : 0; };
+        const auto first_key = [&](int64_t i) {
+            return p.window > 0 ? std::max<int64_t>(0, n_keys(i) - p.window) : int64_t{0};
+        };
         // Rows are in position order, so row 0's window starts first.
         const int64_t first_block = first_key(0) / kBlock * kBlock;
         const auto q = [&](int64_t i) { return p.q + (first_row + i) * row_stride + kv_head * group * p.head_dim; };
