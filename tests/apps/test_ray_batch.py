@@ -1,6 +1,6 @@
 """`mlspecqd batch --ray` on a Ray cluster of this machine (a head and a worker node on 127.0.0.1): every
-custom_id answered once after an actor is killed mid-run and the batch is rerun, with the local mode's
-greedy outputs."""
+custom_id answered once, with the local mode's greedy outputs, after an actor is killed mid-run, then the
+driver, and the batch is run again."""
 
 from __future__ import annotations
 
@@ -119,6 +119,13 @@ def test_killed_actor_and_rerun_answer_every_request_once(cluster, model, tmp_pa
     assert killed, "the batch ended before an actor could be killed"
     # Ray restarts the actor and retries its request, or the run stops with one line saying a rerun goes on.
     assert first.returncode == 0 or "a rerun answers the rest" in first_errors, first_errors
+    # The driver killed in its turn: OUT keeps whole lines only, and the next run answers the rest.
+    second = batch(model, source, out, "--ray", cluster, "--actors", "2")
+    answered = len(out.read_text().splitlines())
+    while second.poll() is None and len(out.read_text().splitlines()) < min(answered + 2, REQUESTS):
+        time.sleep(0.05)
+    second.kill()
+    second.wait(timeout=60)
     rerun = batch(model, source, out, "--ray", cluster, "--actors", "2")
     _, errors = rerun.communicate(timeout=300)
     assert rerun.returncode == 0, errors
