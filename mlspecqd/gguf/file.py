@@ -16,6 +16,8 @@ from mlspecqd.gguf.format import GGUFError, ParsedFile, TensorInfo, parse
 from mlspecqd.gguf.spec import ModelSpec, read_model_spec
 
 DEQUANTIZABLE_TYPES = frozenset(GGMLQuantizationType(number) for number in _native.dequantizable_types())
+# Values checked for NaN and infinity per pass: a chunk and its scratch stay in L2.
+_FINITE_CHECK_CHUNK = 1 << 16
 
 
 class GGUFFile:
@@ -50,11 +52,13 @@ class GGUFFile:
         return info
 
     def tensor_f32(self, name: str) -> np.ndarray:
-        """The tensor as float32 values, shaped as TensorInfo.shape (bit-identical to gguf.quants)."""
+        """The tensor as float32 values, shaped as TensorInfo.shape (bit-identical to gguf.quants); a
+        GGUFError when a value is NaN or infinite (see _check_finite)."""
         return self._dequantize(name, to_bf16=False)
 
     def tensor_bf16(self, name: str) -> np.ndarray:
-        """The tensor as BF16 bit patterns (uint16), rounded to nearest even from the float32 values."""
+        """The tensor as BF16 bit patterns (uint16), rounded to nearest even from the float32 values; a
+        GGUFError when a value is NaN or infinite."""
         return self._dequantize(name, to_bf16=True)
 
     def _dequantize(self, name: str, to_bf16: bool) -> np.ndarray:
@@ -64,7 +68,26 @@ class GGUFFile:
             problem = f"type {info.ggml_type.name} cannot be dequantized (supported: {supported})"
             raise GGUFError(self.path, f"tensor {name}", problem)
         values = _native.dequantize(info.raw, int(info.ggml_type), info.n_elements, to_bf16)
+        self._check_finite(name, values, to_bf16)
         return values.reshape(info.shape)
+
+    def _check_finite(self, name: str, values: np.ndarray, bf16: bool) -> None:
+        """A GGUFError naming the first NaN or infinity among the tensor's values. A trained model has
+        none: one in a weight spreads through every activation after it (all logits NaN: greedy decoding
+        would repeat token 0), so such a file is corrupt and is refused when its tensors are read."""
+        # Read as unsigned integers, a value is NaN or infinite when its exponent bits are all ones; shifting
+        # the sign bit out leaves exactly those values at or above the shifted exponent mask.
+        bits = values.view(np.uint16 if bf16 else np.uint32)
+        threshold = bits.dtype.type(0xFF00 if bf16 else 0xFF000000)
+        scratch = np.empty(min(bits.size, _FINITE_CHECK_CHUNK), bits.dtype)
+        for start in range(0, bits.size, _FINITE_CHECK_CHUNK):
+            chunk = bits[start : start + _FINITE_CHECK_CHUNK]
+            shifted = np.left_shift(chunk, 1, out=scratch[: chunk.size])
+            if shifted.max() >= threshold:
+                index = start + int(np.argmax(shifted >= threshold))
+                value = np.array(int(values[index]) << 16, np.uint32).view(np.float32) if bf16 else values[index]
+                problem = f"value {index} of {bits.size} is {float(value)} (the file is corrupt)"
+                raise GGUFError(self.path, f"tensor {name}", problem)
 
     def close(self) -> None:
         """Drops this object's references to the mapping; it is unmapped once no array uses it."""

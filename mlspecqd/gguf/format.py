@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import reprlib
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,13 +43,39 @@ _SCALAR_DTYPES = {value_type: np.dtype(fmt.replace("?", "u1")) for value_type, f
 _MIN_METADATA_ENTRY_BYTES = 8 + 4 + 1
 _MIN_TENSOR_ENTRY_BYTES = 8 + 4 + 4 + 8
 _STRING_LENGTH_BYTES = 8
+# The longest excerpt of a file's own text (a key, a tensor name, a value) that an error message quotes.
+_EXCERPT_CHARS = 200
+_PROBLEM_CHARS = 1000
+
+
+def one_line(text: str, limit: int | None = None) -> str:
+    """`text` fit for a one-line message: characters that are not printable (line breaks, NULs, other
+    controls) as Python escapes, and past `limit` characters cut, with "..." and the length said."""
+    if not text.isprintable():
+        text = "".join(char if char.isprintable() else char.encode("unicode_escape").decode("ascii") for char in text)
+    if limit is not None and len(text) > limit:
+        text = f"{text[:limit]}... ({len(text)} characters)"
+    return text
+
+
+_EXCERPTS = reprlib.Repr()
+_EXCERPTS.maxstring = _EXCERPTS.maxother = 80
+_EXCERPTS.maxlist = _EXCERPTS.maxtuple = _EXCERPTS.maxdict = _EXCERPTS.maxset = 8
+
+
+def excerpt(value: Any) -> str:
+    """repr(value), shortened, for a message that quotes a value from a file or a request: such a value
+    may be a string or a list of any length."""
+    return _EXCERPTS.repr(value)
 
 
 class GGUFError(ValueError):
-    """A GGUF file this package cannot use. The message reads "<path>: <field or tensor>: <problem>"."""
+    """A GGUF file this package cannot use. The message reads "<path>: <field or tensor>: <problem>", on
+    one line whatever the file holds (its keys and names are quoted as one_line excerpts)."""
 
     def __init__(self, path: str | Path, where: str, problem: str) -> None:
-        super().__init__(f"{path}: {where}: {problem}")
+        where_text, problem_text = one_line(where, _EXCERPT_CHARS), one_line(problem, _PROBLEM_CHARS)
+        super().__init__(f"{one_line(str(path))}: {where_text}: {problem_text}")
         self.path = Path(path)
         self.where = where
         self.problem = problem
