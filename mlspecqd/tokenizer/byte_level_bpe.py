@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import heapq
 
+from mlspecqd.gguf.format import excerpt
 from mlspecqd.tokenizer.pretokenizers import PRE_TOKENIZERS, PreTokenizer
 from mlspecqd.tokenizer.vocabulary import TokenizerError, TokenType, Vocabulary
 
@@ -42,7 +43,7 @@ class ByteLevelBPE:
         pre_tokenizer = PRE_TOKENIZERS.get(vocabulary.pre)
         if pre_tokenizer is None:
             raise TokenizerError(
-                f"tokenizer.ggml.pre: unsupported pre-tokenizer {vocabulary.pre!r} "
+                f"tokenizer.ggml.pre: unsupported pre-tokenizer {excerpt(vocabulary.pre)} "
                 f"(supported: {', '.join(sorted(PRE_TOKENIZERS))})"
             )
         if vocabulary.add_space_prefix:
@@ -132,10 +133,12 @@ def _merge_ranks(merges: list[str], ids: dict[str, int]) -> dict[str, int]:
     for rank, merge in enumerate(merges):
         left, separator, right = merge.partition(" ")
         if not separator or not left or not right or " " in right:
-            raise TokenizerError(f"tokenizer.ggml.merges[{rank}]: {merge!r} is not two tokens separated by one space")
+            problem = "is not two tokens separated by one space"
+            raise TokenizerError(f"tokenizer.ggml.merges[{rank}]: {excerpt(merge)} {problem}")
         for part in (left, right, left + right):
             if part not in ids:
-                raise TokenizerError(f"tokenizer.ggml.merges[{rank}]: {merge!r} needs {part!r}, which is not a token")
+                problem = f"needs {excerpt(part)}, which is not a token"
+                raise TokenizerError(f"tokenizer.ggml.merges[{rank}]: {excerpt(merge)} {problem}")
         # The first occurrence of a repeated merge is the one that applies.
         ranks.setdefault(merge, rank)
     return ranks

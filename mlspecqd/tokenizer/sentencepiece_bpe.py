@@ -12,6 +12,7 @@ import struct
 
 import sentencepiece
 
+from mlspecqd.gguf.format import excerpt
 from mlspecqd.tokenizer.vocabulary import TokenizerError, TokenType, Vocabulary
 
 SPACE_MARK = "\u2581"  # "▁", SentencePiece's spelling of a space
@@ -26,8 +27,8 @@ class SentencePieceBPE:
     def __init__(self, vocabulary: Vocabulary) -> None:
         if vocabulary.pre not in (None, "default"):
             raise TokenizerError(
-                f"tokenizer.ggml.pre: unsupported pre-tokenizer {vocabulary.pre!r} for a SentencePiece vocabulary "
-                "(supported: 'default')"
+                f"tokenizer.ggml.pre: unsupported pre-tokenizer {excerpt(vocabulary.pre)} for a SentencePiece "
+                "vocabulary (supported: 'default')"
             )
         self.token_bytes_table = [
             _token_bytes(index, text, token_type)
@@ -47,7 +48,8 @@ def _token_bytes(index: int, text: str, token_type: int) -> bytes:
     if token_type == TokenType.BYTE:
         match = _BYTE_TOKEN.fullmatch(text)
         if match is None:
-            raise TokenizerError(f"tokenizer.ggml.tokens[{index}]: byte token {text!r} is not of the form <0xNN>")
+            problem = f"byte token {excerpt(text)} is not of the form <0xNN>"
+            raise TokenizerError(f"tokenizer.ggml.tokens[{index}]: {problem}")
         return bytes((int(match.group(1), 16),))
     if token_type in _LITERAL_TYPES:
         return text.encode("utf-8")

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from mlspecqd.gguf import open_gguf
+from mlspecqd.gguf.format import excerpt
 from mlspecqd.tokenizer.byte_level_bpe import ByteLevelBPE
 from mlspecqd.tokenizer.sentencepiece_bpe import SentencePieceBPE
 from mlspecqd.tokenizer.special_tokens import SpecialTokenSplitter
@@ -66,6 +67,7 @@ class Tokenizer:
         text of control tokens (e.g. <|im_start|>) into those tokens, as chat prompts need."""
         if not isinstance(text, str):
             raise TokenizerError(f"encode: text must be a str, got {type(text).__name__}")
+        _check_encodable(text)
         ids: list[int] = []
         if add_special and self.add_bos:
             ids.append(self.bos_id)  # type: ignore[arg-type]
@@ -123,7 +125,7 @@ class Tokenizer:
         try:
             token_id = operator.index(token_id)  # ints and NumPy integers, not floats
         except TypeError:
-            raise TokenizerError(f"token id {token_id!r} is not an integer") from None
+            raise TokenizerError(f"token id {excerpt(token_id)} is not an integer") from None
         if not 0 <= token_id < self.vocabulary.size:
             size = self.vocabulary.size
             raise TokenizerError(f"token id {token_id} is out of range for a vocabulary of {size} tokens")
@@ -142,3 +144,15 @@ class Tokenizer:
                 self._ids_by_text({TokenType.USER_DEFINED, TokenType.CONTROL, TokenType.UNKNOWN})
             )
         return self._special_splitter
+
+
+def _check_encodable(text: str) -> None:
+    """A TokenizerError for text that is not Unicode a tokenizer can take: a lone surrogate (from JSON's
+    "\\ud800" or an undecodable command-line argument) has no UTF-8 bytes, so no token spells it."""
+    if text.isascii():
+        return
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise TokenizerError(f"encode: text holds a lone surrogate {text[error.start]!r} at character {error.start}, "
+                             "which is not valid Unicode") from None

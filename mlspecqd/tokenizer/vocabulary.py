@@ -6,13 +6,20 @@ Keys follow llama.cpp's names (tokenizer.ggml.*). Every problem is a TokenizerEr
 from __future__ import annotations
 
 import enum
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from mlspecqd.gguf.format import excerpt, one_line
+
 
 class TokenizerError(ValueError):
-    """A tokenizer that cannot be built, or an argument it cannot handle."""
+    """A tokenizer that cannot be built, or an argument it cannot handle. The message is one line: values
+    from the file are quoted as short excerpts (excerpt())."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(one_line(message, 1000))
 
 
 class TokenType(enum.IntEnum):
@@ -46,6 +53,10 @@ END_OF_TURN_TEXTS = frozenset(
 )
 
 _PREFIX = "tokenizer.ggml."
+# Special tokens are matched in text through a prefix tree of their characters, which takes some hundred
+# bytes per character; real vocabularies hold under 100,000 characters of them (Gemma 3: 76,000).
+MAX_SPECIAL_TOKEN_CHARS = 1 << 20
+_MATCHED_TYPES = (TokenType.USER_DEFINED, TokenType.CONTROL, TokenType.UNKNOWN)  # what Tokenizer matches in text
 
 
 @dataclass(frozen=True)
@@ -79,7 +90,8 @@ class Vocabulary:
             raise TokenizerError(f"{_PREFIX}model: missing (no tokenizer in this file)")
         if model not in SUPPORTED_MODELS:
             raise TokenizerError(
-                f"{_PREFIX}model: unsupported tokenizer model {model!r} (supported: {', '.join(SUPPORTED_MODELS)})"
+                f"{_PREFIX}model: unsupported tokenizer model {excerpt(model)} "
+                f"(supported: {', '.join(SUPPORTED_MODELS)})"
             )
         tokens = _string_list(metadata, "tokens", required=True)
         if not tokens:
@@ -95,6 +107,11 @@ class Vocabulary:
             if token_type not in valid_types:
                 raise TokenizerError(f"{_PREFIX}token_type[{index}]: unknown token type {token_type}")
 
+        special_chars = sum(len(text) for text, token_type in zip(tokens, token_types) if token_type in _MATCHED_TYPES)
+        if special_chars > MAX_SPECIAL_TOKEN_CHARS:
+            problem = f"special tokens of {special_chars} characters in all, more than {MAX_SPECIAL_TOKEN_CHARS}"
+            raise TokenizerError(f"{_PREFIX}tokens: {problem}")
+
         merges: list[str] = []
         scores: list[float] = []
         if model == "gpt2":
@@ -107,6 +124,9 @@ class Vocabulary:
                 scores = [float(score) for score in raw_scores]
             except (TypeError, ValueError) as error:
                 raise TokenizerError(f"{_PREFIX}scores: not a list of numbers ({error})") from None
+            nan = next((index for index, score in enumerate(scores) if math.isnan(score)), None)
+            if nan is not None:  # SentencePiece merges by score: NaN has no order
+                raise TokenizerError(f"{_PREFIX}scores[{nan}]: NaN")
             if len(scores) != size:
                 raise TokenizerError(f"{_PREFIX}scores: {len(scores)} entries for {size} tokens")
 
@@ -204,7 +224,7 @@ def _token_id(metadata: Mapping[str, Any], key: str, size: int) -> int | None:
         try:
             value = int(value)  # NumPy integers
         except (TypeError, ValueError):
-            raise TokenizerError(f"{_PREFIX}{key}: expected a token id, got {value!r}") from None
+            raise TokenizerError(f"{_PREFIX}{key}: expected a token id, got {excerpt(value)}") from None
     if not 0 <= value < size:
         raise TokenizerError(f"{_PREFIX}{key}: {value} is out of range for a vocabulary of {size} tokens")
     return value
@@ -215,7 +235,7 @@ def _flag(metadata: Mapping[str, Any], key: str, default: bool) -> bool:
     if value is None:
         return default
     if value not in (True, False, 0, 1):
-        raise TokenizerError(f"{_PREFIX}{key}: expected a boolean, got {value!r}")
+        raise TokenizerError(f"{_PREFIX}{key}: expected a boolean, got {excerpt(value)}")
     return bool(value)
 
 
