@@ -25,6 +25,7 @@ from typing import Any, TextIO
 
 from mlspecqd.apps.llm import LLM
 from mlspecqd.apps.openai_requests import URLS, CompletionRequest
+from mlspecqd.gguf.format import excerpt
 
 
 class BatchFileError(ValueError):
@@ -68,7 +69,7 @@ def answered_ids(out_path: Path) -> set[str]:
     for line in complete.splitlines():
         try:
             record = json.loads(line)
-        except ValueError:
+        except (ValueError, RecursionError):  # a line nested too deep is no record of ours either
             continue
         if isinstance(record, dict) and isinstance(record.get("custom_id"), str):
             ids.add(record["custom_id"])
@@ -82,16 +83,19 @@ def parse_request(line: str, number: int) -> tuple[str, dict[str, Any]]:
         request = json.loads(line)
     except ValueError as error:
         raise RequestError(fallback, f"line {number}: not JSON ({error})") from None
+    except RecursionError:
+        raise RequestError(fallback, f"line {number}: JSON nested too deep") from None
     if not isinstance(request, dict):
         raise RequestError(fallback, f"line {number}: expected a JSON object, got {type(request).__name__}")
     custom_id = request.get("custom_id")
     if not isinstance(custom_id, str) or not custom_id:
         raise RequestError(fallback, f"line {number}: needs a non-empty string custom_id")
     if request.get("method") != "POST":
-        raise RequestError(custom_id, f"line {number}: method must be \"POST\" (got {request.get('method')!r})")
+        method = excerpt(request.get("method"))
+        raise RequestError(custom_id, f"line {number}: method must be \"POST\" (got {method})")
     if request.get("url") not in URLS:
         raise RequestError(custom_id, f"line {number}: url must be one of {', '.join(URLS)} "
-                                      f"(got {request.get('url')!r})")
+                                      f"(got {excerpt(request.get('url'))})")
     if not isinstance(request.get("body"), dict):
         raise RequestError(custom_id, f"line {number}: body must be a JSON object")
     return custom_id, request
@@ -144,7 +148,8 @@ def plan_batch(in_path: Path, out_path: Path) -> tuple[list[WorkItem], int, int]
         try:
             custom_id, request = parse_request(line, number)
             if custom_id in seen:
-                raise RequestError(f"line-{number}", f"line {number}: custom_id {custom_id!r} repeats an earlier line")
+                problem = f"line {number}: custom_id {excerpt(custom_id)} repeats an earlier line"
+                raise RequestError(f"line-{number}", problem)
             problem = None
         except RequestError as error:
             custom_id, request, problem = error.custom_id, None, str(error)
