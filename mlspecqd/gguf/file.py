@@ -74,7 +74,7 @@ class GGUFFile:
     def _check_finite(self, name: str, values: np.ndarray, bf16: bool) -> None:
         """A GGUFError naming the first NaN or infinity among the tensor's values. A trained model has
         none: one in a weight spreads through every activation after it (all logits NaN: greedy decoding
-        would repeat token 0), so such a file is corrupt and is refused when its tensors are read."""
+        would repeat token 0), so such a file is corrupt, and it is refused when its tensors are read."""
         # Read as unsigned integers, a value is NaN or infinite when its exponent bits are all ones; shifting
         # the sign bit out leaves exactly those values at or above the shifted exponent mask.
         bits = values.view(np.uint16 if bf16 else np.uint32)
@@ -86,8 +86,9 @@ class GGUFFile:
             if shifted.max() >= threshold:
                 index = start + int(np.argmax(shifted >= threshold))
                 value = np.array(int(values[index]) << 16, np.uint32).view(np.float32) if bf16 else values[index]
-                problem = f"value {index} of {bits.size} is {float(value)} (the file is corrupt)"
-                raise GGUFError(self.path, f"tensor {name}", problem)
+                rounded = " in BF16" if bf16 else ""  # float32's largest values round up to infinity in BF16
+                problem = f"value {index} of {bits.size} is {float(value)}{rounded}: NaN and infinite weights are"
+                raise GGUFError(self.path, f"tensor {name}", f"{problem} refused")
 
     def close(self) -> None:
         """Drops this object's references to the mapping; it is unmapped once no array uses it."""

@@ -137,7 +137,7 @@ def test_weights_that_are_not_finite_are_refused_when_read(tmp_path, ggml_type, 
     corrupt_first_block(path, name, offset, value)
     if ggml_type == Q.MXFP4:  # the scale only overflows with the larger codes: make them all 6
         corrupt_first_block(path, name, 1, bytes([0x77] * 16))
-    expected = rf"w\.gguf: tensor {name.replace('.', '[.]')}: value \d+ of 6144 is (nan|-?inf) \(the file is corrupt\)"
+    expected = rf"w\.gguf: tensor {name.replace('.', '[.]')}: value \d+ of 6144 is (nan|-?inf)( in BF16)?: NaN and"
     with pytest.raises(GGUFError, match=expected):
         Model.load(path)
     with open_gguf(path) as file, pytest.raises(GGUFError, match=expected):
@@ -147,9 +147,11 @@ def test_weights_that_are_not_finite_are_refused_when_read(tmp_path, ggml_type, 
     assert not (tmp_path / "out.gguf").exists()
 
 
-def test_finite_weights_of_every_magnitude_are_read(tmp_path):
+def test_finite_weights_of_every_magnitude_are_read_but_not_when_bf16_makes_them_infinite(tmp_path):
     path = tmp_path / "big.gguf"
     values = write_model_gguf(path, "llama", {"n_layers": 1}, tensors={
         "blk.0.ffn_up.weight": np.full((96, 64), np.finfo(np.float32).max, np.float32)})
     with open_gguf(path) as file:
         assert np.array_equal(file.tensor_f32("blk.0.ffn_up.weight"), values["blk.0.ffn_up.weight"])
+        with pytest.raises(GGUFError, match=r"ffn_up\.weight: value 0 of 6144 is inf in BF16: NaN and infinite"):
+            file.tensor_bf16("blk.0.ffn_up.weight")
