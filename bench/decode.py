@@ -106,6 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--isa", default=None, help="pin mlspecqd's kernel table (scalar, avx2, avx512): "
+                                                    "avx2 stands in for AI PCs without AVX-512")
     parser.add_argument("--precision", default="bf16", choices=("bf16", "mxfp4"),
                         help="mxfp4: the linear layers and LM head cast (the self-draft), vs llama.cpp's MXFP4 copy")
     parser.add_argument("--decode-tokens", type=int, default=32)
@@ -120,6 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     _native.set_num_threads(args.threads)
+    if args.isa is not None:
+        _native.set_isa(args.isa)
     load_before = os.getloadavg()[0]
     context = PROMPT_TOKENS + args.decode_tokens + args.max_k + 8
     model = Model.load(args.model, precision=args.precision, context_length=context)

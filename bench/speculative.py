@@ -133,6 +133,8 @@ def load_real(args: argparse.Namespace) -> RealSetup:
         raise SystemExit(f"models not cached: run `mlspecqd pull {args.target}` and `mlspecqd pull {args.small}`")
     if args.threads:
         _native.set_num_threads(args.threads)
+    if getattr(args, "isa", None) is not None:  # the benchmarks sharing this loader may not offer --isa
+        _native.set_isa(args.isa)
     tokenizer = Tokenizer.from_gguf(target_path)
     small_tokenizer = Tokenizer.from_gguf(small_path)
     loaded = time.perf_counter()
@@ -291,6 +293,7 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--context", type=int, default=2048)
     parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--isa", default=None, help="pin mlspecqd's kernel table (scalar, avx2, avx512)")
     parser.add_argument("--out", type=Path, default=None,
                         help="JSON file (default: bench/results/speculative.json, speculative-synthetic.json)")
     args = parser.parse_args()
