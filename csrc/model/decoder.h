@@ -1,7 +1,7 @@
 // A dense decoder-only transformer (llama, qwen2, qwen3, gemma3) with its key/value cache. One forward
-// call runs T tokens through every layer. Activations are float32 throughout; the matrix products take whatever
-// weight type each Linear holds (BF16 or MXFP4). Batch invariant: the logits of a position are the same
-// bits whether it is computed alone, in a verification batch, or inside a prompt.
+// call runs T tokens through every layer. Activations are float32 throughout; the matrix products take
+// whatever weight type each Linear holds (BF16 or MXFP4). Batch invariant: the logits of a position are
+// the same bits whether it is computed alone, in a verification batch, or inside a prompt.
 #pragma once
 #include <cstdint>
 #include <mutex>
