@@ -16,7 +16,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from mlspecqd.engine.sampling import Sampler, SamplingParams
+from mlspecqd.engine.sampling import NonFiniteLogitsError, Sampler, SamplingParams
 from mlspecqd.speculative import Cascade, Decoding, LanguageModel
 
 MAX_NEW_TOKENS_LIMIT = 2**31 - 1
@@ -167,7 +167,11 @@ class Generation:
                 if budget <= 0:
                     finish_reason = "length"
                     break
-                for token in cascade.step(sequence, budget, decoding).tokens:
+                try:
+                    emitted = cascade.step(sequence, budget, decoding).tokens
+                except NonFiniteLogitsError as error:
+                    raise GenerationError(f"token {len(generated) + 1} of the answer: {error}") from None
+                for token in emitted:
                     sequence.append(token)
                     generated.append(token)
                     if token in end_ids:

@@ -10,6 +10,7 @@ going to the lowest token id.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -20,6 +21,17 @@ from mlspecqd.validation import finite_number, whole_number
 
 class SamplingParamsError(ValueError):
     """A sampling parameter outside its range; the message names the parameter."""
+
+
+class NonFiniteLogitsError(ValueError):
+    """A model gave NaN or infinite logits (finite weights can still overflow float32 in a forward):
+    there is no distribution to choose a token from."""
+
+
+def _check_finite(value: float, what: str) -> None:
+    if not math.isfinite(value):
+        raise NonFiniteLogitsError(f"the model's logits are not finite ({what} is {value}): its weights overflow "
+                                   "float32 on this input")
 
 
 @dataclass(frozen=True)
@@ -81,8 +93,12 @@ def penalized_logits(logits: np.ndarray, params: SamplingParams, recent_tokens: 
 
 
 def greedy_token(logits: np.ndarray, params: SamplingParams, recent_tokens: Sequence[int]) -> int:
-    """Argmax of the penalized logits; np.argmax returns the first maximum, so ties go to the lowest id."""
-    return int(np.argmax(penalized_logits(logits, params, recent_tokens)))
+    """Argmax of the penalized logits; np.argmax returns the first maximum, so ties go to the lowest id
+    (and a NaN, should there be one, which the check then refuses)."""
+    scores = penalized_logits(logits, params, recent_tokens)
+    best = int(np.argmax(scores))
+    _check_finite(float(scores[best]), "the largest")
+    return best
 
 
 class TokenDistribution:
@@ -130,7 +146,10 @@ def token_distribution(logits: np.ndarray, params: SamplingParams, recent_tokens
     scores = penalized_logits(logits, params, recent_tokens)
     vocab = scores.shape[0]
     if params.is_greedy:
-        return TokenDistribution(np.array([np.argmax(scores)]), np.ones(1), vocab)
+        best = int(np.argmax(scores))
+        _check_finite(float(scores[best]), "the largest")
+        return TokenDistribution(np.array([best]), np.ones(1), vocab)
+    _check_finite(float(scores.max()), "the largest")
     if 0 < params.top_k < vocab:
         candidates = _top_ids(scores, params.top_k)  # highest first
         weights = np.exp((scores[candidates].astype(np.float64) - float(scores[candidates[0]])) / params.temperature)

@@ -14,10 +14,6 @@ from mlspecqd.engine.model import Model
 from support.llm_fixtures import write_chat_model
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "not fixed in apps/generation.py / engine/sampling.py (outside issue 26's files): with all logits NaN, "
-    "greedy decoding emits token 0 every step and sampling raises IndexError (not a ValueError, so the CLI "
-    "and the batch runner crash); the decode loop should raise GenerationError on non-finite logits"))
 @pytest.mark.parametrize("sampling", [{}, {"temperature": 0.8, "seed": 1}], ids=["greedy", "sampled"])
 def test_logits_that_overflow_end_generation_with_an_error(tmp_path, sampling):
     path = write_chat_model(tmp_path / "overflow.gguf", tensors={
