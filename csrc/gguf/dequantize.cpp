@@ -49,6 +49,14 @@ float half_to_float(uint16_t h) {
     return float_from_bits(sign | bits);
 }
 
+// d * q + m as NumPy computes it. When the product and m are both NaN, x86 returns the first operand's NaN,
+// and the compiler may put either operand first (IEEE leaves the choice open; a sanitizer build swaps
+// them); taking the product's NaN explicitly keeps the bits those of the reference in every build.
+inline float scaled_plus_min(float d, float q, float m) {
+    const float product = d * q;
+    return product != product ? product : product + m;
+}
+
 // Each format decodes one block; the comments give the block layout in bytes.
 
 struct F32 {
@@ -87,8 +95,8 @@ struct Q4_1 {
         const float m = half_to_float(load_u16(block + 2));
         const uint8_t* qs = block + 4;
         for (int j = 0; j < 16; ++j) {
-            out[j] = d * static_cast<float>(qs[j] & 0x0f) + m;
-            out[j + 16] = d * static_cast<float>(qs[j] >> 4) + m;
+            out[j] = scaled_plus_min(d, static_cast<float>(qs[j] & 0x0f), m);
+            out[j + 16] = scaled_plus_min(d, static_cast<float>(qs[j] >> 4), m);
         }
     }
 };
@@ -119,8 +127,8 @@ struct Q5_1 {
         const uint32_t qh = load_u32(block + 4);
         const uint8_t* qs = block + 8;
         for (int j = 0; j < 16; ++j) {
-            out[j] = d * static_cast<float>((qs[j] & 0x0f) | high_bit(qh, j)) + m;
-            out[j + 16] = d * static_cast<float>((qs[j] >> 4) | high_bit(qh, j + 16)) + m;
+            out[j] = scaled_plus_min(d, static_cast<float>((qs[j] & 0x0f) | high_bit(qh, j)), m);
+            out[j + 16] = scaled_plus_min(d, static_cast<float>((qs[j] >> 4) | high_bit(qh, j + 16)), m);
         }
     }
 };
