@@ -1,7 +1,7 @@
 """Decode, verification-batch and prompt speed of the native decoder, next to llama.cpp on the same model.
 
     python3 bench/run.py decode [--model GGUF] [--precision bf16|mxfp4] [--threads 2] [--no-llama-cpp]
-                                [--llama-cpp-model GGUF] [--out FILE]
+                                [--llama-cpp-model GGUF] [--interleave ROUNDS] [--out FILE]
 
 Default model: Qwen2.5-Coder-1.5B-Instruct (Q4_K_M GGUF) upcast to BF16 at load. Measures
   - decode: tokens/s of one-token forwards after a 512-token prompt;
@@ -9,8 +9,10 @@ Default model: Qwen2.5-Coder-1.5B-Instruct (Q4_K_M GGUF) upcast to BF16 at load.
   - prompt: tokens/s of one 512-token forward from position 0.
 If llama.cpp is built (bench/llamacpp.py), its own BF16 or MXFP4 copy of the same model (or the file
 --llama-cpp-model names, e.g. the --model file itself when that is BF16 already) is measured with
--t THREADS -p 512 -n 32 and the ratios printed. Prints JSON (also written to bench/results/decode.json),
-then a markdown table.
+-t THREADS -p 512 -n 32 and the ratios printed. With --interleave ROUNDS, decode is also measured in
+rounds that alternate the two engines: 32 one-token forwards after the 512-token prompt, then llama-bench
+-n 32 -d 512 (the same depth), so that both meet the same machine state. Prints JSON (also written to
+bench/results/decode.json), then a markdown table.
 Goals: decode >= 0.95x llama.cpp tg, a 9-token forward <= 1.3x a 1-token forward, prompt >= llama.cpp pp512.
 
 The machine may be shared: other processes slow some samples down by large factors. Every rate is
@@ -102,6 +104,35 @@ def measure_llama_cpp(source: Path, precision: str, threads: int, model: Path | 
     }
 
 
+def llama_bench_decode_at_depth(model: Path, threads: int, tokens: int) -> float:
+    """llama-bench's decode rate (tokens/s) for `tokens` tokens after PROMPT_TOKENS cached ones, one repetition."""
+    out = subprocess.run([str(llamacpp.BIN / "llama-bench"), "-m", str(model), "-t", str(threads), "-p", "0",
+                          "-n", str(tokens), "-d", str(PROMPT_TOKENS), "-r", "1", "-o", "json"],
+                         check=True, capture_output=True, text=True).stdout
+    return json.loads(out)[0]["avg_ts"]
+
+
+def interleaved_decode(model: Model, llama_model: Path, threads: int, tokens: int, rounds: int) -> dict[str, Any]:
+    """Decode rates after a PROMPT_TOKENS-token prompt, mlspecqd and llama-bench taking turns round by round:
+    on a shared machine the load and the memory speed change within seconds, so two runs minutes apart
+    compare two machines, while a ratio within a round compares the engines. Median of the per-round ratios."""
+    rng = np.random.default_rng(1)
+    prompt, continuation = rng.integers(100, 20000, PROMPT_TOKENS), rng.integers(100, 20000, tokens)
+    rows = []
+    for _ in range(rounds):
+        model.forward(prompt, 0)
+        elapsed = sum(seconds(lambda i=i: model.forward(continuation[i : i + 1], PROMPT_TOKENS + i))
+                      for i in range(tokens))
+        theirs = llama_bench_decode_at_depth(llama_model, threads, tokens)
+        rows.append({"mlspecqd": tokens / elapsed, "llama_cpp": theirs, "load_average_1min": os.getloadavg()[0]})
+    return {
+        "rounds": rows,
+        "mlspecqd_median": statistics.median(row["mlspecqd"] for row in rows),
+        "llama_cpp_median": statistics.median(row["llama_cpp"] for row in rows),
+        "median_ratio": statistics.median(row["mlspecqd"] / row["llama_cpp"] for row in rows),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL)
@@ -117,6 +148,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-llama-cpp", action="store_true", help="skip the llama-bench comparison")
     parser.add_argument("--llama-cpp-model", type=Path, default=None,
                         help="the GGUF llama-bench runs (default: llama-quantize's copy of --model at --precision)")
+    parser.add_argument("--interleave", type=int, default=0, metavar="ROUNDS",
+                        help="also measure decode at depth 512 in this many rounds alternating the two engines")
     parser.add_argument("--out", "--json-out", dest="out", type=Path, default=RESULTS / "decode.json",
                         help="JSON file (default: bench/results/decode.json)")
     args = parser.parse_args(argv)
@@ -128,6 +161,10 @@ def main(argv: list[str] | None = None) -> int:
     context = PROMPT_TOKENS + args.decode_tokens + args.max_k + 8
     model = Model.load(args.model, precision=args.precision, context_length=context)
     native = measure_native(model, args.decode_tokens, args.max_k, args.repeats)
+    interleaved = None
+    if args.interleave and not args.no_llama_cpp and llamacpp.available():
+        llama_model = args.llama_cpp_model or llamacpp.quantized_copy(args.model, args.precision)
+        interleaved = interleaved_decode(model, llama_model, args.threads, args.decode_tokens, args.interleave)
     model.close()
     del model
     llama = None if args.no_llama_cpp else measure_llama_cpp(args.model, args.precision, args.threads,
@@ -139,6 +176,8 @@ def main(argv: list[str] | None = None) -> int:
         # other processes on the machine make every timing slower and noisier: keep the load with them
         "load_average_1min": {"start": load_before, "end": os.getloadavg()[0]},
     }
+    if interleaved:
+        report["interleaved_decode"] = interleaved
     if llama:
         report["ratios"] = {
             "decode_vs_llama_cpp_tg": native["decode_tokens_per_second"] / llama["decode_tokens_per_second"],
@@ -156,6 +195,10 @@ def main(argv: list[str] | None = None) -> int:
         theirs = f"{llama[key]:.1f}" if llama else "-"
         ratio = f"{native[key] / llama[key]:.2f}x" if llama else "-"
         print(f"| {label} | {native[key]:.1f} | {theirs} | {ratio} |")
+    if interleaved:
+        print(f"| decode tok/s at depth {PROMPT_TOKENS}, {args.interleave} alternating rounds (medians) "
+              f"| {interleaved['mlspecqd_median']:.1f} | {interleaved['llama_cpp_median']:.1f} "
+              f"| {interleaved['median_ratio']:.2f}x |")
     print()
     print("| K | forward of K+1 tokens (ms, median) | vs 1 token (median of paired ratios) |")
     print("|---|---|---|")
