@@ -147,7 +147,7 @@ class Vocabulary:
             add_bos=_flag(metadata, "add_bos_token", default=is_sentencepiece),
             add_eos=_flag(metadata, "add_eos_token", default=False),
             add_space_prefix=_flag(metadata, "add_space_prefix", default=is_sentencepiece),
-            chat_template=_chat_template(metadata),
+            chat_template=_chat_template(metadata, tokens, token_types),
         )
 
     def end_of_generation_ids(self) -> frozenset[int]:
@@ -239,8 +239,32 @@ def _flag(metadata: Mapping[str, Any], key: str, default: bool) -> bool:
     return bool(value)
 
 
-def _chat_template(metadata: Mapping[str, Any]) -> str | None:
+# Gemma's turn format, for Gemma files that carry no tokenizer.chat_template (the hub's gemma-3-270m has
+# none). A system message opens the first user turn; "assistant" turns are Gemma's "model" turns: llama.cpp's
+# built-in "gemma" format, with the BOS written.
+GEMMA_CHAT_TEMPLATE = (
+    "{{- bos_token -}}"
+    "{%- if messages and messages[0]['role'] == 'system' -%}"
+    "{%- set prefix = messages[0]['content'] | trim + '\n\n' -%}{%- set turns = messages[1:] -%}"
+    "{%- else -%}{%- set prefix = '' -%}{%- set turns = messages -%}{%- endif -%}"
+    "{%- for message in turns -%}"
+    "{%- set role = 'model' if message['role'] == 'assistant' else message['role'] -%}"
+    "{{- '<start_of_turn>' + role + '\n' + (prefix if loop.first else '') + message['content'] | trim"
+    " + '<end_of_turn>\n' -}}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{- '<start_of_turn>model\n' -}}{%- endif -%}"
+)
+_GEMMA_TURN_TOKENS = frozenset({"<start_of_turn>", "<end_of_turn>"})
+
+
+def _chat_template(metadata: Mapping[str, Any], tokens: list[str], token_types: list[int]) -> str | None:
+    """The file's template; where it has none, Gemma's turn format when both turn tokens are special."""
     value = metadata.get("tokenizer.chat_template")
     if value is not None and not isinstance(value, str):
         raise TokenizerError(f"tokenizer.chat_template: expected a string, got {type(value).__name__}")
+    if value is None:
+        special = {text for text, token_type in zip(tokens, token_types)
+                   if token_type in (TokenType.CONTROL, TokenType.USER_DEFINED) and text in _GEMMA_TURN_TOKENS}
+        if special == _GEMMA_TURN_TOKENS:
+            return GEMMA_CHAT_TEMPLATE
     return value

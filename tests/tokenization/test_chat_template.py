@@ -119,3 +119,18 @@ def test_smollm2_template_adds_its_default_system_prompt():
         "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n"
         "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
     )
+
+
+@pytest.mark.real_model
+def test_gemma_file_without_a_template_gets_gemma_turns():
+    """The hub's gemma-3-270m carries no tokenizer.chat_template: its turn tokens select Gemma's format,
+    the system message opening the first user turn, as llama.cpp's built-in "gemma" format writes it."""
+    tokenizer = real_tokenizer("gemma-3-270m")
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
+                {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "Bye"}]
+    text = render_chat(tokenizer.chat_template, messages, **tokenizer.special_token_texts())
+    assert text == ("<bos><start_of_turn>user\nBe brief.\n\nHi<end_of_turn>\n"
+                    "<start_of_turn>model\nHello!<end_of_turn>\n"
+                    "<start_of_turn>user\nBye<end_of_turn>\n<start_of_turn>model\n")
+    ids = tokenizer.encode(text, add_special=False, parse_special=True)
+    assert ids[:2] == [2, 105] and ids.count(106) == 3 and ids[-3:] == [105, 4368, 107]  # "model", "\n"
