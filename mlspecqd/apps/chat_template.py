@@ -95,9 +95,10 @@ def _budget() -> _Budget:
     return _Budget() if budget is None else budget
 
 
-def _size(value: Any, limit: int = MAX_CHARS) -> int:
+def _size(value: Any) -> int:
     """The characters `value` takes as text, counting every item of a list, tuple or dict (a shared
-    item once per reference, as printing it would), or 1 for any other value; stops past `limit`."""
+    item once per reference, as printing it would), or 1 for any other value; stops past MAX_CHARS."""
+    limit = MAX_CHARS
     total = 0
     pending = [value]
     while pending and total <= limit:

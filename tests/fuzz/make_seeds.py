@@ -82,15 +82,15 @@ def write_tiny_model(path: Path, architecture: str = "llama", tensor_type: GGMLQ
                      GGMLQuantizationType.Q8_0, vocabulary: Callable[[gguf.GGUFWriter], None] | None = None,
                      tied: bool = False, llama3_rope: bool = False, seed: int = 0) -> None:
     """A one-layer model of TINY_SPEC's sizes; matrices of `tensor_type`, 1-D tensors F32."""
-    spec = model_spec(architecture, {**TINY_SPEC, "tied_output": tied,
-                                     "head_dim": 16 if architecture == "qwen3" else None})
+    spec = model_spec(architecture, {**TINY_SPEC, "tied_output": tied or architecture == "gemma3",
+                                     "head_dim": 16 if architecture in ("qwen3", "gemma3") else None})
     head_dim = spec["head_dim"] or spec["d_model"] // spec["n_heads"]
     rope_scaling = RopeScaling("llama3") if llama3_rope else RopeScaling()
     sizes = {name: spec[name] for name in ("n_layers", "d_model", "n_heads", "n_kv_heads", "d_ff", "vocab_size",
                                            "context_length", "tied_output", "qkv_bias", "qk_norm")}
     shapes = expected_tensor_shapes(ModelSpec(architecture=architecture, head_dim=head_dim, rope_dim=head_dim,
                                               rope_style="neox", rope_scaling=rope_scaling, rope_base=10000.0,
-                                              norm_eps=1e-6, **sizes))
+                                              norm_eps=1e-6, post_norms=architecture == "gemma3", **sizes))
     rng = np.random.default_rng(seed)
     writer = _writer(path, architecture)
     writer.add_block_count(spec["n_layers"])
@@ -102,6 +102,8 @@ def write_tiny_model(path: Path, architecture: str = "llama", tensor_type: GGMLQ
     writer.add_layer_norm_rms_eps(1e-6)
     if spec["head_dim"]:
         writer.add_key_length(head_dim)
+    if architecture == "gemma3":
+        writer.add_sliding_window(4)
     if vocabulary is not None:
         vocabulary(writer)
     for name, shape in shapes.items():
@@ -164,6 +166,7 @@ def gguf_model_seeds(out: Path) -> None:
     write_tiny_model(out / "qwen2-q5_0.gguf", "qwen2", GGMLQuantizationType.Q5_0)
     write_tiny_model(out / "qwen3-mxfp4.gguf", "qwen3", GGMLQuantizationType.MXFP4)
     write_tiny_model(out / "qwen2-bf16-vocab.gguf", "qwen2", GGMLQuantizationType.BF16, add_gpt2_vocabulary)
+    write_tiny_model(out / "gemma3-q8_0.gguf", "gemma3", GGMLQuantizationType.Q8_0)
 
 
 # Tokenizer inputs start with a mode byte (see fuzz_tokenizer.py): 0 encode (then the tokenizer and
