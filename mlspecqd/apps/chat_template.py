@@ -42,7 +42,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from mlspecqd.gguf.format import one_line
 
-MAX_TEMPLATE_CHARS = 1 << 20  # real chat templates are a few KB; tool-calling ones up to some tens of KB
+MAX_TEMPLATE_CHARS = 1 << 18  # real chat templates are a few KB; tool-calling ones up to some tens of KB
 MAX_STEPS = 5_000_000
 MAX_SECONDS = 10.0
 MAX_CHARS = 1 << 24  # longest string, list (counted deep) or output; a prompt is far shorter
@@ -419,9 +419,11 @@ def _tojson(
 
 @functools.cache
 def _environment() -> _GuardedEnvironment:
+    # No constant folding (optimized=False): it tries to fold every subexpression of every expression, which
+    # takes seconds for a few hundred chained attribute lookups, and a chat template has few constants to fold.
     environment = _GuardedEnvironment(
         trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols, _GenerationBlock],
-        finalize=_checked_output,
+        finalize=_checked_output, optimized=False,
     )
     environment.concat = _checked_join  # type: ignore[method-assign]
     del environment.globals["lipsum"]  # writes as many paragraphs as asked: no chat template uses it

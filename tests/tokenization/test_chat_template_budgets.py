@@ -37,6 +37,16 @@ def test_failures_of_any_kind_are_chat_template_errors(template, problem):
     assert problem in refusal(template)
 
 
+@pytest.mark.parametrize("template", ["{{ x ~ " + "-" * 124 + "y }}", "{{ m" + ".a" * 250 + " }}"],
+                         ids=["unary-minus", "attributes"])
+def test_nested_expressions_compile_in_linear_time(template):
+    """Found by fuzz_chat_template (an input that took 10 seconds): Jinja's constant folding tried every
+    subexpression again at each level of nesting, seconds for a few hundred levels."""
+    started = time.perf_counter()
+    refusal(template)  # an undefined name, or nested too deep for Python
+    assert time.perf_counter() - started < 2
+
+
 def test_raise_exception_text_is_one_line():
     message = refusal("{{ raise_exception('no\\nsystem\\rrole') }}")
     assert message.endswith("refused the conversation: no\\nsystem\\rrole")
