@@ -32,6 +32,9 @@ BYTE_ALPHABET = _byte_alphabet()
 _CHAR_TO_BYTE = {char: byte for byte, char in enumerate(BYTE_ALPHABET)}
 
 _LITERAL_TYPES = (TokenType.CONTROL, TokenType.USER_DEFINED, TokenType.UNKNOWN, TokenType.UNUSED)
+# The encoding cache keeps the first pieces seen (the frequent words of a text come early), short ones only.
+_CACHE_ENTRIES = 1 << 16
+_CACHED_PIECE_CHARS = 64
 
 
 class ByteLevelBPE:
@@ -71,8 +74,9 @@ class ByteLevelBPE:
             piece_ids = cache.get(piece)
             if piece_ids is None:
                 piece_ids = self._merge(piece.encode("utf-8").decode("latin-1").translate(self._spell_bytes))
-                # Bounded, so a long stream of distinct pieces cannot grow memory without limit.
-                if len(cache) < 1_000_000:
+                # Bounded in entries and in the size of each, so that no stream of text (a server's requests)
+                # grows memory without limit: at most some tens of MB.
+                if len(piece) <= _CACHED_PIECE_CHARS and len(cache) < _CACHE_ENTRIES:
                     cache[piece] = piece_ids
             ids.extend(piece_ids)
         return ids

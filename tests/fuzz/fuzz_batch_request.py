@@ -31,15 +31,15 @@ CONTEXT = 48  # tokens: every request, however long its max_tokens, ends within 
 OUT_PATH = _harness.SCRATCH / "out.jsonl"
 
 
-def _llm() -> LLM:
+def _llm() -> tuple[LLM, list[FakeLanguageModel]]:
     tokenizer = Tokenizer.from_gguf(write_chat_model(_harness.SCRATCH / "chat.gguf"))
     target = FakeLanguageModel(vocab_size=VOCAB, context_length=CONTEXT, seed=2, eos_id=END_OF_TEXT, eos_at=40)
-    levels = [NgramDrafter(), ModelLevel(target.noisy(1.0, seed=9), tokenizer=tokenizer),
-              ModelLevel(target, tokenizer=tokenizer)]
-    return LLM(Cascade(levels, policy="fixed", draft_max=4), tokenizer, "fake")
+    draft = target.noisy(1.0, seed=9)
+    levels = [NgramDrafter(), ModelLevel(draft, tokenizer=tokenizer), ModelLevel(target, tokenizer=tokenizer)]
+    return LLM(Cascade(levels, policy="fixed", draft_max=4), tokenizer, "fake"), [draft, target]
 
 
-LLM_UNDER_TEST = _llm()
+LLM_UNDER_TEST, FAKE_MODELS = _llm()
 
 
 def test_one_input(data: bytes) -> None:
@@ -54,6 +54,8 @@ def test_one_input(data: bytes) -> None:
     except RequestError as error:
         _harness.check_refusal(error)
         item = WorkItem(1, error.custom_id, None, str(error))
+    for model in FAKE_MODELS:  # the stand-ins record every forward's size; the package keeps nothing per request
+        model.forward_sizes.clear()
     result = answer(LLM_UNDER_TEST, item)
     json.dumps(result.record, allow_nan=False)  # what OUT gets must be strict JSON
     if result.error is not None:

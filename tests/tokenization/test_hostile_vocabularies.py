@@ -3,6 +3,7 @@ valid Unicode, scores that are NaN, values too long to quote. (tests/fuzz/fuzz_t
 
 import random
 import time
+import tracemalloc
 
 import pytest
 
@@ -113,3 +114,20 @@ def test_refusals_quote_file_values_in_one_short_line(metadata, where):
         Tokenizer.from_gguf_metadata(metadata)
     message = str(caught.value)
     assert where in message and "\n" not in message and "\r" not in message and len(message) < 400
+
+
+def test_encoding_distinct_long_words_keeps_no_memory():
+    """Found with fuzz_batch_request (memory growing with every request): byte-level BPE cached the ids of
+    every distinct piece of text, of any length, up to a million pieces."""
+    tokenizer = Tokenizer.from_gguf_metadata(gpt2_metadata(["a", "b", "ab"], merges=["a b"]))
+    rng = random.Random(1)
+    words = ["".join(rng.choice("ab") for _ in range(5000)) for _ in range(40)]
+    tokenizer.encode("warm up")
+    tracemalloc.start()
+    try:
+        for word in words:
+            tokenizer.encode(word)
+        retained = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    assert retained < 100_000
