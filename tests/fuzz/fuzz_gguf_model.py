@@ -29,9 +29,20 @@ CONTEXT = 16
 # Mutated files this large are not the small models the seeds are; they are parsed like any other
 # but not run, so one input cannot take seconds.
 MAX_RUN_BYTES = 1 << 16
+# How many inputs loaded and ran forwards, printed at every power of two of inputs (the log's last such line
+# says what share of the executions reached the native decoder).
+COUNTS = {"inputs": 0, "loaded": 0, "forwards": 0}
+
+
+def _count(key: str) -> None:
+    COUNTS[key] += 1
+    inputs = COUNTS["inputs"]
+    if key == "inputs" and inputs >= 1024 and inputs & (inputs - 1) == 0:
+        print(f"fuzz_gguf_model: {COUNTS}", file=sys.stderr, flush=True)
 
 
 def test_one_input(data: bytes) -> None:
+    _count("inputs")
     PATH.write_bytes(data)
     # The precision comes from the input, so that a crash reproduces from the saved file alone.
     precision = "mxfp4" if zlib.crc32(data) % 4 == 0 else "bf16"
@@ -43,10 +54,12 @@ def test_one_input(data: bytes) -> None:
     except ValueError as error:
         _harness.check_refusal(error)
         return
+    _count("loaded")
     with model:
         vocab = model.vocab_size
         if len(data) > MAX_RUN_BYTES:
             return
+        _count("forwards")
         tokens = [0, vocab - 1, len(data) % vocab]
         logits = model.forward(tokens, 0, all_logits=True)
         assert logits.shape == (3, vocab) and logits.dtype == np.float32
