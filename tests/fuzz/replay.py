@@ -42,7 +42,9 @@ def main() -> int:
             print(f"{path}: not accepted", file=sys.stderr)
             traceback.print_exc()
     seconds = time.perf_counter() - started
-    print(f"{sys.argv[1]}: {len(files)} inputs in {seconds:.1f} s, {failed} not accepted")
+    counts = getattr(target, "COUNTS", None)  # what a target counts of its own, e.g. the inputs that loaded
+    print(f"{sys.argv[1]}: {len(files)} inputs in {seconds:.1f} s, {failed} not accepted"
+          + (f"; {counts}" if counts else ""))
     return 1 if failed else 0
 
 
