@@ -5,6 +5,7 @@
 #include <memory>
 #include <stdexcept>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "bindings/bindings.h"
@@ -162,26 +163,47 @@ public:
         arrays_ = tensors.arrays();
     }
 
-    py::array_t<float> forward(const py::array_t<int64_t, py::array::c_style | py::array::forcecast>& tokens,
-                               int64_t start, bool all_logits) {
-        if (tokens.ndim() != 1)
-            throw std::invalid_argument("forward: tokens must be 1-D, got shape " + shape_text(tokens));
-        const int64_t T = tokens.shape(0);
-        decoder_->check_forward(tokens.data(), T, start);  // before allocating T x vocab logits
-        py::array_t<float> logits({all_logits ? T : int64_t{1}, decoder_->config().vocab_size});
-        {
-            py::gil_scoped_release release;
-            decoder_->forward(tokens.data(), T, start, all_logits, logits.mutable_data());
-        }
-        return logits;
+    using TokenArray = py::array_t<int64_t, py::array::c_style | py::array::forcecast>;
+
+    py::array_t<float> forward(const TokenArray& tokens, int64_t start, bool all_logits, int64_t slot) {
+        return run({segment(tokens, slot, start, all_logits, "forward")});
     }
 
-    void truncate(int64_t n) { decoder_->truncate(n); }
-    int64_t n_past() const { return decoder_->n_past(); }
+    // segments: (slot, tokens, start, all_logits) per sequence; their logits rows one after another.
+    py::array_t<float> forward_batch(const std::vector<std::tuple<int64_t, TokenArray, int64_t, bool>>& segments) {
+        std::vector<Segment> parts;
+        for (const auto& [slot, tokens, start, all_logits] : segments)
+            parts.push_back(segment(tokens, slot, start, all_logits, "forward_batch"));
+        return run(parts);
+    }
+
+    void truncate(int64_t n, int64_t slot) { decoder_->truncate(n, slot); }
+    int64_t n_past(int64_t slot) const { return decoder_->n_past(slot); }
+    void reserve_slots(int64_t n) { decoder_->reserve_slots(n); }
+    int64_t slot_count() const { return decoder_->slot_count(); }
     int64_t max_context() const { return decoder_->max_context(); }
     int64_t vocab_size() const { return decoder_->config().vocab_size; }
 
 private:
+    // The segment over `tokens`' data; the caller keeps the array alive until the forward returns.
+    static Segment segment(const TokenArray& tokens, int64_t slot, int64_t start, bool all_logits, const char* what) {
+        if (tokens.ndim() != 1)
+            throw std::invalid_argument(std::string(what) + ": tokens must be 1-D, got shape " + shape_text(tokens));
+        return Segment{slot, tokens.data(), tokens.shape(0), start, all_logits};
+    }
+
+    py::array_t<float> run(const std::vector<Segment>& segments) {
+        decoder_->check_forward(segments);  // before allocating the logits
+        int64_t rows = 0;
+        for (const Segment& s : segments) rows += s.logit_rows();
+        py::array_t<float> logits({rows, decoder_->config().vocab_size});
+        {
+            py::gil_scoped_release release;
+            decoder_->forward(segments, logits.mutable_data());
+        }
+        return logits;
+    }
+
     std::unique_ptr<Decoder> decoder_;
     std::vector<py::array> arrays_;  // keeps the weights the decoder points into alive
 };
@@ -258,13 +280,20 @@ py::array dequantize(const py::array_t<uint8_t, py::array::c_style>& raw, int gg
 namespace mlspecqd::bindings {
 
 void register_model(py::module_& m) {
-    py::class_<NativeModel>(m, "Model", "A dense transformer (llama, qwen2, qwen3, gemma3) with its key/value cache")
+    py::class_<NativeModel>(m, "Model", "A dense transformer (llama, qwen2, qwen3, gemma3) with a key/value cache per sequence slot")
         .def(py::init<const py::dict&, const py::dict&, int64_t>(), py::arg("config"), py::arg("weights"),
              py::arg("max_context"))
         .def("forward", &NativeModel::forward, py::arg("tokens"), py::arg("start"), py::arg("all_logits") = false,
-             "Truncate the cache to `start`, run the tokens, return float32 logits (T or 1, vocab).")
-        .def("truncate", &NativeModel::truncate, py::arg("n"))
-        .def_property_readonly("n_past", &NativeModel::n_past)
+             py::arg("slot") = 0,
+             "Truncate slot's cache to `start`, run the tokens, return float32 logits (T or 1, vocab).")
+        .def("forward_batch", &NativeModel::forward_batch, py::arg("segments"),
+             "One forward over several sequences, each (slot, tokens, start, all_logits) in its own slot; "
+             "returns their logits rows (T or 1 each) one sequence after another.")
+        .def("truncate", &NativeModel::truncate, py::arg("n"), py::arg("slot") = 0)
+        .def("n_past", &NativeModel::n_past, py::arg("slot") = 0)
+        .def("reserve_slots", &NativeModel::reserve_slots, py::arg("n"),
+             "Make slots 0 .. n - 1 exist, each with its own empty key/value cache.")
+        .def_property_readonly("slot_count", &NativeModel::slot_count)
         .def_property_readonly("max_context", &NativeModel::max_context)
         .def_property_readonly("vocab_size", &NativeModel::vocab_size);
 

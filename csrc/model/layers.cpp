@@ -61,12 +61,12 @@ Rope::Rope(RopeStyle style, int64_t head_dim, int64_t rope_dim, double base, con
     }
 }
 
-void Rope::tables(int64_t first, int64_t T, std::vector<float>& cos, std::vector<float>& sin) const {
+void Rope::tables(const int64_t* positions, int64_t T, std::vector<float>& cos, std::vector<float>& sin) const {
     cos.resize(T * pairs_);
     sin.resize(T * pairs_);
     for (int64_t t = 0; t < T; ++t)
         for (int64_t i = 0; i < pairs_; ++i) {
-            const double angle = double(first + t) * inverse_frequency_[i];
+            const double angle = double(positions[t]) * inverse_frequency_[i];
             cos[t * pairs_ + i] = float(std::cos(angle));
             sin[t * pairs_ + i] = float(std::sin(angle));
         }

@@ -26,8 +26,8 @@ public:
     Rope(RopeStyle style, int64_t head_dim, int64_t rope_dim, double base, const RopeScaling& scaling,
          const float* freq_factors);
 
-    // cos/sin of every pair for positions first .. first + T - 1 (T x rope_dim/2 each).
-    void tables(int64_t first, int64_t T, std::vector<float>& cos, std::vector<float>& sin) const;
+    // cos/sin of every pair for the T rows at positions[0 .. T - 1] (T x rope_dim/2 each).
+    void tables(const int64_t* positions, int64_t T, std::vector<float>& cos, std::vector<float>& sin) const;
 
     // Rotates each of the `heads` heads of every row of x (T rows of heads * head_dim floats).
     void apply(float* x, int64_t T, int64_t heads, const std::vector<float>& cos,

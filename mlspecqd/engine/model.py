@@ -1,11 +1,11 @@
-"""A language model ready to run: native weights plus its key/value cache.
+"""A language model ready to run: native weights plus key/value caches, one per sequence slot.
 
 `Model.forward(tokens, start)` runs all T tokens through every layer in one native call (the GIL is
 released meanwhile) and returns float32 logits. Activations are float32; linear weights are BF16 (or
-MXFP4 for precision="mxfp4"); the cache holds float32 keys and values for `context_length` positions.
-The logits of a position are the same bits whether it is computed alone, in a verification batch or in
-a prompt chunk, which is what lets speculative decoding be lossless.
-"""
+MXFP4 for precision="mxfp4"); each cache holds float32 keys and values for `context_length` positions.
+`forward_batch` runs several sequences, each in its own slot, in one call that reads the weights once.
+The logits of a position are the same bits whether it is computed alone, in a verification batch, in a
+prompt chunk or beside other sequences, which is what lets speculative decoding be lossless."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ PRECISIONS = ("bf16", "mxfp4")
 
 
 class Model:
-    """A dense transformer (llama, qwen2, qwen3, gemma3) with its key/value cache; see the module docstring."""
+    """A dense transformer (llama, qwen2, qwen3, gemma3) with its key/value caches; see the module docstring."""
 
     def __init__(self, spec: ModelSpec, tensors: Mapping[str, np.ndarray], precision: str, context_length: int) -> None:
         self.spec = spec
@@ -91,24 +91,43 @@ class Model:
 
     @property
     def n_past(self) -> int:
-        return self._native_model.n_past
+        """Positions cached in slot 0 (the slot forward() uses unless told otherwise)."""
+        return self._native_model.n_past()
 
-    def forward(self, tokens: Sequence[int] | np.ndarray, start: int, all_logits: bool = False) -> np.ndarray:
-        """Truncate the cache to `start` (<= n_past), append `tokens`, and return float32 logits:
-        (len(tokens), vocab) if all_logits, else (1, vocab) for the last token."""
-        ids = np.asarray(tokens)
-        if ids.size == 0:
-            ids = ids.astype(np.int64)  # an empty list comes as float64; the native call names the problem
-        if ids.dtype.kind not in "iu":
-            raise ValueError(f"forward: tokens must be integers, got dtype {ids.dtype}")
-        return self._native_model.forward(ids.astype(np.int64, copy=False), int(start), bool(all_logits))
+    def slot_n_past(self, slot: int) -> int:
+        return self._native_model.n_past(int(slot))
 
-    def truncate(self, n: int) -> None:
-        """Forget cached positions n .. n_past - 1."""
-        self._native_model.truncate(int(n))
+    @property
+    def slot_count(self) -> int:
+        """Sequences this model holds key/value caches for (1 until reserve_slots asks for more)."""
+        return self._native_model.slot_count
+
+    def reserve_slots(self, count: int) -> None:
+        """Make slots 0 .. count - 1 exist, each with its own key/value cache of context_length positions."""
+        self._native_model.reserve_slots(int(count))
+
+    def forward(self, tokens: Sequence[int] | np.ndarray, start: int, all_logits: bool = False,
+                slot: int = 0) -> np.ndarray:
+        """Truncate slot `slot`'s cache to `start` (<= its n_past), append `tokens`, and return float32
+        logits: (len(tokens), vocab) if all_logits, else (1, vocab) for the last token."""
+        return self._native_model.forward(_token_ids(tokens, "forward"), int(start), bool(all_logits), int(slot))
+
+    def forward_batch(self, segments: Sequence[tuple[int, Sequence[int] | np.ndarray, int, bool]]) -> list[np.ndarray]:
+        """One forward for several sequences, each (slot, tokens, start, all_logits) in a slot of its own:
+        the weights are read once for all of them, and each sequence's logits are the same bits as from
+        forward() alone. Returns each sequence's logits, in order."""
+        native = [(int(slot), _token_ids(tokens, "forward_batch"), int(start), bool(all_logits))
+                  for slot, tokens, start, all_logits in segments]
+        logits = self._native_model.forward_batch(native)
+        rows = np.cumsum([len(tokens) if all_logits else 1 for _, tokens, _, all_logits in native])[:-1]
+        return np.split(logits, rows)
+
+    def truncate(self, n: int, slot: int = 0) -> None:
+        """Forget positions n .. n_past - 1 of slot `slot`."""
+        self._native_model.truncate(int(n), int(slot))
 
     def close(self) -> None:
-        """Free the key/value cache and this model's hold on the weights; later calls raise ValueError."""
+        """Free the key/value caches and this model's hold on the weights; later calls raise ValueError."""
         self._model = None
         self.tensors = {}
 
@@ -117,6 +136,15 @@ class Model:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+def _token_ids(tokens: Sequence[int] | np.ndarray, what: str) -> np.ndarray:
+    ids = np.asarray(tokens)
+    if ids.size == 0:
+        ids = ids.astype(np.int64)  # an empty list comes as float64; the native call names the problem
+    if ids.dtype.kind not in "iu":
+        raise ValueError(f"{what}: tokens must be integers, got dtype {ids.dtype}")
+    return ids.astype(np.int64, copy=False)
 
 
 def check_supported(spec: ModelSpec, precision: str, where: str = "model") -> None:
