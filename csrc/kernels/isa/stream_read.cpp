@@ -30,8 +30,12 @@ uint64_t stream_read(const uint64_t* words, int64_t count) {
             prefetch(i + 8 * j);
             sums[j] = _mm512_add_epi64(sums[j], _mm512_loadu_si512(words + i + 8 * j));
         }
-    sum = _mm512_reduce_add_epi64(
-        _mm512_add_epi64(_mm512_add_epi64(sums[0], sums[1]), _mm512_add_epi64(sums[2], sums[3])));
+    const __m512i total = _mm512_add_epi64(_mm512_add_epi64(sums[0], sums[1]), _mm512_add_epi64(sums[2], sums[3]));
+    // The lanes are added as uint64_t, which wraps: _mm512_reduce_add_epi64 adds them as signed, where
+    // overflow is undefined.
+    alignas(64) uint64_t lanes[8];
+    _mm512_store_si512(lanes, total);
+    for (const uint64_t lane : lanes) sum += lane;
 #elif defined(__AVX2__)
     __m256i sums[4] = {_mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256(),
                        _mm256_setzero_si256()};
