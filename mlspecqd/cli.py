@@ -15,7 +15,7 @@ from mlspecqd.apps.batch import BatchFileError, run_batch
 from mlspecqd.apps.conversation import ChatSession
 from mlspecqd.apps.generation import MAX_NEW_TOKENS_LIMIT
 from mlspecqd.apps.llm import LLM
-from mlspecqd.apps.loading import load
+from mlspecqd.apps.loading import MAX_PARALLEL, load
 from mlspecqd.apps.repl import ChatLoop, format_stats
 from mlspecqd.engine.sampling import SamplingParams
 from mlspecqd.speculative import POLICY_NAMES
@@ -127,7 +127,7 @@ def load_arguments(args: argparse.Namespace) -> dict[str, Any]:
         raise UsageError("--draft and --no-speculation contradict each other: give one")
     return {"model": args.model, "drafts": [] if args.no_speculation else args.draft, "threads": args.threads,
             "ctx": args.ctx, "draft_policy": args.draft_policy, "draft_max": args.draft_max,
-            "precision": args.precision}
+            "precision": args.precision, "parallel": getattr(args, "parallel", 1)}
 
 
 def load_from_args(args: argparse.Namespace) -> LLM:
@@ -300,6 +300,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "RAY_ADDRESS names or a local one")
     batch.add_argument("--actors", type=_count(1, 4096), default=2,
                        help="with --ray: actors, each holding one loaded model (default %(default)s)")
+    batch.add_argument("--parallel", type=_count(1, MAX_PARALLEL), default=1, metavar="N",
+                       help="requests decoded together, their forwards merged (default %(default)s; with --ray: "
+                            "per actor)")
     add_model_arguments(batch)
     batch.set_defaults(run=cmd_batch)
 
@@ -307,8 +310,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default %(default)s: this machine)")
     serve.add_argument("--port", type=_count(0, 65535), default=8080, help="port (default %(default)s; 0: any free)")
     serve.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on /v1/*")
+    serve.add_argument("--parallel", type=_count(1, MAX_PARALLEL), default=1, metavar="N",
+                       help="requests decoded together, their forwards merged (default %(default)s)")
     serve.add_argument("--max-waiting", type=_count(0, 4096), default=16,
-                       help="requests that may wait behind the running one; more get 503 (default %(default)s)")
+                       help="requests that may wait while every one of the --parallel lanes is busy; more get "
+                            "503 (default %(default)s)")
     serve.add_argument("-v", "--verbose", action="store_true", help="load details on stderr")
     add_model_arguments(serve)
     serve.set_defaults(run=cmd_serve)

@@ -177,6 +177,10 @@ public:
         return run(parts);
     }
 
+    void check_forward(const TokenArray& tokens, int64_t start, int64_t slot) const {
+        decoder_->check_forward({segment(tokens, slot, start, false, "forward")});
+    }
+
     void truncate(int64_t n, int64_t slot) { decoder_->truncate(n, slot); }
     int64_t n_past(int64_t slot) const { return decoder_->n_past(slot); }
     void reserve_slots(int64_t n) { decoder_->reserve_slots(n); }
@@ -289,6 +293,8 @@ void register_model(py::module_& m) {
         .def("forward_batch", &NativeModel::forward_batch, py::arg("segments"),
              "One forward over several sequences, each (slot, tokens, start, all_logits) in its own slot; "
              "returns their logits rows (T or 1 each) one sequence after another.")
+        .def("check_forward", &NativeModel::check_forward, py::arg("tokens"), py::arg("start"), py::arg("slot") = 0,
+             "Raise ValueError where forward(tokens, start, slot=slot) would.")
         .def("truncate", &NativeModel::truncate, py::arg("n"), py::arg("slot") = 0)
         .def("n_past", &NativeModel::n_past, py::arg("slot") = 0)
         .def("reserve_slots", &NativeModel::reserve_slots, py::arg("n"),

@@ -16,14 +16,15 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from mlspecqd.apps.llm import LLM
+from mlspecqd.apps.llm import LLM, run_on_lanes
 from mlspecqd.apps.openai_requests import URLS, CompletionRequest
 from mlspecqd.gguf.format import excerpt
 
@@ -225,14 +226,42 @@ def _error_response(message: str) -> dict[str, Any]:
             "body": {"error": {"message": message, "type": "invalid_request_error", "param": None, "code": None}}}
 
 
+def answer_all(llm: LLM, items: Sequence[WorkItem], on_answer: Callable[[WorkItem, Answer], None],
+               clock: Callable[[], float] = time.perf_counter) -> None:
+    """Answer `items` in order on `llm`'s lanes, as many at once as it has lanes, calling
+    on_answer(item, answer) as each is answered, one call at a time. An exception (OUT cannot be
+    written, a fault of ours) stops every lane before its next item and is raised again."""
+    claim = threading.Lock()
+    pending = iter(items)
+    failures: list[BaseException] = []
+
+    def work(lane: LLM) -> None:
+        while True:
+            with claim:
+                item = None if failures else next(pending, None)
+            if item is None:
+                return
+            try:
+                result = answer(lane, item, clock)
+                with claim:
+                    on_answer(item, result)
+            except BaseException as error:
+                with claim:
+                    failures.append(error)
+
+    run_on_lanes(llm.lanes[: max(1, min(len(llm.lanes), len(items)))], work)
+    if failures:
+        raise failures[0]
+
+
 def run_batch(llm: LLM, in_path: str | os.PathLike[str], out_path: str | os.PathLike[str],
               progress: TextIO | None = None, clock: Callable[[], float] = time.perf_counter) -> BatchSummary:
-    """Answer every request of IN not yet in OUT, appending one line per request to OUT."""
+    """Answer every request of IN not yet in OUT, appending one line per request to OUT (as many at once
+    as `llm` has lanes)."""
     items, total, skipped = plan_batch(Path(in_path), Path(out_path))
     writer = BatchWriter(Path(out_path), total, skipped, progress, clock)
     try:
-        for item in items:
-            writer.write(item, answer(llm, item, clock))
+        answer_all(llm, items, writer.write, clock)
     finally:
         summary = writer.close()
     return summary

@@ -15,12 +15,15 @@ One LLM runs one generation at a time; a stream should be finished (or closed) b
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import contextlib
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from mlspecqd.apps.chat_template import ChatTemplateError, render_chat
 from mlspecqd.apps.generation import Generation, GenerationError, GenerationResult, generate
 from mlspecqd.apps.openai_format import ResponseShape
+from mlspecqd.engine.batching import ForwardBatcher
 from mlspecqd.engine.sampling import SamplingParams
 from mlspecqd.speculative import Cascade
 from mlspecqd.tokenizer import Tokenizer
@@ -30,14 +33,25 @@ class LLM:
     """A speculative cascade (target last) and the target's tokenizer. Build one with mlspecqd.load().
 
     `models` are the native models the LLM owns and frees on close() (or at the end of a `with`).
+    Loaded with parallel=N, it has N lanes (`lanes`, itself first): LLMs over the same models, each with
+    its own cascade and key/value cache slots, whose forwards `batcher` merges when they run at once
+    (each lane in a thread of its own; see generate_many and mlspecqd.engine.batching).
     """
 
-    def __init__(self, cascade: Cascade, tokenizer: Tokenizer, model_name: str, models: Sequence[Any] = ()) -> None:
+    def __init__(self, cascade: Cascade, tokenizer: Tokenizer, model_name: str, models: Sequence[Any] = (),
+                 lane_cascades: Sequence[Cascade] = (), batcher: ForwardBatcher | None = None) -> None:
         self.cascade = cascade
         self.tokenizer = tokenizer
         self.model_name = model_name
+        self.batcher = batcher
         self._models = list(models)
         self._closed = False
+        self._owner = self  # the lane that owns the models: closing it closes every lane
+        self.lanes: list[LLM] = [self]
+        for lane_cascade in lane_cascades:
+            lane = LLM(lane_cascade, tokenizer, model_name, batcher=batcher)
+            lane._owner = self
+            self.lanes.append(lane)
 
     def __repr__(self) -> str:
         levels = " -> ".join(str(level.name) for level in self.cascade.levels)
@@ -87,7 +101,7 @@ class LLM:
         """A validated generation, not yet run: iterate it for text pieces, then read `.result`.
         `prompt` is text (tokenized with BOS as the model wants) or token ids. max_tokens None: until the
         context is full. sampling None: greedy."""
-        if self._closed:
+        if self._owner._closed:
             raise GenerationError(f"this LLM ({self.model_name}) is closed")
         if isinstance(prompt, str):
             if not prompt:
@@ -152,14 +166,42 @@ class LLM:
             return shape.chunks(generation, len(tokens))
         return shape.response(generation.run(), len(tokens))
 
+    def generate_many(self, prompts: Sequence[str | Sequence[int]], max_tokens: int | None = 128, *,
+                      sampling: SamplingParams | None = None, stop: str | Sequence[str] | None = None,
+                      **sampling_options: Any) -> list[GenerationResult]:
+        """generate() for every prompt, up to len(lanes) at a time, their forwards merged; the results in
+        the order of `prompts`. Each result is exactly what generate() gives for that prompt alone (greedy,
+        or sampled with a seed). The first error raised is raised again once all have finished."""
+        params = _sampling(sampling, sampling_options)
+        results: list[GenerationResult | None] = [None] * len(prompts)
+        errors: list[BaseException] = []
+        next_prompt = iter(range(len(prompts)))
+        claim = threading.Lock()
+
+        def work(lane: LLM) -> None:
+            while True:
+                with claim:
+                    index = next(next_prompt, None)
+                if index is None:
+                    return
+                try:
+                    results[index] = lane.start(prompts[index], max_tokens, params, stop).run()
+                except BaseException as error:
+                    errors.append(error)
+
+        run_on_lanes(self.lanes[: max(1, min(len(self.lanes), len(prompts)))], work)
+        if errors:
+            raise errors[0]
+        return [result for result in results if result is not None]
+
     # Lifetime
 
     def close(self) -> None:
         """Free the native models (weights and key/value caches); later calls raise GenerationError."""
-        for model in self._models:
+        for model in self._owner._models:
             model.close()
-        self._models = []
-        self._closed = True
+        self._owner._models = []
+        self._owner._closed = True
 
     def __enter__(self) -> LLM:
         return self
@@ -185,3 +227,18 @@ def _plain_message(message: Any, index: int) -> Any:
                                     f"are supported, got {part!r}")
         texts.append(part["text"])
     return {**message, "content": "".join(texts)}
+
+
+def run_on_lanes(lanes: Sequence[LLM], work: Callable[[LLM], None]) -> None:
+    """work(lane) for every lane at once, each in a thread of its own that is a member of the lanes'
+    batcher while it runs; returns when every one has."""
+    def run(lane: LLM) -> None:
+        with lane.batcher.member() if lane.batcher is not None else contextlib.nullcontext():
+            work(lane)
+
+    threads = [threading.Thread(target=run, args=(lane,), name=f"mlspecqd-lane-{index}", daemon=True)
+               for index, lane in enumerate(lanes)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()

@@ -14,18 +14,22 @@ A draft spec names one level of the cascade, smallest first:
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from mlspecqd import _native, hub
 from mlspecqd.apps.llm import LLM
+from mlspecqd.engine.batching import ForwardBatcher, SequenceSlot
 from mlspecqd.engine.model import PRECISIONS, Model
 from mlspecqd.speculative import MODEL_FREE_DRAFTERS, Cascade, ModelLevel
+from mlspecqd.speculative.levels import LanguageModel
 from mlspecqd.speculative.policies import check_draft_max, policy_class
 from mlspecqd.tokenizer import Tokenizer
 from mlspecqd.validation import whole_number
 
+# Most sequences one load decodes together (each holds key/value caches of ctx positions per model).
+MAX_PARALLEL = 64
 _SPEC_FORMS = f"{', '.join(repr(name) for name in MODEL_FREE_DRAFTERS)}, 'mxfp4' or 'PATH-OR-NAME[:mxfp4|:bf16]'"
 
 
@@ -84,7 +88,7 @@ def check_threads(threads: int | None) -> int:
 
 def load(model: str | os.PathLike[str] = hub.DEFAULT_MODEL, drafts: Sequence[str] | None = None,
          threads: int | None = None, ctx: int = 4096, draft_policy: str = "cost", draft_max: int = 8,
-         precision: str = "bf16") -> LLM:
+         precision: str = "bf16", parallel: int = 1) -> LLM:
     """Load a model (a GGUF path or a named model, pulled if missing) with its drafts as an LLM.
 
     drafts: None = the named model's default drafts (none for a plain path); [] = no speculation; else
@@ -92,7 +96,8 @@ def load(model: str | os.PathLike[str] = hub.DEFAULT_MODEL, drafts: Sequence[str
     pool every level shares (default: physical cores). ctx: context length in tokens (capped at the
     model's own). draft_policy: how many tokens each draft proposes per round, one of
     mlspecqd.speculative.POLICY_NAMES, at most draft_max. precision: the target's linear weights,
-    "bf16" or "mxfp4".
+    "bf16" or "mxfp4". parallel: sequences decoded together (LLM.lanes; LLM.generate_many), each with
+    its own cascade and key/value caches over the same weights.
 
     Bad arguments raise ValueError subclasses (LoadError, hub.ModelNotFoundError, gguf.GGUFError,
     TokenizerError, ...) before the big weights are read.
@@ -101,6 +106,7 @@ def load(model: str | os.PathLike[str] = hub.DEFAULT_MODEL, drafts: Sequence[str
     check_draft_max(draft_max)
     thread_count = check_threads(threads)
     whole_number("ctx", ctx, LoadError, low=2)
+    whole_number("parallel", parallel, LoadError, low=1, high=MAX_PARALLEL)
     if precision not in PRECISIONS:
         raise LoadError(f"precision must be one of {', '.join(PRECISIONS)} (got {precision!r})")
     name = os.fspath(model)
@@ -126,10 +132,11 @@ def load(model: str | os.PathLike[str] = hub.DEFAULT_MODEL, drafts: Sequence[str
     try:
         target = Model.load(target_path, precision, ctx)
         models.append(target)
-        levels = []
+        # (spec, model, tokenizer) per draft level, smallest first; model-free drafters have no model.
+        draft_levels: list[tuple[DraftSpec, Model | None, Tokenizer | None]] = []
         for spec in specs:
             if spec.kind == "model-free":
-                levels.append(MODEL_FREE_DRAFTERS[spec.text]())
+                draft_levels.append((spec, None, None))
                 continue
             if spec.kind == "self":
                 draft = target.sibling(spec.precision)  # casts the linear weights, shares the rest
@@ -138,12 +145,24 @@ def load(model: str | os.PathLike[str] = hub.DEFAULT_MODEL, drafts: Sequence[str
                 draft = Model.load(draft_paths[spec.text], spec.precision, ctx)
                 draft_tokenizer = draft_tokenizers[spec.text]
             models.append(draft)
-            levels.append(ModelLevel(draft, name=spec.text, tokenizer=draft_tokenizer))
-        levels.append(ModelLevel(target, name=f"target:{precision}", tokenizer=tokenizer))
-        cascade = Cascade(levels, policy=draft_policy, draft_max=draft_max)
+            draft_levels.append((spec, draft, draft_tokenizer))
+
+        def cascade(sequence: Callable[[Model], LanguageModel]) -> Cascade:
+            levels = [MODEL_FREE_DRAFTERS[spec.text]() if draft is None
+                      else ModelLevel(sequence(draft), name=spec.text, tokenizer=draft_tokenizer)
+                      for spec, draft, draft_tokenizer in draft_levels]
+            levels.append(ModelLevel(sequence(target), name=f"target:{precision}", tokenizer=tokenizer))
+            return Cascade(levels, policy=draft_policy, draft_max=draft_max)
+
+        if parallel == 1:
+            cascades, batcher = [cascade(lambda model: model)], None
+        else:
+            batcher = ForwardBatcher()
+            cascades = [cascade(lambda model, lane=lane: SequenceSlot(model, lane, batcher))  # type: ignore[misc]
+                        for lane in range(parallel)]
     except BaseException:
         for loaded in models:
             loaded.close()
         raise
     model_name = name if name in hub.NAMED_MODELS else target_path.name
-    return LLM(cascade, tokenizer, model_name, models)
+    return LLM(cascades[0], tokenizer, model_name, models, lane_cascades=cascades[1:], batcher=batcher)

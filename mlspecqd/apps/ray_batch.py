@@ -2,7 +2,8 @@
 
 The driver plans the work as the local mode does (apps.batch.plan_batch: the lines of IN whose custom_id
 OUT does not have yet), hands them to Ray Data as a dataset of one request per row, and a pool of actors,
-each holding one loaded LLM, answers them (apps.batch.answer). The driver alone writes OUT, one whole
+each holding one loaded LLM, answers them (apps.batch.answer_all: with `parallel` lanes, that many
+requests of a batch at once). The driver alone writes OUT, one whole
 flushed line per answer as it arrives, so every custom_id is written once per run, and a rerun after any
 interruption (the driver killed, a worker killed) answers exactly the ones still missing. An actor that
 dies is restarted by Ray and its request retried.
@@ -20,7 +21,7 @@ import os
 from pathlib import Path
 from typing import Any, TextIO
 
-from mlspecqd.apps.batch import Answer, BatchSummary, BatchWriter, WorkItem, answer, plan_batch
+from mlspecqd.apps.batch import Answer, BatchSummary, BatchWriter, WorkItem, answer_all, plan_batch
 
 
 class RayUnavailableError(ImportError):
@@ -32,7 +33,8 @@ class RayBatchError(RuntimeError):
 
 
 class BatchAnswerer:
-    """A Ray Data actor: loads the LLM once, then answers one row (one work item) per call."""
+    """A Ray Data actor: loads the LLM once, then answers a batch of rows (work items) per call, as many
+    at once as the LLM has lanes (load's `parallel`)."""
 
     def __init__(self, load_arguments: dict[str, Any]) -> None:
         from mlspecqd.apps.loading import load
@@ -40,11 +42,11 @@ class BatchAnswerer:
         self.llm = load(**load_arguments)
 
     def __call__(self, rows: dict[str, Any]) -> dict[str, list[str]]:
-        answers = []
-        for text in rows["item"]:
-            item = WorkItem(**json.loads(text))
-            answers.append(json.dumps(dataclasses.asdict(answer(self.llm, item))))
-        return {"item": list(rows["item"]), "answer": answers}
+        items = [WorkItem(**json.loads(text)) for text in rows["item"]]
+        answers: dict[int, Answer] = {}
+        answer_all(self.llm, items, lambda item, result: answers.__setitem__(item.position, result))
+        return {"item": list(rows["item"]),
+                "answer": [json.dumps(dataclasses.asdict(answers[item.position])) for item in items]}
 
 
 def run_batch_on_ray(load_arguments: dict[str, Any], in_path: str | os.PathLike[str],
@@ -67,7 +69,7 @@ def run_batch_on_ray(load_arguments: dict[str, Any], in_path: str | os.PathLike[
             rows = [{"item": json.dumps(dataclasses.asdict(item))} for item in items]
             answered = ray.data.from_items(rows).map_batches(
                 BatchAnswerer, fn_constructor_kwargs={"load_arguments": {**load_arguments, "threads": threads}},
-                batch_size=1, concurrency=actors, num_cpus=threads,
+                batch_size=int(load_arguments.get("parallel") or 1), concurrency=actors, num_cpus=threads,
                 # A worker that dies is started again and its request run again; OUT is the driver's alone.
                 max_restarts=-1, max_task_retries=-1)
             try:

@@ -1,14 +1,17 @@
-"""Requests run one at a time on one LLM, in a worker thread, in the order they arrived.
+"""Requests run on an LLM's lanes, one worker thread per lane, in the order they arrived.
 
-An LLM runs one generation at a time, and its native forwards release the GIL, so one worker thread
-keeps the model busy while an event loop (the HTTP server) accepts, queues and streams. At most
-`max_waiting` requests wait; one more is refused at once (QueueFull) rather than left waiting without
-bound. A job cancelled while it waits never runs; cancelled while it runs, it stops before its next
-token and the LLM's caches are left in step with what was generated.
+Each lane runs one generation at a time, and its native forwards release the GIL, so the worker threads
+keep the model busy while an event loop (the HTTP server) accepts, queues and streams. With several
+lanes (load(parallel=N)) up to N requests decode together, their forwards merged by the lanes' batcher;
+each worker is a member of it while it runs a job. At most `max_waiting` requests wait for a lane; one
+more is refused at once (QueueFull) rather than left waiting without bound. A job cancelled while it
+waits never runs; cancelled while it runs, it stops before its next token and its lane's caches are
+left in step with what was generated.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import queue
 import threading
@@ -43,57 +46,69 @@ class Job:
 
 
 class RequestQueue:
-    """The worker thread and its bounded queue. `start()` before submitting, `stop()` at the end."""
+    """The worker threads and their bounded queue. `start()` before submitting, `stop()` at the end."""
 
     def __init__(self, llm: LLM, max_waiting: int = 16) -> None:
-        self.llm = llm
+        self.lanes = llm.lanes
         self.max_waiting = max_waiting
         self._waiting: queue.Queue[Job | None] = queue.Queue()
         self._lock = threading.Lock()
-        self._pending = 0  # jobs submitted and not finished: the running one and those waiting
-        self._thread = threading.Thread(target=self._work, name="mlspecqd-worker", daemon=True)
-        self.running: Job | None = None
+        self._pending = 0  # jobs submitted and not finished: those running and those waiting
+        self._threads = [threading.Thread(target=self._work, args=(lane,), name=f"mlspecqd-worker-{index}",
+                                          daemon=True) for index, lane in enumerate(self.lanes)]
+        self._running: set[int] = set()  # id() of the jobs running
 
     def start(self) -> None:
-        self._thread.start()
+        for thread in self._threads:
+            thread.start()
+
+    @property
+    def running(self) -> int:
+        with self._lock:
+            return len(self._running)
 
     @property
     def waiting(self) -> int:
         with self._lock:
-            return self._pending - (self.running is not None)
+            return self._pending - len(self._running)
 
     def submit(self, request: CompletionRequest, deliver: Delivery) -> Job:
         job = Job(request, deliver)
         with self._lock:
-            if self._pending > self.max_waiting:  # one running and max_waiting waiting
-                raise QueueFull(self._pending - 1, retry_after=self._pending)
+            if self._pending >= len(self.lanes) + self.max_waiting:  # every lane busy, every place taken
+                waiting = self._pending - len(self._running)
+                raise QueueFull(waiting, retry_after=1 + waiting // len(self.lanes))
             self._pending += 1
         self._waiting.put(job)
         return job
 
     def stop(self) -> None:
-        """Finish the jobs already queued, then end the worker thread."""
-        self._waiting.put(None)
-        self._thread.join()
+        """Finish the jobs already queued, then end the worker threads."""
+        for _ in self._threads:
+            self._waiting.put(None)
+        for thread in self._threads:
+            thread.join()
 
-    def _work(self) -> None:
+    def _work(self, lane: LLM) -> None:
         while True:
             job = self._waiting.get()
             if job is None:
                 return
             try:
                 if not job.cancelled.is_set():
-                    self.running = job
-                    self._run(job)
+                    with self._lock:
+                        self._running.add(id(job))
+                    with lane.batcher.member() if lane.batcher is not None else contextlib.nullcontext():
+                        self._run(job, lane)
             finally:
                 with self._lock:
-                    self.running = None
+                    self._running.discard(id(job))
                     self._pending -= 1
 
-    def _run(self, job: Job) -> None:
+    def _run(self, job: Job, lane: LLM) -> None:
         # Always streamed inside: a cancelled job stops between tokens, streamed to its client or not.
         try:
-            chunks = dataclasses.replace(job.request, stream=True).run(self.llm)
+            chunks = dataclasses.replace(job.request, stream=True).run(lane)
         except ValueError as error:
             job.deliver("error", error)
             return

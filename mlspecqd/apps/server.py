@@ -3,8 +3,8 @@ as server-sent events or not), /v1/models, /health.
 
 Starlette (routing, request and streaming primitives) and uvicorn (HTTP/1.1, graceful shutdown on
 SIGINT/SIGTERM) carry the protocol; the requests themselves are read by apps.openai_requests, as the
-batch runner reads them, and run one at a time by apps.request_queue. Errors have OpenAI's shape:
-{"error": {"message", "type", "param", "code"}}.
+batch runner reads them, and run on the LLM's lanes (up to `parallel` at once) by apps.request_queue.
+Errors have OpenAI's shape: {"error": {"message", "type", "param", "code"}}.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ DISCONNECT_POLL_SECONDS = 0.25  # how often a non-streamed request checks that i
 @dataclass(frozen=True)
 class ServerSettings:
     api_key: str | None = None      # None: no key asked; else "Authorization: Bearer KEY" on /v1/*
-    max_waiting: int = 16           # requests queued behind the running one; more get 503
+    max_waiting: int = 16           # requests queued while every lane is busy; more get 503
     max_body_bytes: int = 1 << 20   # a larger body gets 413 before it is read whole
 
 
@@ -178,8 +178,8 @@ def create_app(llm: LLM, settings: ServerSettings | None = None) -> Starlette:
              "meta": {"context_length": llm.context_length, "levels": llm.level_names}}]})
 
     async def health(request: Request) -> Response:
-        running = requests.running is not None
-        return JSONResponse({"status": "ok", "running": int(running), "waiting": requests.waiting})
+        return JSONResponse({"status": "ok", "running": requests.running, "waiting": requests.waiting,
+                             "parallel": len(requests.lanes)})
 
     async def http_error(request: Request, error: Exception) -> Response:
         assert isinstance(error, HTTPException)

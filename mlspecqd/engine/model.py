@@ -112,6 +112,10 @@ class Model:
         logits: (len(tokens), vocab) if all_logits, else (1, vocab) for the last token."""
         return self._native_model.forward(_token_ids(tokens, "forward"), int(start), bool(all_logits), int(slot))
 
+    def check_forward(self, tokens: Sequence[int] | np.ndarray, start: int, slot: int = 0) -> None:
+        """Raise ValueError where forward(tokens, start, slot=slot) would, without running anything."""
+        self._native_model.check_forward(_token_ids(tokens, "forward"), int(start), int(slot))
+
     def forward_batch(self, segments: Sequence[tuple[int, Sequence[int] | np.ndarray, int, bool]]) -> list[np.ndarray]:
         """One forward for several sequences, each (slot, tokens, start, all_logits) in a slot of its own:
         the weights are read once for all of them, and each sequence's logits are the same bits as from
