@@ -1,14 +1,17 @@
-"""Load on `mlspecqd serve`: concurrent streaming clients, malformed requests mixed in, on 127.0.0.1 only.
+"""Load on `mlspecqd serve --parallel N`: concurrent streaming clients, malformed requests mixed in, on
+127.0.0.1 only.
 
-    python3 bench/run.py server_load [-m MODEL] [--clients 1 2 4 8] [--requests 4] [--max-tokens 64]
+    python3 bench/run.py server_load [-m MODEL] [--parallel 1 2 4 8] [--clients 8] [--requests 4]
+                                     [--max-tokens 64] [--server-args '--no-speculation']
 
-Starts the server as its own process on a free port of 127.0.0.1, then for each client count runs that
-many clients at once, each sending --requests streamed chat requests (a client told 503 waits its
+For each N, starts the server as its own process on a free port of 127.0.0.1 with --parallel N, then runs
+--clients clients at once, each sending --requests streamed chat requests (a client told 503 waits its
 Retry-After and sends again), plus, per client, one of each malformed request (bad JSON, wrong types,
 an oversize body, an unknown model, max_tokens past the context). Checks that every valid request ends
 with [DONE] and that every bad one gets a 4xx with an OpenAI error message, and that the server is
-alive after. Reports, per client count, time to first token (p50 / p95), total generated tokens per
-second and the 503s. Every request has a timeout, and the whole run is bounded by --time-limit.
+alive after. Reports, per N, time to first token (p50 / p95), total generated tokens per second (and
+its ratio to the first N's), and the 503s. Every request has a timeout, and the whole run is bounded by
+--time-limit.
 """
 
 from __future__ import annotations
@@ -176,7 +179,8 @@ async def load(url: str, clients: int, requests: int, max_tokens: int, context: 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-m", "--model", default="qwen2.5-coder-0.5b", help="a GGUF path or a named model")
-    parser.add_argument("--clients", type=int, nargs="+", default=[1, 2, 4, 8])
+    parser.add_argument("--parallel", type=int, nargs="+", default=[1, 2, 4, 8], help="serve --parallel values")
+    parser.add_argument("--clients", type=int, default=8, help="clients at once, for every N")
     parser.add_argument("--requests", type=int, default=4, help="streamed chat requests per client")
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2)
@@ -186,37 +190,44 @@ def main() -> None:
     parser.add_argument("--server-args", default="", help="more `mlspecqd serve` arguments, e.g. '--no-speculation'")
     parser.add_argument("--out", type=Path, default=RESULTS / "server_load.json")
     args = parser.parse_args()
-    process, url = start_server(args.model, args.threads, ["--ctx", str(args.context), *args.server_args.split()])
     rows = []
-    try:
-        deadline = time.monotonic() + args.time_limit
-        for count in args.clients:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                break
-            row = asyncio.run(asyncio.wait_for(load(url, count, args.requests, args.max_tokens, args.context,
+    alive = True
+    deadline = time.monotonic() + args.time_limit
+    for parallel in args.parallel:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            break
+        process, url = start_server(args.model, args.threads, ["--ctx", str(args.context), "--parallel", str(parallel),
+                                                               "--max-waiting", str(args.clients),
+                                                               *args.server_args.split()])
+        try:
+            row = asyncio.run(asyncio.wait_for(load(url, args.clients, args.requests, args.max_tokens, args.context,
                                                     args.request_timeout), remaining))
-            rows.append(row)
-            print(json.dumps(row), flush=True)
-        alive = asyncio.run(http(url, "GET", "/health", None, 30))[0] == 200
-    finally:
-        process.terminate()
-        process.wait(timeout=120)
+            alive = alive and asyncio.run(http(url, "GET", "/health", None, 30))[0] == 200
+        finally:
+            process.terminate()
+            process.wait(timeout=120)
+        row["parallel"] = parallel
+        row["vs_first"] = row["tokens_per_second"] / rows[0]["tokens_per_second"] if rows else 1.0
+        rows.append(row)
+        print(json.dumps(row), flush=True)
     report = {"machine": describe_machine(args.threads), "model": args.model, "server_args": args.server_args,
-              "max_tokens": args.max_tokens, "requests_per_client": args.requests, "server_alive_after": alive,
-              "rows": rows}
+              "clients": args.clients, "max_tokens": args.max_tokens, "requests_per_client": args.requests,
+              "server_alive_after": alive, "rows": rows}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     temporary = args.out.with_suffix(".tmp")
     temporary.write_text(json.dumps(report, indent=2))
     temporary.replace(args.out)
-    print("| clients | valid answered | malformed refused (4xx) | 503s | tok/s | first token p50 / p95 (s) |")
-    print("|---|---|---|---|---|---|")
+    print(f"{args.clients} clients x {args.requests} requests, {args.model} {args.server_args}")
+    print("| --parallel | valid answered | malformed refused (4xx) | 503s | tok/s | vs first | "
+          "first token p50 / p95 (s) |")
+    print("|---|---|---|---|---|---|---|")
     for row in rows:
         p50, p95 = row["time_to_first_token_p50_s"], row["time_to_first_token_p95_s"]
-        print(f"| {row['clients']} | {row['valid_answered']}/{row['valid_requests']} | "
+        print(f"| {row['parallel']} | {row['valid_answered']}/{row['valid_requests']} | "
               f"{row['malformed_refused_4xx']}/{row['malformed_requests']} | {row['busy_503']} | "
-              f"{row['tokens_per_second']:.2f} | {p50 or 0:.2f} / {p95 or 0:.2f} |")
-    print(f"server alive after: {alive}")
+              f"{row['tokens_per_second']:.2f} | {row['vs_first']:.2f}x | {p50 or 0:.2f} / {p95 or 0:.2f} |")
+    print(f"server alive after every run: {alive}")
 
 
 if __name__ == "__main__":
