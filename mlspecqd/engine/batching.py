@@ -2,10 +2,11 @@
 
 Each sequence runs its own generation (its own speculative cascade, unchanged) in its own thread, over
 SequenceSlot views: one cache slot of each shared Model. A view's forward does not run at once; it waits
-in the ForwardBatcher until every thread taking part is waiting too, and then the largest group of
-forwards asked of one model runs as one Model.forward_batch call, which reads the weights once for all
-of those sequences. Drafts therefore draft together and verifications verify together, as far as the
-sequences' steps line up, and every sequence's output stays exactly what it is alone: forward_batch gives
+in the ForwardBatcher until every thread taking part is waiting too, and then the forwards asked of one
+model run as one Model.forward_batch call, which reads the weights once for all of those sequences.
+The cheapest model waited on goes first: drafts are cheap and each sequence drafts only so far before it
+needs its verifier, so the sequences meet at the dearest model (the target) and verify together, in the
+forward that matters most. Every sequence's output stays exactly what it is alone: forward_batch gives
 each sequence the same logits bits as a solo forward.
 """
 
@@ -20,11 +21,6 @@ import numpy as np
 
 from mlspecqd.engine.model import Model
 
-# A waiting forward passed over this many times runs next, whatever the group sizes: no sequence starves
-# behind groups that keep being larger.
-MAX_TIMES_PASSED_OVER = 3
-
-
 @dataclass(eq=False)
 class _Forward:
     """One sequence's forward, waiting for its group to run."""
@@ -34,7 +30,6 @@ class _Forward:
     tokens: np.ndarray
     start: int
     all_logits: bool
-    times_passed_over: int = 0
     logits: np.ndarray | None = None
     error: BaseException | None = None
     done: bool = False
@@ -109,8 +104,6 @@ class ForwardBatcher:
         """Run the next group (called with the lock held; releases it while the forward runs)."""
         group = self._next_group()
         self._waiting = [request for request in self._waiting if request not in group]
-        for request in self._waiting:
-            request.times_passed_over += 1
         self._running = True
         self._condition.release()
         try:
@@ -131,16 +124,10 @@ class ForwardBatcher:
             self._condition.notify_all()
 
     def _next_group(self) -> list[_Forward]:
-        """The waiting forwards of one model: the model of a forward passed over too often, else the
-        model with the most waiting forwards (the earliest such on a tie)."""
-        starved = [request for request in self._waiting if request.times_passed_over >= MAX_TIMES_PASSED_OVER]
-        if starved:
-            model = starved[0].model
-        else:
-            counts: dict[int, int] = {}
-            for request in self._waiting:
-                counts[id(request.model)] = counts.get(id(request.model), 0) + 1
-            model = max(self._waiting, key=lambda request: counts[id(request.model)]).model
+        """The waiting forwards of the model with the fewest weight bytes (the earliest asked on a tie).
+        No forward waits forever: a sequence asks a cheaper model only a bounded number of times (a
+        draft's length) before it waits on its verifier."""
+        model = min(self._waiting, key=lambda request: request.model.weight_bytes).model
         return [request for request in self._waiting if request.model is model]
 
 

@@ -31,6 +31,8 @@ class Model:
         self.spec = spec
         self.precision = precision
         self.tensors = dict(tensors)  # what the native model points into; shared by sibling precisions
+        # Bytes of the arrays it reads (shared ones included): what one forward reads at least.
+        self.weight_bytes = sum(array.nbytes for array in self.tensors.values())
         self._model: Any = _native.Model(native_config(spec), self.tensors, context_length)
 
     def sibling(self, precision: str = "mxfp4", mxfp4_head: bool = True, context_length: int | None = None) -> Model:

@@ -108,3 +108,30 @@ def test_a_thread_outside_member_runs_its_forward_at_once():
 def test_a_slot_beyond_the_model_limit_is_refused():
     with pytest.raises(ValueError, match="a model holds 1 to 256"):
         SequenceSlot(model(), 256, ForwardBatcher())
+
+
+def test_the_cheaper_model_runs_first_so_sequences_meet_at_the_dearer_one():
+    small = Model.from_arrays(tiny_spec("qwen2", vocab_size=200, n_layers=1), random_tensors(
+        tiny_spec("qwen2", vocab_size=200, n_layers=1), seed=1), context_length=64)
+    big = model()
+    assert small.weight_bytes < big.weight_bytes
+    calls = {"big": 0}
+    forward_batch = big.forward_batch
+
+    def counted(segments):
+        calls["big"] += 1
+        return forward_batch(segments)
+
+    big.forward_batch = counted
+    batcher = ForwardBatcher()
+    # Sequence 0 drafts first, then verifies; 1 and 2 verify first, then draft. Cheapest first runs 0's
+    # draft, then all three verifications in one call of the big model.
+    orders = [("small", "big"), ("big", "small"), ("big", "small")]
+    models = {"small": small, "big": big}
+
+    def work(index: int) -> None:
+        for name in orders[index]:
+            SequenceSlot(models[name], index, batcher).forward([1, 2, 3], 0)
+
+    run_in_threads(batcher, work, 3)
+    assert calls["big"] == 1
