@@ -21,6 +21,7 @@ import numpy as np
 
 from mlspecqd.engine.model import Model
 
+
 @dataclass(eq=False)
 class _Forward:
     """One sequence's forward, waiting for its group to run."""
