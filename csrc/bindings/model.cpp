@@ -84,6 +84,29 @@ public:
         return static_cast<const float*>(a.data());
     }
 
+    const float* f32_matrix(const std::string& name, int64_t rows, int64_t cols) const override {
+        const py::array& a = find(name);
+        if (!a.dtype().is(py::dtype::of<float>()))
+            throw std::invalid_argument("weights['" + name + "'] must be float32, got " +
+                                        std::string(py::str(a.dtype())));
+        require_shape(name, a, {rows, cols});
+        return static_cast<const float*>(a.data());
+    }
+
+    ExpertStack experts(const std::string& name, int64_t count, int64_t rows, int64_t cols) const override {
+        const py::array& a = find(name);
+        if (a.dtype().is(py::dtype::of<uint16_t>())) {
+            require_shape(name, a, {count, rows, cols});
+            return ExpertStack{WeightType::bf16, count, rows, cols, a.data()};
+        }
+        if (a.dtype().is(py::dtype::of<uint8_t>())) {
+            require_shape(name, a, {count, rows, mxfp4_row_bytes(cols, "weights['" + name + "']")});
+            return ExpertStack{WeightType::mxfp4, count, rows, cols, a.data()};
+        }
+        throw std::invalid_argument("weights['" + name + "']: experts must be uint16 (BF16 bits) or uint8 (MXFP4 "
+                                    "blocks), got " + std::string(py::str(a.dtype())));
+    }
+
     // The arrays the decoder points into; whoever holds the decoder holds these.
     std::vector<py::array> arrays() const {
         std::vector<py::array> out;
@@ -148,6 +171,11 @@ ModelConfig model_config_from_dict(const py::dict& d) {
     c.sliding_window = config_value<int64_t>(d, "sliding_window");
     c.sliding_window_pattern = config_value<int64_t>(d, "sliding_window_pattern");
     c.rope_base_sliding = config_value<double>(d, "rope_base_sliding");
+    c.n_experts = config_value<int64_t>(d, "n_experts");
+    c.n_experts_used = config_value<int64_t>(d, "n_experts_used");
+    c.expert_d_ff = config_value<int64_t>(d, "expert_d_ff");
+    c.shared_expert_d_ff = config_value<int64_t>(d, "shared_expert_d_ff");
+    c.expert_weights_normalized = config_value<bool>(d, "expert_weights_normalized");
     const py::dict scaling = config_value<py::dict>(d, "rope_scaling");
     c.rope_scaling.kind = rope_scaling_kind_from_name(config_value<std::string>(scaling, "kind"));
     if (c.rope_scaling.kind == RopeScalingKind::linear) c.rope_scaling.factor = config_value<double>(scaling, "factor");
@@ -284,7 +312,9 @@ py::array dequantize(const py::array_t<uint8_t, py::array::c_style>& raw, int gg
 namespace mlspecqd::bindings {
 
 void register_model(py::module_& m) {
-    py::class_<NativeModel>(m, "Model", "A dense transformer (llama, qwen2, qwen3, gemma3) with a key/value cache per sequence slot")
+    py::class_<NativeModel>(m, "Model",
+                            "A transformer (llama, qwen2, qwen3, gemma3, qwen2moe, qwen3moe) with a key/value cache per "
+                            "sequence slot")
         .def(py::init<const py::dict&, const py::dict&, int64_t>(), py::arg("config"), py::arg("weights"),
              py::arg("max_context"))
         .def("forward", &NativeModel::forward, py::arg("tokens"), py::arg("start"), py::arg("all_logits") = false,

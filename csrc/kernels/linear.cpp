@@ -32,18 +32,37 @@ std::byte* activation_scratch(size_t bytes) {
 template <class Body>
 void parallel_for_prepared(WeightType type, const float* x, int64_t M, int64_t K, int64_t n, Body body) {
     static_assert(kWeightRowsPerChunk % kPrepareColumns == 0, "column slices must start where prepare allows");
-    const KernelTable& k = kernels();
-    const bool bf16 = type == WeightType::bf16;
-    std::byte* prepared = activation_scratch(
-        static_cast<size_t>(bf16 ? k.gemm_bf16_prepared_bytes(M, K) : k.gemm_mxfp4_prepared_bytes(M, K)));
-    const auto prepare = bf16 ? k.gemm_bf16_prepare : k.gemm_mxfp4_prepare;
-    const auto prepare_columns = [&](int64_t k_begin, int64_t k_end) { prepare(x, M, K, k_begin, k_end, prepared); };
+    std::byte* prepared = activation_scratch(static_cast<size_t>(prepared_bytes(type, M, K)));
+    const auto prepare = [&](int64_t k_begin, int64_t k_end) {
+        prepare_columns(type, x, M, K, k_begin, k_end, prepared);
+    };
     const auto run_body = [&](int64_t begin, int64_t end) { body(static_cast<const void*>(prepared), begin, end); };
-    parallel_for_after(K, kWeightRowsPerChunk, prepare_columns, n, kWeightRowsPerChunk, run_body);
+    parallel_for_after(K, kWeightRowsPerChunk, prepare, n, kWeightRowsPerChunk, run_body);
 }
 
-// Columns [n_begin, n_end) of y = x W^T from prepared x, on the calling thread.
-void multiply_rows(const Linear& w, const void* prepared, int64_t M, int64_t n_begin, int64_t n_end, float* y) {
+// The products of one call must read one prepared x: the same weight type and the same K > 0 (the
+// kernels assume at least one step of K). The decoder's query/key/value and gate/up always do.
+void check_shared_input(const Linear& first, const Linear& other, const char* where) {
+    if (other.type != first.type || other.in_features != first.in_features || first.in_features <= 0)
+        throw std::invalid_argument(std::string(where) + ": the weights must share their type and an input width K > 0 (K = " +
+                                    std::to_string(first.in_features) + " and " +
+                                    std::to_string(other.in_features) + ")");
+}
+
+}  // namespace
+
+int64_t prepared_bytes(WeightType type, int64_t M, int64_t K) {
+    const KernelTable& k = kernels();
+    return type == WeightType::bf16 ? k.gemm_bf16_prepared_bytes(M, K) : k.gemm_mxfp4_prepared_bytes(M, K);
+}
+
+void prepare_columns(WeightType type, const float* x, int64_t M, int64_t K, int64_t k_begin, int64_t k_end,
+                     void* prepared) {
+    const KernelTable& k = kernels();
+    (type == WeightType::bf16 ? k.gemm_bf16_prepare : k.gemm_mxfp4_prepare)(x, M, K, k_begin, k_end, prepared);
+}
+
+void multiply_prepared(const Linear& w, const void* prepared, int64_t M, int64_t n_begin, int64_t n_end, float* y) {
     const KernelTable& k = kernels();
     const int64_t N = w.out_features, K = w.in_features;
     switch (w.type) {
@@ -58,16 +77,10 @@ void multiply_rows(const Linear& w, const void* prepared, int64_t M, int64_t n_b
     }
 }
 
-// The products of one call must read one prepared x: the same weight type and the same K > 0 (the
-// kernels assume at least one step of K). The decoder's query/key/value and gate/up always do.
-void check_shared_input(const Linear& first, const Linear& other, const char* where) {
-    if (other.type != first.type || other.in_features != first.in_features || first.in_features <= 0)
-        throw std::invalid_argument(std::string(where) + ": the weights must share their type and an input width K > 0 (K = " +
-                                    std::to_string(first.in_features) + " and " +
-                                    std::to_string(other.in_features) + ")");
+void gate_activation(GateActivation activation, float* gate, const float* up, int64_t n) {
+    const KernelTable& k = kernels();
+    (activation == GateActivation::gelu_tanh ? k.gelu_tanh_multiply : k.silu_multiply)(gate, up, n);
 }
-
-}  // namespace
 
 void matmul(const Linear& w, const float* x, int64_t M, float* y) {
     if (M <= 0 || w.out_features <= 0) return;
@@ -76,7 +89,7 @@ void matmul(const Linear& w, const float* x, int64_t M, float* y) {
         return;
     }
     const auto multiply = [&](const void* prepared, int64_t begin, int64_t end) {
-        multiply_rows(w, prepared, M, begin, end, y);
+        multiply_prepared(w, prepared, M, begin, end, y);
     };
     parallel_for_prepared(w.type, x, M, w.in_features, w.out_features, multiply);
 }
@@ -95,7 +108,7 @@ void matmul_shared_input(std::initializer_list<Product> products, const float* x
         for (const Product& product : products) {
             const int64_t n_begin = std::max(begin - offset, int64_t{0});
             const int64_t n_end = std::min(end - offset, product.w->out_features);
-            if (n_begin < n_end) multiply_rows(*product.w, prepared, M, n_begin, n_end, product.y);
+            if (n_begin < n_end) multiply_prepared(*product.w, prepared, M, n_begin, n_end, product.y);
             offset += product.w->out_features;
         }
     });
@@ -109,12 +122,11 @@ void matmul_gated(const Linear& gate, const Linear& up, GateActivation activatio
     if (up.out_features != N)
         throw std::invalid_argument("matmul_gated: gate has " + std::to_string(N) + " rows, up " +
                                     std::to_string(up.out_features));
-    const KernelTable& k = kernels();
-    const auto activate = activation == GateActivation::gelu_tanh ? k.gelu_tanh_multiply : k.silu_multiply;
     parallel_for_prepared(gate.type, x, M, gate.in_features, N, [&](const void* prepared, int64_t begin, int64_t end) {
-        multiply_rows(gate, prepared, M, begin, end, gate_y);
-        multiply_rows(up, prepared, M, begin, end, up_y);
-        for (int64_t m = 0; m < M; ++m) activate(gate_y + m * N + begin, up_y + m * N + begin, end - begin);
+        multiply_prepared(gate, prepared, M, begin, end, gate_y);
+        multiply_prepared(up, prepared, M, begin, end, up_y);
+        for (int64_t m = 0; m < M; ++m)
+            gate_activation(activation, gate_y + m * N + begin, up_y + m * N + begin, end - begin);
     });
 }
 

@@ -48,4 +48,18 @@ void matmul_shared_input(std::initializer_list<Product> products, const float* x
 void matmul_gated(const Linear& gate, const Linear& up, GateActivation activation, const float* x, int64_t M,
                   float* gate_y, float* up_y);
 
+// The steps the products above take, for callers that share out work of their own in one parallel
+// region (the expert products of csrc/model/moe.cpp). A product is: prepare every column of x, then
+// multiply_prepared over slices of W's rows; each output has the bits matmul gives it.
+// Bytes that x (M x K) takes prepared for weights of `type`.
+int64_t prepared_bytes(WeightType type, int64_t M, int64_t K);
+// Prepares columns [k_begin, k_end) of x (M x K) into `prepared` (64-byte aligned, prepared_bytes long);
+// k_begin is a multiple of kPrepareColumns (kernels/kernels.h), k_end one or K.
+void prepare_columns(WeightType type, const float* x, int64_t M, int64_t K, int64_t k_begin, int64_t k_end,
+                     void* prepared);
+// Columns [n_begin, n_end) of y (M x w.out_features) = x W^T, from x prepared for w, on the calling thread.
+void multiply_prepared(const Linear& w, const void* prepared, int64_t M, int64_t n_begin, int64_t n_end, float* y);
+// gate[i] <- act(gate[i]) * up[i] for i < n: the elementwise step of matmul_gated.
+void gate_activation(GateActivation activation, float* gate, const float* up, int64_t n);
+
 }  // namespace mlspecqd

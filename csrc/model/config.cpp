@@ -10,6 +10,7 @@ namespace {
 constexpr int64_t kMaxDimension = int64_t{1} << 20;
 constexpr int64_t kMaxVocabulary = int64_t{1} << 24;
 constexpr int64_t kMaxContext = int64_t{1} << 31;
+constexpr int64_t kMaxExperts = 4096;
 
 void require_in_range(const char* field, int64_t value, int64_t low, int64_t high) {
     if (value < low || value > high)
@@ -29,7 +30,7 @@ void ModelConfig::validate() const {
                                     " is not a multiple of n_kv_heads = " + std::to_string(n_kv_heads));
     require_in_range("head_dim", head_dim, 1, 4096);
     require_in_range("n_heads * head_dim", n_heads * head_dim, 1, kMaxDimension);
-    require_in_range("d_ff", d_ff, 1, kMaxDimension);
+    require_in_range("d_ff", d_ff, n_experts > 0 ? 0 : 1, kMaxDimension);
     require_in_range("vocab_size", vocab_size, 1, kMaxVocabulary);
     require_in_range("rope_dim", rope_dim, 0, head_dim);
     if (rope_dim % 2 != 0) throw std::invalid_argument("model config: rope_dim = " + std::to_string(rope_dim) + " is odd");
@@ -40,6 +41,12 @@ void ModelConfig::validate() const {
         throw std::invalid_argument("model config: rope_scaling.factor must be positive");
     if (!(embedding_scale > 0.0 && embedding_scale < 1e30))
         throw std::invalid_argument("model config: embedding_scale must be positive and finite");
+    require_in_range("n_experts", n_experts, 0, kMaxExperts);
+    if (n_experts > 0) {
+        require_in_range("n_experts_used", n_experts_used, 1, n_experts);
+        require_in_range("expert_d_ff", expert_d_ff, 1, kMaxDimension);
+        require_in_range("shared_expert_d_ff", shared_expert_d_ff, 0, kMaxDimension);
+    }
     require_in_range("sliding_window", sliding_window, 0, kMaxContext);
     if (sliding_window > 0) {
         require_in_range("sliding_window_pattern", sliding_window_pattern, 1, 4096);

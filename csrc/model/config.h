@@ -1,4 +1,5 @@
-// Hyper-parameters of a dense decoder-only transformer (llama, qwen2, qwen3, gemma3), as the GGUF states them.
+// Hyper-parameters of a decoder-only transformer (llama, qwen2, qwen3, gemma3, and the Mixture-of-Experts
+// qwen2moe, qwen3moe and Mixtral), as the GGUF states them.
 #pragma once
 #include <cstdint>
 #include <string>
@@ -49,6 +50,14 @@ struct ModelConfig {
     int64_t sliding_window = 0;
     int64_t sliding_window_pattern = 0;
     double rope_base_sliding = 0.0;
+    // Mixture of experts: n_experts > 0 puts in every layer's place of the MLP n_experts gated MLPs of
+    // width expert_d_ff, of which each token runs the n_experts_used its router ranks highest (d_ff is
+    // then unused), plus, with shared_expert_d_ff > 0, one shared MLP every token runs (qwen2moe).
+    int64_t n_experts = 0;
+    int64_t n_experts_used = 0;
+    int64_t expert_d_ff = 0;
+    int64_t shared_expert_d_ff = 0;
+    bool expert_weights_normalized = false;  // the chosen experts' routing weights rescaled to sum to 1
 
     bool is_sliding(int64_t layer) const {
         return sliding_window > 0 && (layer + 1) % sliding_window_pattern != 0;

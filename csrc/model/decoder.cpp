@@ -31,9 +31,13 @@ LayerWeights load_layer(const ModelConfig& c, const TensorSource& tensors, int64
         w.k_norm = tensors.vector(block(i, "attn_k_norm.weight"), c.head_dim);
     }
     w.ffn_norm = tensors.vector(block(i, "ffn_norm.weight"), c.d_model);
-    w.gate = tensors.linear(block(i, "ffn_gate.weight"), c.d_ff, c.d_model);
-    w.up = tensors.linear(block(i, "ffn_up.weight"), c.d_ff, c.d_model);
-    w.down = tensors.linear(block(i, "ffn_down.weight"), c.d_model, c.d_ff);
+    if (c.n_experts > 0) {
+        w.moe = load_moe_weights(c, tensors, i);
+    } else {
+        w.gate = tensors.linear(block(i, "ffn_gate.weight"), c.d_ff, c.d_model);
+        w.up = tensors.linear(block(i, "ffn_up.weight"), c.d_ff, c.d_model);
+        w.down = tensors.linear(block(i, "ffn_down.weight"), c.d_model, c.d_ff);
+    }
     if (c.post_norms) {
         w.post_attention_norm = tensors.vector(block(i, "post_attention_norm.weight"), c.d_model);
         w.post_ffw_norm = tensors.vector(block(i, "post_ffw_norm.weight"), c.d_model);
@@ -254,10 +258,14 @@ void Decoder::attention_block(const LayerWeights& w, int64_t layer, const std::v
 }
 
 // x += W_down (act(W_gate h) * W_up h) with h = rms_norm(x), the product normed again first with
-// post_norms.
+// post_norms; with experts, x += the MoE block of h (csrc/model/moe.h).
 void Decoder::mlp_block(const LayerWeights& w, int64_t rows) {
     const ModelConfig& c = config_;
     rms_norm(x_.data(), w.ffn_norm, rows, c.d_model, c.norm_eps, normed_.data());
+    if (c.n_experts > 0) {
+        add_rows(x_.data(), moe_.forward(c, w.moe, normed_.data(), rows), rows * c.d_model);
+        return;
+    }
     matmul_gated(w.gate, w.up, c.activation, normed_.data(), rows, gate_.data(), up_.data());
     matmul(w.down, gate_.data(), rows, normed_.data());
     if (c.post_norms) rms_norm(normed_.data(), w.post_ffw_norm, rows, c.d_model, c.norm_eps, normed_.data());

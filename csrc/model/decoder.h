@@ -1,6 +1,7 @@
-// A dense decoder-only transformer (llama, qwen2, qwen3, gemma3) with key/value caches for one or more
-// sequences. One forward call runs rows from any of those sequences through every layer: each sequence
-// appends to its own cache slot at its own positions, and every weight is read once for all of them.
+// A decoder-only transformer (llama, qwen2, qwen3, gemma3; with experts qwen2moe, qwen3moe, Mixtral) with
+// key/value caches for one or more sequences. One forward call runs rows from any of those sequences
+// through every layer: each sequence appends to its own cache slot at its own positions, and every
+// weight is read once for all of them.
 // Activations are float32 throughout; the matrix products take whatever weight type each Linear holds
 // (BF16 or MXFP4). Batch invariant: the logits of a position are the same bits whether it is computed
 // alone, in a verification batch, inside a prompt, or beside other sequences' rows.
@@ -17,6 +18,7 @@
 #include "model/config.h"
 #include "model/kv_cache.h"
 #include "model/layers.h"
+#include "model/moe.h"
 
 namespace mlspecqd {
 
@@ -29,6 +31,9 @@ public:
     virtual Linear linear(const std::string& name, int64_t rows, int64_t cols) const = 0;
     virtual const uint16_t* bf16_matrix(const std::string& name, int64_t rows, int64_t cols) const = 0;
     virtual const float* vector(const std::string& name, int64_t n) const = 0;
+    virtual const float* f32_matrix(const std::string& name, int64_t rows, int64_t cols) const = 0;
+    // `count` matrices of rows x cols, BF16 or MXFP4 (a GGUF *_exps tensor).
+    virtual ExpertStack experts(const std::string& name, int64_t count, int64_t rows, int64_t cols) const = 0;
 };
 
 struct LayerWeights {
@@ -38,7 +43,8 @@ struct LayerWeights {
     const float *q_norm = nullptr, *k_norm = nullptr;                      // qk_norm only
     const float* post_attention_norm = nullptr;                            // post_norms only
     const float* ffn_norm = nullptr;
-    Linear gate, up, down;
+    Linear gate, up, down;  // dense models
+    MoeWeights moe;         // config.n_experts > 0
     const float* post_ffw_norm = nullptr;  // post_norms only
 };
 
@@ -101,6 +107,7 @@ private:
     std::vector<int64_t> tokens_, positions_;
     std::vector<AttentionProblem> problems_;
     std::vector<float> rope_cos_, rope_sin_, sliding_cos_, sliding_sin_;
+    MoeBlock moe_;  // with experts: the MoE layers' own work buffers
 };
 
 }  // namespace mlspecqd

@@ -20,12 +20,13 @@ from mlspecqd import _native
 from mlspecqd.engine import quant, weight_layout
 from mlspecqd.gguf import GGUFFile, ModelSpec, open_gguf
 
-SUPPORTED_ARCHITECTURES = ("llama", "qwen2", "qwen3", "gemma3")
+SUPPORTED_ARCHITECTURES = ("llama", "qwen2", "qwen3", "gemma3", "qwen2moe", "qwen3moe")
 PRECISIONS = ("bf16", "mxfp4")
 
 
 class Model:
-    """A dense transformer (llama, qwen2, qwen3, gemma3) with its key/value caches; see the module docstring."""
+    """A transformer (llama, qwen2, qwen3, gemma3; with experts qwen2moe, qwen3moe and Mixtral-style llama)
+    with its key/value caches; see the module docstring."""
 
     def __init__(self, spec: ModelSpec, tensors: Mapping[str, np.ndarray], precision: str, context_length: int) -> None:
         self.spec = spec
@@ -45,8 +46,9 @@ class Model:
     def from_arrays(cls, spec: ModelSpec, tensors: Mapping[str, np.ndarray], precision: str = "bf16",
                     context_length: int = 4096, mxfp4_head: bool = True) -> Model:
         """A model over `tensors` (by GGUF name): matrices are BF16 bit patterns (uint16), row-major (N, K)
-        or, for linear weights, in column blocks (K / B, N, B) (mlspecqd.engine.weight_layout); 1-D arrays are
-        float32. The arrays are used in place and should start on a 64-byte cache line, so that no 64-byte
+        or, for linear weights, in column blocks (K / B, N, B) (mlspecqd.engine.weight_layout); experts
+        (blk.N.ffn_*_exps) are (experts, N, K) BF16 bits; the MoE router (blk.N.ffn_gate_inp) and 1-D
+        arrays are float32. The arrays are used in place and should start on a 64-byte cache line, so that no 64-byte
         load touches two lines (weight_layout.cache_aligned_empty; Model.load's do). For precision="mxfp4"
         the linear weights are cast and every other array (embedding, norms, biases) is shared with `tensors`."""
         check_supported(spec, precision)
@@ -57,7 +59,8 @@ class Model:
     @classmethod
     def load(cls, path_or_file: str | Path | GGUFFile, precision: str = "bf16", context_length: int = 4096,
              mxfp4_head: bool = True) -> Model:
-        """Read a GGUF checkpoint, upcasting every matrix to BF16 (and to MXFP4 for precision="mxfp4").
+        """Read a GGUF checkpoint, upcasting every matrix to BF16 (and to MXFP4 for precision="mxfp4"); the
+        MoE router stays float32.
         `context_length` is capped at the model's trained context. The weights are converted copies, so
         a file opened here is closed again before returning. BF16 linear weights with a long K are
         stored in column blocks (mlspecqd.engine.weight_layout)."""
@@ -67,7 +70,8 @@ class Model:
             spec = gguf_file.spec
             check_supported(spec, precision, where=str(gguf_file.path))
             tensors = {
-                name: _bf16_matrix(gguf_file, name, precision) if len(info.shape) == 2 else gguf_file.tensor_f32(name)
+                name: _bf16_matrix(gguf_file, name, precision) if _is_bf16(name, info.shape)
+                else gguf_file.tensor_f32(name)
                 for name, info in gguf_file.tensors.items()
             }
         finally:
@@ -155,7 +159,7 @@ def _token_ids(tokens: Sequence[int] | np.ndarray, what: str) -> np.ndarray:
 
 def check_supported(spec: ModelSpec, precision: str, where: str = "model") -> None:
     if spec.architecture not in SUPPORTED_ARCHITECTURES:
-        raise ValueError(f"{where}: architecture '{spec.architecture}' is not supported by the dense decoder "
+        raise ValueError(f"{where}: architecture '{spec.architecture}' is not supported by the decoder "
                          f"(supported: {', '.join(SUPPORTED_ARCHITECTURES)})")
     if precision not in PRECISIONS:
         raise ValueError(f"{where}: precision '{precision}' is not one of {', '.join(PRECISIONS)}")
@@ -181,15 +185,22 @@ def _cast_to_mxfp4(spec: ModelSpec, tensors: Mapping[str, np.ndarray],
         tensors = {**tensors, head: tensors["token_embd.weight"]}
         spec = dataclasses.replace(spec, tied_output=False)
     # One weight at a time, so that a weight in column blocks is back in rows only while it is cast.
-    cast = {name: quant.cast_to_mxfp4(weight_layout.row_major(array), name) for name, array in tensors.items()
-            if quant.is_linear_weight(name) and (mxfp4_head or name != head)}
+    cast = {name: quant.cast_to_mxfp4(array if quant.is_expert_weight(name) else weight_layout.row_major(array), name)
+            for name, array in tensors.items() if quant.is_linear_weight(name) and (mxfp4_head or name != head)}
     return spec, {**tensors, **cast}
 
 
+def _is_bf16(name: str, shape: tuple[int, ...]) -> bool:
+    """Whether the model holds a tensor as BF16 bits: every matrix and expert stack but the MoE router,
+    which routes in float32."""
+    return len(shape) >= 2 and not quant.is_router_weight(name)
+
+
 def _bf16_matrix(gguf_file: GGUFFile, name: str, precision: str) -> np.ndarray:
-    """A matrix of the file upcast to BF16 bits. At precision "bf16" a linear weight with a long K goes
-    into column blocks, one weight at a time so that loading never holds two copies of the weights; at
-    "mxfp4" the linear weights are about to be cast, which reads rows."""
+    """A matrix (or expert stack) of the file upcast to BF16 bits. At precision "bf16" a linear weight with a
+    long K goes into column blocks, one weight at a time so that loading never holds two copies of the
+    weights; experts stay row-major; at "mxfp4" the linear weights are about to be cast, which reads rows."""
     bits = gguf_file.tensor_bf16(name)
-    return weight_layout.in_column_blocks(bits) if precision == "bf16" and quant.is_linear_weight(name) else bits
+    blocked = precision == "bf16" and quant.is_linear_weight(name) and not quant.is_expert_weight(name)
+    return weight_layout.in_column_blocks(bits) if blocked else bits
 

@@ -105,6 +105,19 @@ _LINEAR_WEIGHT_SUFFIXES = tuple(
 )
 
 
+_EXPERT_WEIGHT_SUFFIXES = (".ffn_gate_exps.weight", ".ffn_up_exps.weight", ".ffn_down_exps.weight")
+
+
+def is_expert_weight(name: str) -> bool:
+    """True for the stacks of expert matrices, blk.N.ffn_{gate,up,down}_exps.weight: (experts, N, K)."""
+    return name.startswith("blk.") and name.endswith(_EXPERT_WEIGHT_SUFFIXES)
+
+
+def is_router_weight(name: str) -> bool:
+    """True for an MoE router, blk.N.ffn_gate_inp.weight (experts x d_model), which stays float32."""
+    return name.startswith("blk.") and name.endswith(".ffn_gate_inp.weight")
+
+
 def is_linear_weight(name: str) -> bool:
     """True for the GGUF tensors that are Linear weights: blk.N.attn_*/ffn_* matrices and output.weight."""
     return name == "output.weight" or (name.startswith("blk.") and name.endswith(_LINEAR_WEIGHT_SUFFIXES))

@@ -1,5 +1,5 @@
-"""Tiny dense decoder specs and random weights for the native decoder tests, and the tolerances of the
-native logits against the NumPy reference (support/reference_model.py)."""
+"""Tiny decoder specs (dense, and with experts) and random weights for the native decoder tests, and the
+tolerances of the native logits against the NumPy reference (support/reference_model.py)."""
 
 from __future__ import annotations
 
@@ -12,17 +12,32 @@ from mlspecqd.gguf import ModelSpec, RopeScaling
 
 
 def tiny_spec(architecture: str = "llama", **overrides) -> ModelSpec:
+    """A small spec of the architecture; "mixtral" is llama with experts, as Mixtral's GGUF files are."""
+    if architecture == "mixtral":
+        return tiny_spec("llama", **{**MOE_EXTRAS["mixtral"], **overrides})
+    overrides = {**MOE_EXTRAS.get(architecture, {}), **overrides}
     spec = ModelSpec(
         architecture=architecture, n_layers=2, d_model=64, n_heads=4, n_kv_heads=2, head_dim=16, d_ff=96,
         vocab_size=160, context_length=256, rope_base=10000.0, rope_dim=16,
         rope_style="interleaved" if architecture == "llama" else "neox", rope_scaling=RopeScaling(),
-        norm_eps=1e-6, tied_output=False, qkv_bias=architecture == "qwen2",
-        qk_norm=architecture in ("qwen3", "gemma3"),
+        norm_eps=1e-6, tied_output=False, qkv_bias=architecture in ("qwen2", "qwen2moe"),
+        qk_norm=architecture in ("qwen3", "gemma3", "qwen3moe"),
     )
     spec = replace(spec, **{**(GEMMA3_EXTRAS if architecture == "gemma3" else {}), **overrides})
     if architecture == "gemma3" and "embedding_scale" not in overrides:
         spec = replace(spec, embedding_scale=math.sqrt(spec.d_model))
     return spec
+
+
+# Experts as each family routes them (weights renormalised over the chosen ones, or not), 8 of them of
+# which 2 or 3 run, so a batch leaves some idle and shares others.
+MOE_EXTRAS = {
+    "qwen2moe": {"n_experts": 8, "n_experts_used": 2, "expert_d_ff": 32, "shared_expert_d_ff": 64,
+                 "expert_weights_normalized": False},
+    "qwen3moe": {"n_experts": 8, "n_experts_used": 3, "expert_d_ff": 32, "expert_weights_normalized": True},
+    "mixtral": {"n_experts": 8, "n_experts_used": 2, "expert_d_ff": 64, "d_ff": 64, "expert_weights_normalized": True},
+}
+MOE_ARCHITECTURES = tuple(MOE_EXTRAS)
 
 
 # Gemma 3's own features, shaped as the 270M has them but small: every third layer global, the others
@@ -78,12 +93,39 @@ def random_tensors(spec: ModelSpec, seed: int = 0) -> dict[str, np.ndarray]:
             tensors[block + "attn_q_norm.weight"] = vector(spec.head_dim, 1.0, 0.1)
             tensors[block + "attn_k_norm.weight"] = vector(spec.head_dim, 1.0, 0.1)
         tensors[block + "ffn_norm.weight"] = vector(spec.d_model, 1.0, 0.1)
-        tensors[block + "ffn_gate.weight"] = matrix(spec.d_ff, spec.d_model)
-        tensors[block + "ffn_up.weight"] = matrix(spec.d_ff, spec.d_model)
-        tensors[block + "ffn_down.weight"] = matrix(spec.d_model, spec.d_ff)
+        if spec.is_moe:
+            tensors.update(random_experts(spec, layer, rng))
+        else:
+            tensors[block + "ffn_gate.weight"] = matrix(spec.d_ff, spec.d_model)
+            tensors[block + "ffn_up.weight"] = matrix(spec.d_ff, spec.d_model)
+            tensors[block + "ffn_down.weight"] = matrix(spec.d_model, spec.d_ff)
         if spec.post_norms:
             tensors[block + "post_attention_norm.weight"] = vector(spec.d_model, 1.0, 0.1)
             tensors[block + "post_ffw_norm.weight"] = vector(spec.d_model, 1.0, 0.1)
+    return tensors
+
+
+def random_experts(spec: ModelSpec, layer: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """One layer's router (float32, logits of about unit spread), experts (BF16 bits, experts x N x K)
+    and, if the spec has one, shared expert with its gate vector."""
+    d, E, F = spec.d_model, spec.n_experts, spec.expert_d_ff
+    block = f"blk.{layer}."
+
+    def stack(rows: int, cols: int) -> np.ndarray:
+        return bf16_bits(rng.standard_normal((E, rows, cols)) / np.sqrt(cols))
+
+    tensors = {
+        block + "ffn_gate_inp.weight": (rng.standard_normal((E, d)) / np.sqrt(d)).astype(np.float32),
+        block + "ffn_gate_exps.weight": stack(F, d),
+        block + "ffn_up_exps.weight": stack(F, d),
+        block + "ffn_down_exps.weight": stack(d, F),
+    }
+    if spec.shared_expert_d_ff:
+        S = spec.shared_expert_d_ff
+        tensors[block + "ffn_gate_inp_shexp.weight"] = (rng.standard_normal(d) / np.sqrt(d)).astype(np.float32)
+        tensors[block + "ffn_gate_shexp.weight"] = bf16_bits(rng.standard_normal((S, d)) / np.sqrt(d))
+        tensors[block + "ffn_up_shexp.weight"] = bf16_bits(rng.standard_normal((S, d)) / np.sqrt(d))
+        tensors[block + "ffn_down_shexp.weight"] = bf16_bits(rng.standard_normal((d, S)) / np.sqrt(S))
     return tensors
 
 

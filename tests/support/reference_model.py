@@ -1,5 +1,6 @@
-"""A plain NumPy float64 forward pass of the dense decoders (llama, qwen2, qwen3, gemma3): the reference the
-native decoder is tested against. Written for reading, not speed: no cache, the whole sequence each call.
+"""A plain NumPy float64 forward pass of the decoders (llama, qwen2, qwen3, gemma3, and with experts
+qwen2moe, qwen3moe and Mixtral-style llama): the reference the native decoder is tested against. Written
+for reading, not speed: no cache, the whole sequence each call, one expert call per token and expert.
 
 Weights are the same arrays the native model gets (BF16 bit patterns for matrices, float32 vectors),
 widened to float64. With `round_matmul_inputs=True` every matrix product first rounds its input to BF16,
@@ -39,6 +40,35 @@ def gelu_tanh(x: np.ndarray) -> np.ndarray:
 
 
 ACTIVATIONS = {"silu": silu, "gelu_tanh": gelu_tanh}
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - x.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def route(spec: Any, router: np.ndarray, h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's experts (T x n_experts_used, highest router logit first, ties to the lower index) and
+    their weights: softmax probabilities over all experts, rescaled to sum to 1 if the model says so."""
+    logits = h @ router.T
+    experts = np.argsort(-logits, axis=-1, kind="stable")[:, : spec.n_experts_used]
+    weights = np.take_along_axis(softmax(logits), experts, axis=-1)
+    if spec.expert_weights_normalized:
+        weights = weights / weights.sum(axis=-1, keepdims=True)
+    return experts, weights
+
+
+def routing_margin(spec: Any, router: np.ndarray, h: np.ndarray) -> float:
+    """The smallest gap, over rows, between the last chosen and the first unchosen router logit: how far
+    the routing is from a tie that rounding could break either way (infinite when every expert runs)."""
+    if spec.n_experts_used == spec.n_experts:
+        return float("inf")
+    ranked = -np.sort(-(h @ router.T), axis=-1)
+    return float((ranked[:, spec.n_experts_used - 1] - ranked[:, spec.n_experts_used]).min())
 
 
 def is_sliding(spec: Any, layer: int) -> bool:
@@ -96,16 +126,42 @@ def causal_attention(
 
 
 def forward(
-    spec: Any, tensors: Mapping[str, np.ndarray], tokens: Sequence[int], round_matmul_inputs: bool = False
+    spec: Any,
+    tensors: Mapping[str, np.ndarray],
+    tokens: Sequence[int],
+    round_matmul_inputs: bool = False,
+    router_inputs: list[np.ndarray] | None = None,
 ) -> np.ndarray:
-    """Logits (T x vocab, float64) of every position of `tokens`, starting at position 0."""
+    """Logits (T x vocab, float64) of every position of `tokens`, starting at position 0. With experts,
+    `router_inputs` (a list) receives each layer's router input h (T x d_model)."""
 
     def weight(name: str) -> np.ndarray:
         array = tensors[name]
         return bf16_bits_to_float64(array) if array.dtype == np.uint16 else array.astype(np.float64)
 
+    def product(x: np.ndarray, matrix: np.ndarray) -> np.ndarray:
+        return (round_to_bf16(x) if round_matmul_inputs else x) @ matrix.T
+
     def linear(x: np.ndarray, name: str) -> np.ndarray:
-        return (round_to_bf16(x) if round_matmul_inputs else x) @ weight(name).T
+        return product(x, weight(name))
+
+    def gated_mlp(x: np.ndarray, gate: np.ndarray, up: np.ndarray, down: np.ndarray) -> np.ndarray:
+        return product(activation(product(x, gate)) * product(x, up), down)
+
+    def experts_block(h: np.ndarray, block: str) -> np.ndarray:
+        """The weighted sum of each row's chosen experts, plus the shared expert under its sigmoid gate."""
+        if router_inputs is not None:
+            router_inputs.append(h)
+        gate, up, down = (weight(block + f"ffn_{name}_exps.weight") for name in ("gate", "up", "down"))
+        experts, weights = route(spec, weight(block + "ffn_gate_inp.weight"), h)
+        out = np.zeros_like(h)
+        for t in range(len(h)):
+            for e, w in zip(experts[t], weights[t]):
+                out[t] += w * gated_mlp(h[t : t + 1], gate[e], up[e], down[e])[0]
+        if spec.shared_expert_d_ff:
+            shared = gated_mlp(h, *(weight(block + f"ffn_{name}_shexp.weight") for name in ("gate", "up", "down")))
+            out += sigmoid(h @ weight(block + "ffn_gate_inp_shexp.weight"))[:, None] * shared
+        return out
 
     T = len(tokens)
     positions = np.arange(T, dtype=np.float64)
@@ -135,8 +191,10 @@ def forward(
             out = rms_norm(out, weight(block + "post_attention_norm.weight"), spec.norm_eps)
         x = x + out
         h = rms_norm(x, weight(block + "ffn_norm.weight"), spec.norm_eps)
-        out = linear(activation(linear(h, block + "ffn_gate.weight")) * linear(h, block + "ffn_up.weight"),
-                     block + "ffn_down.weight")
+        if spec.n_experts:
+            out = experts_block(h, block)
+        else:
+            out = gated_mlp(h, *(weight(block + f"ffn_{name}.weight") for name in ("gate", "up", "down")))
         if spec.post_norms:
             out = rms_norm(out, weight(block + "post_ffw_norm.weight"), spec.norm_eps)
         x = x + out

@@ -1,0 +1,245 @@
+"""Mixture-of-Experts targets (qwen2moe, qwen3moe, Mixtral-style llama): the native forward against the
+NumPy reference in BF16 and MXFP4, batch invariance on every instruction set, the expert block's
+properties (renumbering experts, top-k = all experts), loading from GGUF and refusals of bad weights."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from mlspecqd import _native
+from mlspecqd.engine.model import Model
+from mlspecqd.engine.quant import cast_to_mxfp4, mxfp4_to_float32
+from support import reference_model
+from support.decoder_fixtures import (
+    MOE_ARCHITECTURES,
+    TOLERANCE_BF16_INPUTS,
+    bf16_bits,
+    random_tensors,
+    tiny_spec,
+)
+from support.gguf_fixtures import write_model_gguf
+
+ISAS = _native.supported_isas()
+# Routing compares router logits; native and reference logits differ by rounding (about 1e-6 here).
+# Tests assert that no row's choice is closer than this to a tie, so both sides choose alike.
+ROUTING_MARGIN = 1e-3
+
+
+@pytest.fixture
+def active_isa():
+    """Restores the instruction set and thread count a test changes."""
+    saved_isa, saved_threads = _native.active_isa(), _native.num_threads()
+    yield
+    _native.set_isa(saved_isa)
+    _native.set_num_threads(saved_threads)
+
+
+def dequantized(tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Weights as the reference reads them: MXFP4 blocks (of any rank) decoded to float32."""
+    return {name: mxfp4_to_float32(array, array.shape[-1] // 17 * 32) if array.dtype == np.uint8 else array
+            for name, array in tensors.items()}
+
+
+def check_against_reference(model: Model, tokens: np.ndarray) -> None:
+    router_inputs: list[np.ndarray] = []
+    expected = reference_model.forward(model.spec, dequantized(model.tensors), tokens, round_matmul_inputs=True,
+                                       router_inputs=router_inputs)
+    for layer, h in enumerate(router_inputs):
+        router = model.tensors[f"blk.{layer}.ffn_gate_inp.weight"].astype(np.float64)
+        assert reference_model.routing_margin(model.spec, router, h) > ROUTING_MARGIN, "pick another seed"
+    actual = model.forward(tokens, 0, all_logits=True)
+    assert np.abs(actual - expected).max() / expected.std() < TOLERANCE_BF16_INPUTS
+
+
+@pytest.mark.parametrize("precision", ["bf16", "mxfp4"])
+@pytest.mark.parametrize("architecture", MOE_ARCHITECTURES)
+def test_forward_matches_reference(architecture, precision):
+    spec = tiny_spec(architecture)
+    model = Model.from_arrays(spec, random_tensors(spec, seed=11), precision)
+    if precision == "mxfp4":
+        assert model.tensors["blk.0.ffn_up_exps.weight"].dtype == np.uint8
+        assert model.tensors["blk.0.ffn_gate_inp.weight"].dtype == np.float32  # the router is not cast
+    check_against_reference(model, np.random.default_rng(12).integers(0, spec.vocab_size, 24))
+
+
+def test_unnormalized_weights_are_the_probabilities():
+    """qwen2moe's routing weights do not sum to 1; flipping the flag changes the logits (it is used)."""
+    spec = tiny_spec("qwen2moe")
+    tensors = random_tensors(spec, seed=11)
+    tokens = np.random.default_rng(12).integers(0, spec.vocab_size, 16)
+    plain = Model.from_arrays(spec, tensors).forward(tokens, 0, all_logits=True)
+    normalized = Model.from_arrays(dataclasses.replace(spec, expert_weights_normalized=True), tensors)
+    check_against_reference(normalized, tokens)
+    assert np.abs(normalized.forward(tokens, 0, all_logits=True) - plain).max() > 0.01
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("precision", ["bf16", "mxfp4"])
+@pytest.mark.parametrize("architecture", MOE_ARCHITECTURES)
+def test_rows_have_the_same_bits_in_any_batch(architecture, precision, threads, isa, active_isa):
+    spec = tiny_spec(architecture)
+    model = Model.from_arrays(spec, random_tensors(spec, seed=5), precision)
+    tokens = np.random.default_rng(6).integers(0, spec.vocab_size, 24)
+    _native.set_isa(isa)
+    _native.set_num_threads(threads)
+    whole = model.forward(tokens, 0, all_logits=True)
+    for split in (1, 7, 17):
+        model.forward(tokens[:split], 0, all_logits=True)
+        rest = model.forward(tokens[split:], split, all_logits=True)
+        assert np.array_equal(rest, whole[split:])
+    one_at_a_time = [model.forward(tokens[t : t + 1], t)[0] for t in range(len(tokens))]
+    assert np.array_equal(np.stack(one_at_a_time), whole)
+
+
+# The expert block on its own (_native.moe_block).
+
+def random_block(E: int, F: int, d: int, seed: int) -> tuple[np.ndarray, ...]:
+    rng = np.random.default_rng(seed)
+    router = (rng.standard_normal((E, d)) / np.sqrt(d)).astype(np.float32)
+    gate, up = (bf16_bits(rng.standard_normal((E, F, d)) / np.sqrt(d)) for _ in range(2))
+    down = bf16_bits(rng.standard_normal((E, d, F)) / np.sqrt(F))
+    return router, gate, up, down
+
+
+def block_reference(h, router, gate, up, down, n_used, normalized, round_inputs=True):
+    """The block by reference_model's routing and float64 products of BF16-rounded inputs."""
+    spec = tiny_spec("qwen3moe", n_experts=len(router), n_experts_used=n_used, expert_weights_normalized=normalized)
+    weights = {name: reference_model.bf16_bits_to_float64(w) for name, w in (("g", gate), ("u", up), ("d", down))}
+    rounded = reference_model.round_to_bf16 if round_inputs else (lambda x: x)
+    experts, chosen = reference_model.route(spec, router.astype(np.float64), h.astype(np.float64))
+    out = np.zeros(h.shape)
+    for t in range(len(h)):
+        for e, w in zip(experts[t], chosen[t]):
+            x = rounded(h[t].astype(np.float64))
+            hidden = reference_model.silu(x @ weights["g"][e].T) * (x @ weights["u"][e].T)
+            out[t] += w * (rounded(hidden) @ weights["d"][e].T)
+    return out, experts, chosen
+
+
+@pytest.mark.parametrize("normalized", [False, True])
+@pytest.mark.parametrize("isa", ISAS)
+def test_block_matches_its_reference(isa, normalized, active_isa):
+    E, F, d, T, k = 16, 96, 128, 13, 4
+    router, gate, up, down = random_block(E, F, d, seed=1)
+    h = np.random.default_rng(2).standard_normal((T, d)).astype(np.float32)
+    _native.set_isa(isa)
+    out, experts, weights = _native.moe_block(h, router, gate, up, down, k, normalized)
+    expected, expected_experts, expected_weights = block_reference(h, router, gate, up, down, k, normalized)
+    assert np.array_equal(experts, expected_experts)
+    np.testing.assert_allclose(weights, expected_weights, rtol=1e-5)
+    # float32 sums of BF16 products and one BF16 rounding of the hidden activations, which can flip
+    assert np.abs(out - expected).max() < 1e-2 * np.abs(expected).max()
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("threads", [1, 2])
+def test_block_rows_have_the_same_bits_in_any_batch(isa, threads, active_isa):
+    E, F, d, T, k = 16, 96, 128, 21, 4
+    router, gate, up, down = random_block(E, F, d, seed=3)
+    h = np.random.default_rng(4).standard_normal((T, d)).astype(np.float32)
+    _native.set_isa(isa)
+    _native.set_num_threads(threads)
+    for blocks in (lambda w: w, lambda w: cast_to_mxfp4(w)):
+        weights = (router, blocks(gate), blocks(up), blocks(down))
+        whole = _native.moe_block(h, *weights, k, True)[0]
+        for rows in (np.arange(1), np.arange(5, 14), np.array([20, 3, 11])):
+            assert np.array_equal(_native.moe_block(h[rows], *weights, k, True)[0], whole[rows])
+
+
+def test_renumbering_experts_with_the_router_rows_changes_nothing():
+    E, F, d, T, k = 16, 64, 96, 17, 3
+    router, gate, up, down = random_block(E, F, d, seed=5)
+    h = np.random.default_rng(6).standard_normal((T, d)).astype(np.float32)
+    permutation = np.random.default_rng(7).permutation(E)
+    out, experts, weights = _native.moe_block(h, router, gate, up, down, k, True)
+    renumbered = [np.ascontiguousarray(w[permutation]) for w in (router, gate, up, down)]
+    out_p, experts_p, weights_p = _native.moe_block(h, *renumbered, k, True)
+    assert np.array_equal(out_p, out)
+    assert np.array_equal(weights_p, weights)
+    assert np.array_equal(permutation[experts_p], experts)
+
+
+@pytest.mark.parametrize("normalized", [False, True])
+def test_all_experts_chosen_is_the_dense_weighted_sum(normalized):
+    """With n_used = E every expert runs with its softmax probability: sum_e p_e(h) expert_e(h)."""
+    E, F, d, T = 6, 64, 96, 9
+    router, gate, up, down = random_block(E, F, d, seed=8)
+    h = np.random.default_rng(9).standard_normal((T, d)).astype(np.float32)
+    out, _, weights = _native.moe_block(h, router, gate, up, down, E, normalized)
+    x = reference_model.round_to_bf16(h.astype(np.float64))
+    g, u, dn = (reference_model.bf16_bits_to_float64(w) for w in (gate, up, down))
+    hidden = reference_model.silu(np.einsum("td,efd->tef", x, g)) * np.einsum("td,efd->tef", x, u)
+    probabilities = reference_model.softmax(h.astype(np.float64) @ router.T.astype(np.float64))
+    if normalized:  # a no-op up to rounding: all the probabilities are chosen
+        probabilities /= probabilities.sum(axis=1, keepdims=True)
+    dense = np.einsum("te,ted->td", probabilities, np.einsum("tef,edf->ted", reference_model.round_to_bf16(hidden), dn))
+    assert np.allclose(weights.sum(axis=1), 1.0, atol=1e-6)  # softmax over all experts sums to 1 either way
+    assert np.abs(out - dense).max() < 1e-2 * np.abs(dense).max()
+
+
+# Loading from GGUF, and refusals.
+
+@pytest.mark.parametrize("architecture", ["qwen2moe", "qwen3moe", "mixtral"])
+def test_gguf_file_loads_and_matches_reference(tmp_path, architecture):
+    path = tmp_path / f"{architecture}.gguf"
+    mixtral = architecture == "mixtral"
+    overrides = {"n_experts": 4, "n_experts_used": 2, "expert_d_ff": 64, "d_ff": 64} if mixtral else {}
+    write_model_gguf(path, "llama" if mixtral else architecture, overrides, seed=3)
+    model = Model.load(path)
+    assert model.spec.is_moe
+    assert model.tensors["blk.0.ffn_gate_inp.weight"].dtype == np.float32
+    assert model.tensors["blk.0.ffn_down_exps.weight"].shape == (model.spec.n_experts, 64, model.spec.expert_d_ff)
+    check_against_reference(model, np.random.default_rng(4).integers(0, model.vocab_size, 12))
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda t: t.pop("blk.1.ffn_up_exps.weight"), r"missing tensor 'blk\.1\.ffn_up_exps\.weight'"),
+        (lambda t: t.pop("blk.0.ffn_gate_inp.weight"), r"missing tensor 'blk\.0\.ffn_gate_inp\.weight'"),
+        (lambda t: t.update({"blk.0.ffn_down_exps.weight": t["blk.0.ffn_down_exps.weight"][:7]}),
+         r"weights\['blk\.0\.ffn_down_exps\.weight'\] has shape \(7, 64, 32\), expected \(8, 64, 32\)"),
+        (lambda t: t.update({"blk.1.ffn_gate_exps.weight": t["blk.1.ffn_gate_exps.weight"][:, :, :32].copy()}),
+         r"weights\['blk\.1\.ffn_gate_exps\.weight'\] has shape \(8, 32, 32\), expected \(8, 32, 64\)"),
+        (lambda t: t.update({"blk.0.ffn_gate_inp.weight": bf16_bits(t["blk.0.ffn_gate_inp.weight"])}),
+         r"weights\['blk\.0\.ffn_gate_inp\.weight'\] must be float32, got uint16"),
+        (lambda t: t.update({"blk.0.ffn_up_exps.weight": t["blk.0.ffn_up_exps.weight"].astype(np.float32)}),
+         r"weights\['blk\.0\.ffn_up_exps\.weight'\]: experts must be uint16 \(BF16 bits\) or uint8"),
+        (lambda t: t.update({"blk.0.ffn_up_exps.weight": cast_to_mxfp4(t["blk.0.ffn_up_exps.weight"])}),
+         r"ffn_gate_exps\.weight'\] and weights\['blk\.0\.ffn_up_exps\.weight'\] must have one type"),
+        (lambda t: t.pop("blk.0.ffn_up_shexp.weight"), r"missing tensor 'blk\.0\.ffn_up_shexp\.weight'"),
+    ],
+)
+def test_bad_expert_weights_are_named(change, message):
+    spec = tiny_spec("qwen2moe")
+    tensors = random_tensors(spec)
+    change(tensors)
+    with pytest.raises(ValueError, match=message):
+        Model.from_arrays(spec, tensors)
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"n_experts_used": 9}, r"n_experts_used = 9 is outside \[1, 8\]"),
+        ({"n_experts_used": 0}, r"n_experts_used = 0 is outside \[1, 8\]"),
+        ({"expert_d_ff": 0}, r"expert_d_ff = 0 is outside"),
+    ],
+)
+def test_bad_expert_config_is_named(overrides, message):
+    spec = tiny_spec("qwen3moe")
+    tensors = random_tensors(spec)
+    with pytest.raises(ValueError, match=message):
+        Model.from_arrays(dataclasses.replace(spec, **overrides), tensors)
+
+
+def test_gguf_with_an_expert_count_that_does_not_match_is_refused(tmp_path):
+    path = tmp_path / "m.gguf"
+    write_model_gguf(path, "qwen3moe", extra_metadata={"qwen3moe.expert_count": 5})
+    message = r"tensor blk\.0\.ffn_gate_inp\.weight: shape \(4, 64\) does not match \(5, 64\)"
+    with pytest.raises(ValueError, match=message):
+        Model.load(path)
