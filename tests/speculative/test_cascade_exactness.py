@@ -15,6 +15,7 @@ from support.speculative_fixtures import (
     assert_caches_match_accepted_text,
     gemma3_native_model,
     gemma3_prompt,
+    moe_native_model,
     target_model,
 )
 
@@ -157,6 +158,25 @@ def test_greedy_cascade_of_native_gemma3_models_is_plain_decoding(drafts, policy
     result = generate(cascade, tokenizer, prompt, 140, prompt_chunk=16).run()
     assert result.tokens == plain.tokens
     assert target.n_past >= len(prompt) + len(result.tokens) - 1
+    levels = result.timings["levels"]
+    if policy == "fixed":  # drafts were made, and some of them rejected, so verification did real work
+        assert 0 < levels[-2]["draft_n_accepted"] < levels[-2]["draft_n"]
+
+
+# Native Mixture-of-Experts targets: verification batches route their rows to experts together, and
+# every row must still get the bits it gets alone.
+
+@pytest.mark.parametrize("policy", ["cost", "fixed"])
+@pytest.mark.parametrize("architecture", ["qwen2moe", "qwen3moe", "mixtral"])
+def test_greedy_cascade_on_a_native_moe_target_is_plain_decoding(architecture, policy):
+    plain_model = moe_native_model(architecture)
+    prompt = gemma3_prompt()
+    tokenizer = ByteTokenizer(plain_model.vocab_size)
+    plain = generate(plain_model, tokenizer, prompt, 120, prompt_chunk=16).run()
+    target = moe_native_model(architecture)
+    cascade = Cascade([NgramDrafter(), target.sibling("mxfp4"), target], policy=policy, draft_max=6)
+    result = generate(cascade, tokenizer, prompt, 120, prompt_chunk=16).run()
+    assert result.tokens == plain.tokens
     levels = result.timings["levels"]
     if policy == "fixed":  # drafts were made, and some of them rejected, so verification did real work
         assert 0 < levels[-2]["draft_n_accepted"] < levels[-2]["draft_n"]

@@ -1,5 +1,6 @@
 """The greedy setting the speculative tests share: a fake target model and the check that every model
-level's cache holds a prefix of the accepted text; and a native Gemma-3-shaped model on random weights."""
+level's cache holds a prefix of the accepted text; and native Gemma-3-shaped and Mixture-of-Experts
+models on random weights."""
 
 import numpy as np
 
@@ -30,6 +31,13 @@ def gemma3_native_model(seed: int = 9) -> Model:
     vocabulary so that support.fake_models.ByteTokenizer fits it. The LM head is its own matrix: with
     random weights a head tied to the scaled embedding repeats the last token forever."""
     spec = tiny_spec("gemma3", vocab_size=256, context_length=512, tied_output=False)
+    return Model.from_arrays(spec, random_tensors(spec, seed=seed))
+
+
+def moe_native_model(architecture: str, seed: int = 9) -> Model:
+    """A native Mixture-of-Experts model (support.decoder_fixtures.tiny_spec: 8 experts, 2 or 3 per
+    token) over random weights, with a byte-sized vocabulary for support.fake_models.ByteTokenizer."""
+    spec = tiny_spec(architecture, vocab_size=256, context_length=512)
     return Model.from_arrays(spec, random_tensors(spec, seed=seed))
 
 
