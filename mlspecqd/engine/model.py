@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from gguf import GGMLQuantizationType
 
 from mlspecqd import _native
 from mlspecqd.engine import quant, weight_layout
@@ -60,20 +61,17 @@ class Model:
     def load(cls, path_or_file: str | Path | GGUFFile, precision: str = "bf16", context_length: int = 4096,
              mxfp4_head: bool = True) -> Model:
         """Read a GGUF checkpoint, upcasting every matrix to BF16 (and to MXFP4 for precision="mxfp4"); the
-        MoE router stays float32.
-        `context_length` is capped at the model's trained context. The weights are converted copies, so
-        a file opened here is closed again before returning. BF16 linear weights with a long K are
-        stored in column blocks (mlspecqd.engine.weight_layout)."""
+        MoE router stays float32. At precision "mxfp4", linear weights the file stores as MXFP4 (as MoE
+        files ship their experts) are used as stored, views of the mapped file. `context_length` is capped
+        at the model's trained context. The other weights are converted copies; a file opened here is closed
+        again before returning (its mapping lives as long as an array uses it). BF16 linear weights with a
+        long K are stored in column blocks (mlspecqd.engine.weight_layout)."""
         opened_here = not isinstance(path_or_file, GGUFFile)
         gguf_file = open_gguf(path_or_file) if opened_here else path_or_file
         try:
             spec = gguf_file.spec
             check_supported(spec, precision, where=str(gguf_file.path))
-            tensors = {
-                name: _bf16_matrix(gguf_file, name, precision) if _is_bf16(name, info.shape)
-                else gguf_file.tensor_f32(name)
-                for name, info in gguf_file.tensors.items()
-            }
+            tensors = {name: _loaded(gguf_file, name, precision) for name in gguf_file.tensors}
         finally:
             if opened_here:
                 gguf_file.close()
@@ -184,16 +182,24 @@ def _cast_to_mxfp4(spec: ModelSpec, tensors: Mapping[str, np.ndarray],
     if mxfp4_head and spec.tied_output:
         tensors = {**tensors, head: tensors["token_embd.weight"]}
         spec = dataclasses.replace(spec, tied_output=False)
-    # One weight at a time, so that a weight in column blocks is back in rows only while it is cast.
+    # One weight at a time, so that a weight in column blocks is back in rows only while it is cast. Weights
+    # already in MXFP4 blocks (uint8) stay as they are; experts are never in column blocks.
     cast = {name: quant.cast_to_mxfp4(array if quant.is_expert_weight(name) else weight_layout.row_major(array), name)
-            for name, array in tensors.items() if quant.is_linear_weight(name) and (mxfp4_head or name != head)}
+            for name, array in tensors.items()
+            if quant.is_linear_weight(name) and array.dtype != np.uint8 and (mxfp4_head or name != head)}
     return spec, {**tensors, **cast}
 
 
-def _is_bf16(name: str, shape: tuple[int, ...]) -> bool:
-    """Whether the model holds a tensor as BF16 bits: every matrix and expert stack but the MoE router,
-    which routes in float32."""
-    return len(shape) >= 2 and not quant.is_router_weight(name)
+def _loaded(gguf_file: GGUFFile, name: str, precision: str) -> np.ndarray:
+    """A tensor of the file as the model holds it before any MXFP4 cast: MXFP4 linear weights at precision
+    "mxfp4" as stored (uint8 blocks, a view of the mapped file); every other matrix and expert stack as
+    BF16 bits; vectors and the MoE router (which routes in float32) as float32."""
+    info = gguf_file.tensor(name)
+    if precision == "mxfp4" and info.ggml_type == GGMLQuantizationType.MXFP4 and quant.is_linear_weight(name):
+        return info.raw.reshape(*info.shape[:-1], quant.mxfp4_row_bytes(info.shape[-1]))
+    if len(info.shape) >= 2 and not quant.is_router_weight(name):
+        return _bf16_matrix(gguf_file, name, precision)
+    return gguf_file.tensor_f32(name)
 
 
 def _bf16_matrix(gguf_file: GGUFFile, name: str, precision: str) -> np.ndarray:

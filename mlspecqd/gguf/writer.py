@@ -177,8 +177,9 @@ def conversion_plan(
 ) -> tuple[list[OutputTensor], GGMLQuantizationType | None]:
     """The tensors of `source` converted by `cast`: every tensor of two or more dimensions goes through
     the cast (token_embd and output included; llama.cpp reads any type for them), 1-D tensors (norms,
-    biases, rope factors) become F32. With linear_only, only linear-layer weights (quant.is_linear_weight)
-    take the cast and the other matrices become BF16. Also returns the type of the largest converted tensor."""
+    biases, rope factors) and MoE routers (which route in float32) become F32. With linear_only, only
+    linear-layer weights (quant.is_linear_weight) take the cast and the other matrices become BF16. Also
+    returns the type of the largest converted tensor."""
     row_types: dict[tuple[Cast, int], GGMLQuantizationType] = {}
 
     def row_type(name: str, cast: Cast, row_length: int) -> GGMLQuantizationType:
@@ -201,7 +202,7 @@ def conversion_plan(
     for name, info in source.tensors.items():
         if info.ggml_type not in DEQUANTIZABLE_TYPES:  # found before anything is written
             raise GGUFError(source.path, f"tensor {name}", f"type {info.ggml_type.name} cannot be converted")
-        if len(info.shape) == 1:
+        if len(info.shape) == 1 or quant.is_router_weight(name):
             plan.append(OutputTensor(name, GGMLQuantizationType.F32, info.shape, _f32_bytes(source, name)))
             continue
         tensor_cast = cast if not linear_only or quant.is_linear_weight(name) else cast_to_bf16

@@ -8,10 +8,12 @@ import dataclasses
 
 import numpy as np
 import pytest
+from gguf import GGMLQuantizationType
 
 from mlspecqd import _native
 from mlspecqd.engine.model import Model
 from mlspecqd.engine.quant import cast_to_mxfp4, mxfp4_to_float32
+from mlspecqd.gguf import open_gguf
 from support import reference_model
 from support.decoder_fixtures import (
     MOE_ARCHITECTURES,
@@ -243,3 +245,24 @@ def test_gguf_with_an_expert_count_that_does_not_match_is_refused(tmp_path):
     message = r"tensor blk\.0\.ffn_gate_inp\.weight: shape \(4, 64\) does not match \(5, 64\)"
     with pytest.raises(ValueError, match=message):
         Model.load(path)
+
+
+def test_mxfp4_experts_in_the_file_are_used_as_stored(tmp_path):
+    """At precision "mxfp4" the file's MXFP4 experts are views of its bytes, not upcast and cast again;
+    at "bf16" they are upcast, and both models match the reference on the values the file holds."""
+    path = tmp_path / "m.gguf"
+    experts = {f"blk.{layer}.ffn_{name}_exps.weight": GGMLQuantizationType.MXFP4
+               for layer in range(2) for name in ("gate", "up", "down")}
+    stored = write_model_gguf(path, "qwen3moe", tensor_types=experts, seed=5)
+    tokens = np.random.default_rng(6).integers(0, 320, 12)
+    with open_gguf(path) as gguf_file:
+        raw = gguf_file.tensor("blk.1.ffn_down_exps.weight").raw
+        draft = Model.load(gguf_file, precision="mxfp4")
+        upcast = Model.load(gguf_file)
+    blocks = draft.tensors["blk.1.ffn_down_exps.weight"]
+    assert blocks.shape == (4, 64, 17) and np.shares_memory(blocks, raw)
+    name = "blk.1.ffn_down_exps.weight"
+    assert np.array_equal(dequantized(draft.tensors)[name], stored[name])
+    assert upcast.tensors["blk.1.ffn_down_exps.weight"].dtype == np.uint16
+    check_against_reference(draft, tokens)
+    check_against_reference(upcast, tokens)

@@ -409,6 +409,18 @@ def test_convert_round_trip_checked_by_gguf_reader(tmp_path, target, matrix_type
             assert converted.spec == source.spec
 
 
+def test_convert_keeps_moe_routers_in_f32_and_casts_experts(tmp_path):
+    source_path, out_path = tmp_path / "in.gguf", tmp_path / "out.gguf"
+    stored = write_model_gguf(source_path, "qwen3moe")
+    convert(source_path, out_path, "mxfp4")
+    with open_gguf(out_path) as converted:
+        router = converted.tensor("blk.1.ffn_gate_inp.weight")
+        assert router.ggml_type == Q.F32
+        assert np.array_equal(converted.tensor_f32(router.name), stored[router.name])
+        assert converted.tensor("blk.1.ffn_up_exps.weight").ggml_type == Q.MXFP4
+        assert converted.spec.n_experts == 4
+
+
 def test_convert_carries_metadata_bytes_unchanged(tmp_path):
     source_path, out_path = tmp_path / "in.gguf", tmp_path / "out.gguf"
     write_model_gguf(source_path, "gemma3")
