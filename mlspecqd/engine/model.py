@@ -19,7 +19,7 @@ from gguf import GGMLQuantizationType
 
 from mlspecqd import _native
 from mlspecqd.engine import quant, weight_layout
-from mlspecqd.gguf import GGUFFile, ModelSpec, open_gguf
+from mlspecqd.gguf import GGUFFile, ModelSpec, expected_tensor_shapes, open_gguf
 
 SUPPORTED_ARCHITECTURES = ("llama", "qwen2", "qwen3", "gemma3", "qwen2moe", "qwen3moe")
 PRECISIONS = ("bf16", "mxfp4")
@@ -71,7 +71,8 @@ class Model:
         try:
             spec = gguf_file.spec
             check_supported(spec, precision, where=str(gguf_file.path))
-            tensors = {name: _loaded(gguf_file, name, precision) for name in gguf_file.tensors}
+            shapes = expected_tensor_shapes(spec)
+            tensors = {name: _loaded(gguf_file, name, precision, shapes.get(name)) for name in gguf_file.tensors}
         finally:
             if opened_here:
                 gguf_file.close()
@@ -190,11 +191,14 @@ def _cast_to_mxfp4(spec: ModelSpec, tensors: Mapping[str, np.ndarray],
     return spec, {**tensors, **cast}
 
 
-def _loaded(gguf_file: GGUFFile, name: str, precision: str) -> np.ndarray:
+def _loaded(gguf_file: GGUFFile, name: str, precision: str, shape: tuple[int, ...] | None) -> np.ndarray:
     """A tensor of the file as the model holds it before any MXFP4 cast: MXFP4 linear weights at precision
     "mxfp4" as stored (uint8 blocks, a view of the mapped file); every other matrix and expert stack as
-    BF16 bits; vectors and the MoE router (which routes in float32) as float32."""
+    BF16 bits; vectors (`shape`, the decoder's, is 1-D: also a vector the file stores as one row) and the
+    MoE router (which routes in float32) as float32."""
     info = gguf_file.tensor(name)
+    if shape is not None and len(shape) == 1:
+        return gguf_file.tensor_f32(name).reshape(shape)
     if precision == "mxfp4" and info.ggml_type == GGMLQuantizationType.MXFP4 and quant.is_linear_weight(name):
         return info.raw.reshape(*info.shape[:-1], quant.mxfp4_row_bytes(info.shape[-1]))
     if len(info.shape) >= 2 and not quant.is_router_weight(name):

@@ -365,11 +365,13 @@ def expected_tensor_shapes(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
 
 
 def _check_tensor_shapes(path: Path, spec: ModelSpec, tensors: Mapping[str, TensorInfo]) -> None:
+    """Every tensor the decoder reads is present with its shape, or that shape as one row (llama.cpp's
+    converter keeps qwen2moe's shared-expert gate, a (1, d_model) matrix in PyTorch, that way)."""
     for name, shape in expected_tensor_shapes(spec).items():
         info = tensors.get(name)
         if info is None:
             problem = f"missing (a {spec.architecture} model with this metadata needs it)"
             raise GGUFError(path, f"tensor {name}", problem)
-        if info.shape != shape:
+        if info.shape != shape and info.shape != (1, *shape):
             problem = f"shape {info.shape} does not match {shape} expected from the metadata"
             raise GGUFError(path, f"tensor {name}", problem)

@@ -266,3 +266,18 @@ def test_mxfp4_experts_in_the_file_are_used_as_stored(tmp_path):
     assert upcast.tensors["blk.1.ffn_down_exps.weight"].dtype == np.uint16
     check_against_reference(draft, tokens)
     check_against_reference(upcast, tokens)
+
+
+def test_shared_expert_gate_stored_as_one_row_loads(tmp_path):
+    """llama.cpp's converter writes qwen2moe's shared-expert gate as a (1, d_model) matrix; it is the same
+    model as with a (d_model,) vector."""
+    stored = write_model_gguf(tmp_path / "vector.gguf", "qwen2moe", seed=7)
+    gates = [f"blk.{layer}.ffn_gate_inp_shexp.weight" for layer in range(2)]
+    rows = {name: (stored[name].reshape(1, -1), GGMLQuantizationType.F32) for name in gates}
+    others = {name: values for name, values in stored.items() if name not in gates}
+    write_model_gguf(tmp_path / "row.gguf", "qwen2moe", tensors=others, drop_tensors=gates, extra_tensors=rows)
+    tokens = np.arange(10)
+    as_vector = Model.load(tmp_path / "vector.gguf").forward(tokens, 0, all_logits=True)
+    as_row = Model.load(tmp_path / "row.gguf")
+    assert as_row.tensors[gates[0]].shape == (64,)
+    assert np.array_equal(as_row.forward(tokens, 0, all_logits=True), as_vector)
