@@ -100,9 +100,11 @@ void route(const ModelConfig& c, const float* router, const float* h, int64_t T,
     std::vector<float> exps(static_cast<size_t>(E));
     for (int64_t t = 0; t < T; ++t) {
         const float* row = logits + t * E;
+        // NaN ranks last (as -infinity), so that the order stays a strict weak one whatever the logits.
+        const auto key = [row](int32_t e) { return std::isnan(row[e]) ? -INFINITY : row[e]; };
         std::iota(order.begin(), order.end(), 0);
         std::sort(order.begin(), order.end(),
-                  [row](int32_t a, int32_t b) { return row[a] > row[b] || (row[a] == row[b] && a < b); });
+                  [&key](int32_t a, int32_t b) { return key(a) > key(b) || (key(a) == key(b) && a < b); });
         // The softmax's sum runs from the smallest term up in rank order, not in index order, so that
         // renumbering the experts (with the router's rows) gives the same bits.
         float sum = 0.0f;

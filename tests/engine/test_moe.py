@@ -152,6 +152,19 @@ def test_block_rows_have_the_same_bits_in_any_batch(isa, threads, active_isa):
             assert np.array_equal(_native.moe_block(h[rows], *weights, k, True)[0], whole[rows])
 
 
+def test_a_row_of_nan_stays_in_its_row():
+    """Overflowing activations can reach the router as NaN: that row's output is NaN (and the generation
+    ends on its non-finite logits); the ranking stays a valid order and the other rows keep their bits."""
+    E, F, d, T, k = 8, 64, 96, 6, 2
+    weights = random_block(E, F, d, seed=10)
+    h = np.random.default_rng(11).standard_normal((T, d)).astype(np.float32)
+    h[3] = np.nan
+    out, experts, _ = _native.moe_block(h, *weights, k, True)
+    assert np.isnan(out[3]).all() and list(experts[3]) == [0, 1]
+    others = np.array([0, 1, 2, 4, 5])
+    assert np.array_equal(out[others], _native.moe_block(h[others], *weights, k, True)[0])
+
+
 def test_renumbering_experts_with_the_router_rows_changes_nothing():
     E, F, d, T, k = 16, 64, 96, 17, 3
     router, gate, up, down = random_block(E, F, d, seed=5)
