@@ -97,6 +97,26 @@ def test_rows_have_the_same_bits_in_any_batch(architecture, precision, threads, 
     assert np.array_equal(np.stack(one_at_a_time), whole)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("architecture", MOE_ARCHITECTURES)
+def test_sequences_batched_together_get_the_bits_they_get_alone(architecture, threads, active_isa):
+    """forward_batch routes the rows of several sequences to the experts together."""
+    _native.set_num_threads(threads)
+    spec = tiny_spec(architecture)
+    model = Model.from_arrays(spec, random_tensors(spec, seed=8), "mxfp4")
+    rng = np.random.default_rng(9)
+    texts = [rng.integers(0, spec.vocab_size, 20) for _ in range(3)]
+    alone = [model.forward(text, 0, all_logits=True) for text in texts]
+    model.reserve_slots(3)
+    cached = [0, 0, 0]
+    for step in [(9, 1, 4), (1, 7, 1), (5, 2, 9)]:
+        segments = [(slot, texts[slot][cached[slot] : cached[slot] + T], cached[slot], True)
+                    for slot, T in enumerate(step)]
+        for slot, logits in enumerate(model.forward_batch(segments)):
+            assert np.array_equal(logits, alone[slot][cached[slot] : cached[slot] + step[slot]])
+            cached[slot] += step[slot]
+
+
 # The expert block on its own (_native.moe_block).
 
 def random_block(E: int, F: int, d: int, seed: int) -> tuple[np.ndarray, ...]:
