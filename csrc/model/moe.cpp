@@ -18,6 +18,7 @@ namespace {
 // Work items of the expert products are this many columns (of the prepared input, or of the output)
 // of one active expert: a multiple of kPrepareColumns, and a whole number of cache lines of output.
 constexpr int64_t kExpertColumns = 64;
+static_assert(kExpertColumns % kPrepareColumns == 0, "column chunks must start where prepare allows");
 
 int64_t column_chunks(int64_t width) { return (width + kExpertColumns - 1) / kExpertColumns; }
 
