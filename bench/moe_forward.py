@@ -14,13 +14,15 @@ Measured:
   - forward of T = 1, 2, 4, 9, 16 rows after a 512-token prompt (median and best of --repeats), with
     E (1 - (1 - k / E)^T), the distinct experts a layer expects to read for T rows routed uniformly;
   - decode after the prompt, mlspecqd and llama-bench taking turns (bench/decode.py interleaved_decode).
-Prints JSON (also written to bench/results/moe_forward.json unless --out says otherwise).
+and this process's peak resident memory after the forwards. Prints JSON (also written to
+bench/results/moe_forward.json unless --out says otherwise).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import resource
 import statistics
 import sys
 from pathlib import Path
@@ -161,6 +163,8 @@ def main(argv: list[str] | None = None) -> int:
         "model": {"file": str(path), "layers": args.layers, **SHAPES, "file_gib": path.stat().st_size / 2**30},
         "prompt_tokens": PROMPT_TOKENS,
         "forward": forward_times(model, args.repeats),
+        # Weights used as stored are mapped file pages, counted once read.
+        "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
     }
     if llamacpp.available():
         result["decode"] = interleaved_decode(model, path, args.threads, args.decode_tokens, args.rounds)
