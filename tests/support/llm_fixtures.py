@@ -14,10 +14,12 @@ CHAT_TEMPLATE = ("{% for m in messages %}{{ m.role }}: {{ m.content }}<|endoftex
                  "{% if add_generation_prompt %}assistant: {% endif %}")
 
 
-def write_chat_model(path: Path, spec: dict[str, Any] | None = None, **options: Any) -> Path:
-    """A 1-layer llama-architecture model of VOCAB tokens (256 positions) that the tokenizer, decoder
-    and chat accept; `spec` overrides sizes, `options` go to write_model_gguf (seed, tensors, ...)."""
-    write_model_gguf(path, "llama", {"n_layers": 1, "vocab_size": VOCAB, **(spec or {})},
+def write_chat_model(path: Path, spec: dict[str, Any] | None = None, architecture: str = "llama",
+                     **options: Any) -> Path:
+    """A 1-layer model of VOCAB tokens (256 positions; llama unless `architecture` says otherwise) that the
+    tokenizer, decoder and chat accept; `spec` overrides sizes, `options` go to write_model_gguf (seed,
+    tensors, ...)."""
+    write_model_gguf(path, architecture, {"n_layers": 1, "vocab_size": VOCAB, **(spec or {})},
                      drop_metadata=["tokenizer.ggml.pre"],
                      extra_metadata={"tokenizer.ggml.pre": "qwen2", "tokenizer.chat_template": CHAT_TEMPLATE},
                      **options)
