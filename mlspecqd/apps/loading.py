@@ -88,7 +88,7 @@ def check_threads(threads: int | None) -> int:
 
 def load(model: str | os.PathLike[str] = hub.DEFAULT_MODEL, drafts: Sequence[str] | None = None,
          threads: int | None = None, ctx: int = 4096, draft_policy: str = "cost", draft_max: int = 8,
-         precision: str = "bf16", parallel: int = 1) -> LLM:
+         precision: str = "bf16", parallel: int = 1, memory_budget: int | None = None) -> LLM:
     """Load a model (a GGUF path or a named model, pulled if missing) with its drafts as an LLM.
 
     drafts: None = the named model's default drafts (none for a plain path); [] = no speculation; else
@@ -99,6 +99,11 @@ def load(model: str | os.PathLike[str] = hub.DEFAULT_MODEL, drafts: Sequence[str
     "bf16" or "mxfp4". parallel: sequences decoded together (LLM.lanes; LLM.generate_many), each with
     its own cascade and key/value caches over the same weights.
 
+    memory_budget: bytes each model file's BF16 copy is measured against (default: the memory available
+    as it loads). A Mixture-of-Experts model whose BF16 weights would take more than 80% of it keeps its
+    experts in MXFP4 (as stored, or cast one stack at a time) and everything else in BF16; dense models
+    load the same whatever the budget (Model.load, experts_fit_in_bf16).
+
     Bad arguments raise ValueError subclasses (LoadError, hub.ModelNotFoundError, gguf.GGUFError,
     TokenizerError, ...) before the big weights are read.
     """
@@ -107,6 +112,8 @@ def load(model: str | os.PathLike[str] = hub.DEFAULT_MODEL, drafts: Sequence[str
     thread_count = check_threads(threads)
     whole_number("ctx", ctx, LoadError, low=2)
     whole_number("parallel", parallel, LoadError, low=1, high=MAX_PARALLEL)
+    if memory_budget is not None:
+        whole_number("memory_budget", memory_budget, LoadError, low=1)
     if precision not in PRECISIONS:
         raise LoadError(f"precision must be one of {', '.join(PRECISIONS)} (got {precision!r})")
     name = os.fspath(model)
@@ -130,7 +137,7 @@ def load(model: str | os.PathLike[str] = hub.DEFAULT_MODEL, drafts: Sequence[str
     _native.set_num_threads(thread_count)
     models: list[Model] = []
     try:
-        target = Model.load(target_path, precision, ctx)
+        target = Model.load(target_path, precision, ctx, memory_budget=memory_budget)
         models.append(target)
         # (spec, model, tokenizer) per draft level, smallest first; model-free drafters have no model.
         draft_levels: list[tuple[DraftSpec, Model | None, Tokenizer | None]] = []
@@ -142,7 +149,7 @@ def load(model: str | os.PathLike[str] = hub.DEFAULT_MODEL, drafts: Sequence[str
                 draft = target.sibling(spec.precision)  # casts the linear weights, shares the rest
                 draft_tokenizer = tokenizer
             else:
-                draft = Model.load(draft_paths[spec.text], spec.precision, ctx)
+                draft = Model.load(draft_paths[spec.text], spec.precision, ctx, memory_budget=memory_budget)
                 draft_tokenizer = draft_tokenizers[spec.text]
             models.append(draft)
             draft_levels.append((spec, draft, draft_tokenizer))

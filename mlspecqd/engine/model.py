@@ -10,6 +10,7 @@ prompt chunk or beside other sequences, which is what lets speculative decoding 
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -59,20 +60,28 @@ class Model:
 
     @classmethod
     def load(cls, path_or_file: str | Path | GGUFFile, precision: str = "bf16", context_length: int = 4096,
-             mxfp4_head: bool = True) -> Model:
+             mxfp4_head: bool = True, memory_budget: int | None = None) -> Model:
         """Read a GGUF checkpoint, upcasting every matrix to BF16 (and to MXFP4 for precision="mxfp4"); the
         MoE router stays float32. At precision "mxfp4", linear weights the file stores as MXFP4 (as MoE
         files ship their experts) are used as stored, views of the mapped file. `context_length` is capped
         at the model's trained context. The other weights are converted copies; a file opened here is closed
         again before returning (its mapping lives as long as an array uses it). BF16 linear weights with a
-        long K are stored in column blocks (mlspecqd.engine.weight_layout)."""
+        long K are stored in column blocks (mlspecqd.engine.weight_layout).
+
+        An MoE model whose BF16 copy would not fit in `memory_budget` bytes (default: available_memory())
+        keeps its experts in MXFP4 at precision "bf16" too (see experts_fit_in_bf16): stored MXFP4 experts
+        as they are, others cast one expert stack at a time; every other weight is BF16 as usual. Dense
+        models load the same whatever the budget."""
         opened_here = not isinstance(path_or_file, GGUFFile)
         gguf_file = open_gguf(path_or_file) if opened_here else path_or_file
         try:
             spec = gguf_file.spec
             check_supported(spec, precision, where=str(gguf_file.path))
             shapes = expected_tensor_shapes(spec)
-            tensors = {name: _loaded(gguf_file, name, precision, shapes.get(name)) for name in gguf_file.tensors}
+            budget = available_memory() if memory_budget is None else memory_budget
+            mxfp4_experts = precision == "mxfp4" or not experts_fit_in_bf16(gguf_file, budget)
+            tensors = {name: _loaded(gguf_file, name, precision, shapes.get(name), mxfp4_experts)
+                       for name in gguf_file.tensors}
         finally:
             if opened_here:
                 gguf_file.close()
@@ -169,6 +178,37 @@ def native_config(spec: ModelSpec) -> dict[str, Any]:
     return dataclasses.asdict(spec)
 
 
+# Share of the memory budget a BF16 copy of the weights may take: the rest is for the key/value caches,
+# activations, the tokenizer and the interpreter.
+BF16_WEIGHTS_SHARE_OF_MEMORY = 0.8
+
+
+def available_memory() -> int:
+    """Bytes this process can take without swapping: MemAvailable in /proc/meminfo (free pages plus the
+    cache the kernel can reclaim), or the free physical pages where there is no /proc/meminfo."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def bf16_weight_bytes(gguf_file: GGUFFile) -> int:
+    """Bytes of the file's weights as a BF16 model holds them: 2 per element of a matrix or expert stack,
+    4 per element of a vector or MoE router (float32)."""
+    return sum(info.n_elements * (2 if len(info.shape) >= 2 and not quant.is_router_weight(name) else 4)
+               for name, info in gguf_file.tensors.items())
+
+
+def experts_fit_in_bf16(gguf_file: GGUFFile, memory_budget: int) -> bool:
+    """Whether a BF16 copy of the model takes at most BF16_WEIGHTS_SHARE_OF_MEMORY of `memory_budget`
+    bytes; always True for a dense model (which has no experts to keep in MXFP4)."""
+    return not gguf_file.spec.is_moe or bf16_weight_bytes(gguf_file) <= BF16_WEIGHTS_SHARE_OF_MEMORY * memory_budget
+
+
 def _capped_context(spec: ModelSpec, context_length: int) -> int:
     if context_length < 1:
         raise ValueError(f"context_length must be at least 1, got {context_length}")
@@ -191,16 +231,22 @@ def _cast_to_mxfp4(spec: ModelSpec, tensors: Mapping[str, np.ndarray],
     return spec, {**tensors, **cast}
 
 
-def _loaded(gguf_file: GGUFFile, name: str, precision: str, shape: tuple[int, ...] | None) -> np.ndarray:
+def _loaded(gguf_file: GGUFFile, name: str, precision: str, shape: tuple[int, ...] | None,
+            mxfp4_experts: bool) -> np.ndarray:
     """A tensor of the file as the model holds it before any MXFP4 cast: MXFP4 linear weights at precision
-    "mxfp4" as stored (uint8 blocks, a view of the mapped file); every other matrix and expert stack as
-    BF16 bits; vectors (`shape`, the decoder's, is 1-D: also a vector the file stores as one row) and the
-    MoE router (which routes in float32) as float32."""
+    "mxfp4" and MXFP4 experts where `mxfp4_experts` as stored (uint8 blocks, a view of the mapped file);
+    other experts where `mxfp4_experts` cast to MXFP4 now, so that only one stack is ever in BF16; every
+    other matrix and expert stack as BF16 bits; vectors (`shape`, the decoder's, is 1-D: also a vector the
+    file stores as one row) and the MoE router (which routes in float32) as float32."""
     info = gguf_file.tensor(name)
     if shape is not None and len(shape) == 1:
         return gguf_file.tensor_f32(name).reshape(shape)
-    if precision == "mxfp4" and info.ggml_type == GGMLQuantizationType.MXFP4 and quant.is_linear_weight(name):
+    mxfp4_expert = mxfp4_experts and quant.is_expert_weight(name)
+    mxfp4_linear = precision == "mxfp4" and quant.is_linear_weight(name)
+    if (mxfp4_expert or mxfp4_linear) and info.ggml_type == GGMLQuantizationType.MXFP4:
         return info.raw.reshape(*info.shape[:-1], quant.mxfp4_row_bytes(info.shape[-1]))
+    if mxfp4_expert:
+        return quant.cast_to_mxfp4(gguf_file.tensor_bf16(name), name)
     if len(info.shape) >= 2 and not quant.is_router_weight(name):
         return _bf16_matrix(gguf_file, name, precision)
     return gguf_file.tensor_f32(name)

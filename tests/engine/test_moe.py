@@ -1,18 +1,21 @@
 """Mixture-of-Experts targets (qwen2moe, qwen3moe, Mixtral-style llama): the native forward against the
 NumPy reference in BF16 and MXFP4, batch invariance on every instruction set, the expert block's
-properties (renumbering experts, top-k = all experts), loading from GGUF and refusals of bad weights."""
+properties (renumbering experts, top-k = all experts), loading from GGUF and refusals of bad weights, and
+the experts kept in MXFP4 where a BF16 copy would not fit in memory."""
 
 from __future__ import annotations
 
 import dataclasses
+import math
+import os
 
 import numpy as np
 import pytest
 from gguf import GGMLQuantizationType
 
 from mlspecqd import _native
-from mlspecqd.engine.model import Model
-from mlspecqd.engine.quant import cast_to_mxfp4, mxfp4_to_float32
+from mlspecqd.engine.model import BF16_WEIGHTS_SHARE_OF_MEMORY, Model, available_memory, bf16_weight_bytes
+from mlspecqd.engine.quant import cast_to_mxfp4, is_expert_weight, mxfp4_to_float32
 from mlspecqd.gguf import open_gguf
 from support import reference_model
 from support.decoder_fixtures import (
@@ -314,3 +317,57 @@ def test_shared_expert_gate_stored_as_one_row_loads(tmp_path):
     as_row = Model.load(tmp_path / "row.gguf")
     assert as_row.tensors[gates[0]].shape == (64,)
     assert np.array_equal(as_row.forward(tokens, 0, all_logits=True), as_vector)
+
+
+# A memory budget the BF16 copy does not fit in: experts in MXFP4, everything else in BF16.
+
+def budget_for(path, fits: bool) -> int:
+    """The smallest memory budget in which the file's BF16 copy fits, or one byte less."""
+    with open_gguf(path) as gguf_file:
+        smallest = math.ceil(bf16_weight_bytes(gguf_file) / BF16_WEIGHTS_SHARE_OF_MEMORY)
+    return smallest if fits else smallest - 1
+
+
+@pytest.mark.parametrize("architecture", ["qwen2moe", "qwen3moe"])
+def test_moe_over_the_memory_budget_keeps_its_experts_in_mxfp4(tmp_path, architecture):
+    path = tmp_path / "m.gguf"
+    write_model_gguf(path, architecture, seed=3)
+    in_bf16 = Model.load(path, memory_budget=budget_for(path, fits=True))
+    assert all(array.dtype != np.uint8 for array in in_bf16.tensors.values())
+    model = Model.load(path, memory_budget=budget_for(path, fits=False))
+    assert model.precision == "bf16"
+    for name, array in model.tensors.items():
+        expected_dtype = np.uint8 if is_expert_weight(name) else in_bf16.tensors[name].dtype
+        assert array.dtype == expected_dtype, name
+    # The BF16 model with its experts cast afterwards: the same weights, so the same logits bit for bit.
+    cast = {name: cast_to_mxfp4(array) if is_expert_weight(name) else array for name, array in in_bf16.tensors.items()}
+    tokens = np.random.default_rng(4).integers(0, model.vocab_size, 12)
+    expected = Model.from_arrays(in_bf16.spec, cast).forward(tokens, 0, all_logits=True)
+    assert np.array_equal(model.forward(tokens, 0, all_logits=True), expected)
+    check_against_reference(model, tokens)
+
+
+def test_mxfp4_experts_in_the_file_stay_as_stored_when_over_the_budget(tmp_path):
+    path = tmp_path / "m.gguf"
+    experts = {f"blk.{layer}.ffn_{name}_exps.weight": GGMLQuantizationType.MXFP4
+               for layer in range(2) for name in ("gate", "up", "down")}
+    write_model_gguf(path, "qwen3moe", tensor_types=experts, seed=5)
+    with open_gguf(path) as gguf_file:
+        raw = gguf_file.tensor("blk.0.ffn_up_exps.weight").raw
+        model = Model.load(gguf_file, memory_budget=1)
+    assert np.shares_memory(model.tensors["blk.0.ffn_up_exps.weight"], raw)
+    assert model.tensors["blk.0.attn_q.weight"].dtype == np.uint16
+    check_against_reference(model, np.random.default_rng(6).integers(0, 320, 12))
+
+
+def test_dense_models_load_the_same_whatever_the_budget(tmp_path):
+    path = tmp_path / "dense.gguf"
+    write_model_gguf(path, "qwen3", seed=2)
+    default, tiny = Model.load(path), Model.load(path, memory_budget=1)
+    assert tiny.tensors.keys() == default.tensors.keys()
+    assert all(np.array_equal(tiny.tensors[name], array) and tiny.tensors[name].dtype == array.dtype
+               for name, array in default.tensors.items())
+
+
+def test_available_memory_is_positive_and_below_the_machine_total():
+    assert 0 < available_memory() <= os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
