@@ -29,13 +29,14 @@ namespace {
 constexpr int64_t kStep = 32;        // K values per tile product: one 64-byte A row
 constexpr int64_t kTileRows = 16;    // weight rows of an A tile and of a C tile
 constexpr int64_t kChunkRows = 16;   // activation rows of a B tile (a chunk), columns of a C tile
-constexpr int64_t kMaxChunks = 4;    // B tiles a pass takes: the weights are read once per 64 activation rows
-constexpr int64_t kTileBytes = 1024;  // 16 rows of 64 bytes, every tile
+constexpr int64_t kCTiles = 4;      // C tiles a pass holds: groups x chunks
+constexpr int64_t kMaxChunks = 4;   // B tiles a pass takes: the weights are read once per 64 activation rows
 
 int64_t steps_of(int64_t K) { return (K + kStep - 1) / kStep; }
 
-// Every tile 16 rows of 64 bytes (palette 1). tmm0..3: C tiles of up to four chunks; tmm4: A; tmm5, tmm6: B,
-// alternating so a B load need not wait for the product reading the previous one.
+// Every tile 16 rows of 64 bytes (palette 1). tmm0..3: C tiles; tmm4 and tmm7: A; tmm5 and tmm6 (and tmm7
+// when one A tile is enough): B. Consecutive loads go to different registers, so a load need not wait for
+// the product still reading the previous one.
 struct alignas(64) TileConfig {
     uint8_t palette = 1;
     uint8_t start_row = 0;
@@ -56,9 +57,16 @@ public:
     TileSession& operator=(const TileSession&) = delete;
 };
 
-// GCC's tile loads are asm statements that name no memory: without this, the stores that fill a scratch
-// tile could be moved past the load, or dropped as never read.
-inline void scratch_written() { __asm__ volatile("" ::: "memory"); }
+// An A tile into tmm4 or tmm7. GCC's _tile_loadd is an asm statement that names no memory, so stores that
+// fill a scratch tile could be moved across it, or dropped as never read; these clobber memory.
+template <int Register>
+inline void load_a_tile(const uint16_t* a, int64_t stride) {
+    static_assert(Register == 4 || Register == 7, "A tiles live in tmm4 and tmm7");
+    if constexpr (Register == 4)
+        __asm__ volatile("tileloadd (%0,%1,1), %%tmm4" ::"r"(a), "r"(stride) : "memory");
+    else
+        __asm__ volatile("tileloadd (%0,%1,1), %%tmm7" ::"r"(a), "r"(stride) : "memory");
+}
 
 // Prepared activations, as BF16 pairs (one uint32: x[m, 2p] low, x[m, 2p + 1] high), K padded with zeros
 // to whole steps. Chunk c (activation rows 16c .. 16c + rows - 1) starts at pair 16c * pairs_per_row; in it,
@@ -94,66 +102,112 @@ void prepare_rows(const float* x, int64_t M, int64_t K, int64_t k_begin, int64_t
     }
 }
 
-// The C tiles of `chunks` chunks into y: C tile c holds y[first_row + 16c + j, n + i] at (i, j), for
-// i < n_rows and j below the chunk's rows.
-template <int Chunks>
-void store_outputs(int64_t first_row, int64_t M, int64_t n, int64_t n_rows, float* y, int64_t ldy) {
-    alignas(64) float c[kMaxChunks][kTileRows][kChunkRows];
+// The C tiles into y: C tile g * Chunks + c holds y[first_row + 16c + j, n + 16g + i] at (i, j), stored
+// for rows n + 16g + i below n_end and activation rows below M.
+template <int Groups, int Chunks>
+void store_outputs(int64_t first_row, int64_t M, int64_t n, int64_t n_end, float* y, int64_t ldy) {
+    alignas(64) float c[kCTiles][kTileRows][kChunkRows];
     _tile_stored(0, c[0], 64);
-    if constexpr (Chunks > 1) _tile_stored(1, c[1], 64);
-    if constexpr (Chunks > 2) _tile_stored(2, c[2], 64);
-    if constexpr (Chunks > 3) _tile_stored(3, c[3], 64);
-    for (int chunk = 0; chunk < Chunks; ++chunk) {
-        const int64_t m0 = first_row + chunk * kChunkRows, rows = std::min(kChunkRows, M - m0);
-        for (int64_t j = 0; j < rows; ++j)
-            for (int64_t i = 0; i < n_rows; ++i) y[(m0 + j) * ldy + n + i] = c[chunk][i][j];
+    if constexpr (Groups * Chunks > 1) _tile_stored(1, c[1], 64);
+    if constexpr (Groups * Chunks > 2) _tile_stored(2, c[2], 64);
+    if constexpr (Groups * Chunks > 3) _tile_stored(3, c[3], 64);
+    for (int g = 0; g < Groups; ++g) {
+        const int64_t n0 = n + g * kTileRows, n_rows = std::min(kTileRows, n_end - n0);
+        for (int chunk = 0; chunk < Chunks; ++chunk) {
+            const int64_t m0 = first_row + chunk * kChunkRows, rows = std::min(kChunkRows, M - m0);
+            const auto& tile = c[g * Chunks + chunk];
+            for (int64_t j = 0; j < rows; ++j)
+                for (int64_t i = 0; i < n_rows; ++i) y[(m0 + j) * ldy + n0 + i] = tile[i][j];
+        }
     }
 }
 
-// Weight rows [n, n + 16) against activation rows [first_row, first_row + 16 Chunks) (fewer in the last
-// chunk), over all of K. `weights.tile(n, s, scratch)` gives the A tile of step s (its first row and the
-// bytes between rows); `weights.prefetch(n, s)` fetches what a later group needs.
-template <int Chunks, class Weights>
+// Weight rows [n, n + 16 Groups) against activation rows [first_row, first_row + 16 Chunks) (fewer in the
+// last chunk), over all of K; Groups x Chunks independent C tiles, so consecutive products do not wait on
+// each other's accumulator. `weights.tile(n, s, scratch, stride)` gives the A tile of 16 rows from n at
+// step s (its first row; the bytes between rows in `stride`); `weights.prefetch(n, rows, s)` fetches what
+// the next pass needs.
+template <int Groups, int Chunks, class Weights>
 void pass(const uint32_t* x, int64_t M, int64_t K, int64_t first_row, const Weights& weights, int64_t n,
-          int64_t n_rows, float* y, int64_t ldy) {
+          int64_t n_end, float* y, int64_t ldy) {
+    static_assert(Groups * Chunks <= kCTiles && (Groups <= 2 || Chunks == 1) && (Chunks <= 2 || Groups == 1),
+                  "the register plan below");
     const int64_t steps = steps_of(K), pairs = pairs_per_row(K);
-    const uint32_t* b[kMaxChunks];
-    int64_t b_stride[kMaxChunks];
+    const uint32_t* b[Chunks];
+    int64_t b_stride[Chunks];
     for (int chunk = 0; chunk < Chunks; ++chunk) {
         const int64_t m0 = first_row + chunk * kChunkRows, rows = std::min(kChunkRows, M - m0);
         b[chunk] = x + m0 * pairs;
         b_stride[chunk] = rows * 4;
     }
+    const auto b_tile = [&](int chunk, int64_t s) { return b[chunk] + s * (kStep / 2) * (b_stride[chunk] / 4); };
     _tile_zero(0);
-    if constexpr (Chunks > 1) _tile_zero(1);
-    if constexpr (Chunks > 2) _tile_zero(2);
-    if constexpr (Chunks > 3) _tile_zero(3);
-    alignas(64) uint16_t scratch[2][kTileRows][kStep];
+    if constexpr (Groups * Chunks > 1) _tile_zero(1);
+    if constexpr (Groups * Chunks > 2) _tile_zero(2);
+    if constexpr (Groups * Chunks > 3) _tile_zero(3);
+    // The A tiles of step s + 1 are got (for MXFP4: decoded into scratch) before step s loads its own, so
+    // the stores that fill a scratch tile have drained to L1 by the time a tile load reads them.
+    alignas(64) uint16_t scratch[2][Groups][kTileRows][kStep];
+    const uint16_t* a[Groups];
+    int64_t a_stride[Groups];
+    const uint16_t* next[Groups];
+    int64_t next_stride[Groups];
+    for (int g = 0; g < Groups; ++g) next[g] = weights.tile(n + g * kTileRows, 0, scratch[0][g], next_stride[g]);
     for (int64_t s = 0; s < steps; ++s) {
-        weights.prefetch(n, s);
-        int64_t a_stride;
-        const uint16_t* a = weights.tile(n, s, scratch[s & 1], a_stride);
-        _tile_loadd(4, a, a_stride);
-        const int64_t b_offset = s * (kStep / 2);
-        _tile_loadd(5, b[0] + b_offset * (b_stride[0] / 4), b_stride[0]);
-        _tile_dpbf16ps(0, 4, 5);
-        if constexpr (Chunks > 1) {
-            _tile_loadd(6, b[1] + b_offset * (b_stride[1] / 4), b_stride[1]);
+        weights.prefetch(n, Groups * kTileRows, s);
+        for (int g = 0; g < Groups; ++g) {
+            a[g] = next[g];
+            a_stride[g] = next_stride[g];
+        }
+        if (s + 1 < steps)
+            for (int g = 0; g < Groups; ++g)
+                next[g] = weights.tile(n + g * kTileRows, s + 1, scratch[(s + 1) & 1][g], next_stride[g]);
+        if constexpr (Chunks == 1) {  // B in tmm5; A in tmm4 and tmm7 by turns; C tile g for group g
+            _tile_loadd(5, b_tile(0, s), b_stride[0]);
+            load_a_tile<4>(a[0], a_stride[0]);
+            _tile_dpbf16ps(0, 4, 5);
+            if constexpr (Groups > 1) {
+                load_a_tile<7>(a[1], a_stride[1]);
+                _tile_dpbf16ps(1, 7, 5);
+            }
+            if constexpr (Groups > 2) {
+                load_a_tile<4>(a[2], a_stride[2]);
+                _tile_dpbf16ps(2, 4, 5);
+            }
+            if constexpr (Groups > 3) {
+                load_a_tile<7>(a[3], a_stride[3]);
+                _tile_dpbf16ps(3, 7, 5);
+            }
+        } else if constexpr (Chunks == 2) {  // B in tmm5 and tmm6; A in tmm4 and tmm7; C tile 2g + c
+            _tile_loadd(5, b_tile(0, s), b_stride[0]);
+            _tile_loadd(6, b_tile(1, s), b_stride[1]);
+            load_a_tile<4>(a[0], a_stride[0]);
+            _tile_dpbf16ps(0, 4, 5);
             _tile_dpbf16ps(1, 4, 6);
-        }
-        if constexpr (Chunks > 2) {
-            _tile_loadd(5, b[2] + b_offset * (b_stride[2] / 4), b_stride[2]);
-            _tile_dpbf16ps(2, 4, 5);
-        }
-        if constexpr (Chunks > 3) {
-            _tile_loadd(6, b[3] + b_offset * (b_stride[3] / 4), b_stride[3]);
-            _tile_dpbf16ps(3, 4, 6);
+            if constexpr (Groups > 1) {
+                load_a_tile<7>(a[1], a_stride[1]);
+                _tile_dpbf16ps(2, 7, 5);
+                _tile_dpbf16ps(3, 7, 6);
+            }
+        } else {  // one group: A in tmm4; B in tmm5, tmm6, tmm7, then tmm5 again; C tile c
+            load_a_tile<4>(a[0], a_stride[0]);
+            _tile_loadd(5, b_tile(0, s), b_stride[0]);
+            _tile_dpbf16ps(0, 4, 5);
+            _tile_loadd(6, b_tile(1, s), b_stride[1]);
+            _tile_dpbf16ps(1, 4, 6);
+            _tile_loadd(7, b_tile(2, s), b_stride[2]);
+            _tile_dpbf16ps(2, 4, 7);
+            if constexpr (Chunks > 3) {
+                _tile_loadd(5, b_tile(3, s), b_stride[3]);
+                _tile_dpbf16ps(3, 4, 5);
+            }
         }
     }
-    store_outputs<Chunks>(first_row, M, n, n_rows, y, ldy);
+    store_outputs<Groups, Chunks>(first_row, M, n, n_end, y, ldy);
 }
 
-// Weight rows [n_begin, n_end) 16 at a time, each group taking up to 64 activation rows per pass.
+// Weight rows [n_begin, n_end) in passes of up to 64 (fewer as the activation chunks grow), each pass
+// taking up to 64 activation rows.
 template <class Weights>
 void gemm_tiles(const uint32_t* x, int64_t M, int64_t K, const Weights& weights, int64_t n_begin, int64_t n_end,
                 float* y, int64_t ldy) {
@@ -161,14 +215,20 @@ void gemm_tiles(const uint32_t* x, int64_t M, int64_t K, const Weights& weights,
     constexpr int64_t kPassRows = kMaxChunks * kChunkRows;
     for (int64_t first_row = 0; first_row < M; first_row += kPassRows) {
         const int64_t chunks = (std::min(kPassRows, M - first_row) + kChunkRows - 1) / kChunkRows;
-        for (int64_t n = n_begin; n < n_end; n += kTileRows) {
-            const int64_t n_rows = std::min(kTileRows, n_end - n);
-            switch (chunks) {
-                case 1: pass<1>(x, M, K, first_row, weights, n, n_rows, y, ldy); break;
-                case 2: pass<2>(x, M, K, first_row, weights, n, n_rows, y, ldy); break;
-                case 3: pass<3>(x, M, K, first_row, weights, n, n_rows, y, ldy); break;
-                default: pass<4>(x, M, K, first_row, weights, n, n_rows, y, ldy); break;
+        const int64_t max_groups = chunks == 1 ? 4 : chunks == 2 ? 2 : 1;
+        for (int64_t n = n_begin; n < n_end;) {
+            const int64_t groups = std::min(max_groups, (n_end - n + kTileRows - 1) / kTileRows);
+            switch (chunks * 10 + groups) {
+                case 11: pass<1, 1>(x, M, K, first_row, weights, n, n_end, y, ldy); break;
+                case 12: pass<2, 1>(x, M, K, first_row, weights, n, n_end, y, ldy); break;
+                case 13: pass<3, 1>(x, M, K, first_row, weights, n, n_end, y, ldy); break;
+                case 14: pass<4, 1>(x, M, K, first_row, weights, n, n_end, y, ldy); break;
+                case 21: pass<1, 2>(x, M, K, first_row, weights, n, n_end, y, ldy); break;
+                case 22: pass<2, 2>(x, M, K, first_row, weights, n, n_end, y, ldy); break;
+                case 31: pass<1, 3>(x, M, K, first_row, weights, n, n_end, y, ldy); break;
+                default: pass<1, 4>(x, M, K, first_row, weights, n, n_end, y, ldy); break;
             }
+            n += groups * kTileRows;
         }
     }
 }
@@ -190,17 +250,19 @@ public:
         for (int64_t i = 0; i < kTileRows; ++i)
             for (int64_t c = 0; c < kStep; ++c)
                 scratch[i][c] = n + i < w_.rows && k + c < K_ ? *w_.at(n + i, k + c) : uint16_t{0};
-        scratch_written();
         stride = kStep * 2;
         return scratch[0];
     }
 
-    // The same step of the next group of rows, into L2: one group ahead (48 KiB at K = 1536 row-major,
-    // 28 KiB in a 896-column block), further than L1 holds.
-    void prefetch(int64_t n, int64_t s) const {
-        if (!in_place_steps_ || n + 2 * kTileRows > w_.rows) return;
-        const char* ahead = reinterpret_cast<const char*>(w_.at(n + kTileRows, s * kStep));
-        for (int64_t i = 0; i < kTileRows; ++i) _mm_prefetch(ahead + i * w_.block_columns * 2, _MM_HINT_T1);
+    // The next pass's rows (the `rows` after [n, n + rows)), into L2 at the pace this pass reads its own. In
+    // each K block those rows are one contiguous run (rows * block_columns values), which the pass's steps
+    // through the block walk in order, `rows` lines a step: one sequential stream, where the tile loads
+    // themselves touch `rows` lines far apart.
+    void prefetch(int64_t n, int64_t rows, int64_t s) const {
+        if (!in_place_steps_ || n + 2 * rows > w_.rows) return;
+        const int64_t k = s * kStep, in_block = k % w_.block_columns;
+        const char* ahead = reinterpret_cast<const char*>(w_.at(n + rows, k - in_block)) + in_block / kStep * rows * 64;
+        for (int64_t i = 0; i < rows; ++i) _mm_prefetch(ahead + i * 64, _MM_HINT_T1);
     }
 
 private:
@@ -221,16 +283,15 @@ public:
         const int64_t present = std::min(kTileRows, rows_ - n);
         for (int64_t i = 0; i < present; ++i) _mm512_store_si512(scratch[i], decode_block(block + i * row_bytes_));
         for (int64_t i = present; i < kTileRows; ++i) _mm512_store_si512(scratch[i], _mm512_setzero_si512());
-        scratch_written();
         stride = kStep * 2;
         return scratch[0];
     }
 
-    // The group after the next, at the pace this group reads its own (its 16 rows are contiguous).
-    void prefetch(int64_t n, int64_t s) const {
-        const char* ahead = reinterpret_cast<const char*>(w_ + (n + 2 * kTileRows) * row_bytes_ +
-                                                          s * kTileRows * kMxfp4BlockBytes);
-        for (int64_t i = 0; i < kTileRows * kMxfp4BlockBytes; i += 64) _mm_prefetch(ahead + i, _MM_HINT_T0);
+    // The next pass's rows (the `rows` after [n, n + rows)), into L2 at the pace this pass reads its own:
+    // both are contiguous. Prefetches never fault, so the rows need not exist.
+    void prefetch(int64_t n, int64_t rows, int64_t s) const {
+        const char* ahead = reinterpret_cast<const char*>(w_ + (n + rows) * row_bytes_ + s * rows * kMxfp4BlockBytes);
+        for (int64_t i = 0; i < rows * kMxfp4BlockBytes; i += 64) _mm_prefetch(ahead + i, _MM_HINT_T1);
     }
 
 private:
