@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from mlspecqd import _native
+from mlspecqd.engine.model import Model
 from mlspecqd.engine.quant import cast_to_mxfp4, mxfp4_to_float32
 from mlspecqd.engine.weight_layout import in_column_blocks
 
@@ -105,3 +106,19 @@ def test_non_finite_rows_do_not_reach_the_other_rows_of_their_tile() -> None:
     finite[[0, 5, 19]] = False
     assert np.array_equal(y[finite], alone[finite])
     assert not np.isfinite(y[~finite]).any()
+
+
+@pytest.mark.parametrize("precision", ["bf16", "mxfp4"])
+def test_real_model_verification_rows_equal_decoding_bits(qwen_small_path, precision: str) -> None:
+    """Qwen2.5-Coder-0.5B on the amx table: a 9-row forward (a verification) gives each position the bits
+    of decoding it alone, one row at a time."""
+    _native.set_isa("amx")
+    tokens = np.random.default_rng(4).integers(100, 20000, 40)
+    model = Model.load(qwen_small_path, precision=precision, context_length=64)
+    try:
+        model.forward(tokens[:31], 0)
+        batch = model.forward(tokens[31:], 31, all_logits=True)
+        alone = np.concatenate([model.forward(tokens[p : p + 1], p) for p in range(31, 40)])
+    finally:
+        model.close()
+    assert np.array_equal(batch, alone)
