@@ -12,7 +12,6 @@
 // BF16 weights load their A tile from memory, rows block_columns apart (Bf16Weights); MXFP4 weights are
 // decoded block by block, 16 rows at a time, into an A tile in L1 (mxfp4_decode.h).
 #include <algorithm>
-#include <cstring>
 
 #include "kernels/isa/isa.h"
 
@@ -90,8 +89,8 @@ void prepare_rows(const float* x, int64_t M, int64_t K, int64_t k_begin, int64_t
                 count >= 32 ? __mmask16(0xffff) : count <= 16 ? 0 : __mmask16((1u << (count - 16)) - 1);
             for (int64_t j = 0; j < rows; ++j) {
                 const float* row = x + (chunk + j) * K + s * kStep;
-                const __m512bh pairs =
-                    _mm512_cvtne2ps_pbh(_mm512_maskz_loadu_ps(high_mask, row + 16), _mm512_maskz_loadu_ps(low_mask, row));
+                const __m512bh pairs = _mm512_cvtne2ps_pbh(_mm512_maskz_loadu_ps(high_mask, row + 16),
+                                                           _mm512_maskz_loadu_ps(low_mask, row));
                 uint32_t* step_out = out + s * (kStep / 2) * rows + j;
                 if (rows == 1)
                     _mm512_storeu_si512(step_out, reinterpret_cast<const __m512i&>(pairs));
