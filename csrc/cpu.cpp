@@ -1,6 +1,9 @@
 #include "cpu.h"
 
+#include <asm/prctl.h>
 #include <cpuid.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #include <stdexcept>
 
@@ -9,14 +12,31 @@ namespace mlspecqd {
 namespace scalar { const KernelTable& kernel_table(); }
 namespace avx2 { const KernelTable& kernel_table(); }
 namespace avx512 { const KernelTable& kernel_table(); }
+namespace amx { const KernelTable& kernel_table(); }
 
 namespace {
+
+constexpr Isa kIsas[] = {Isa::scalar, Isa::avx2, Isa::avx512, Isa::amx};
 
 bool os_saves_avx512_state() {
     unsigned int eax, edx;
     __asm__("xgetbv" : "=a"(eax), "=d"(edx) : "c"(0));
     const unsigned int ymm_and_zmm = (1u << 1) | (1u << 2) | (1u << 5) | (1u << 6) | (1u << 7);
     return (eax & ymm_and_zmm) == ymm_and_zmm;
+}
+
+// XCR0 bits 17 (tile configuration) and 18 (tile data): the OS saves the AMX state.
+bool os_saves_tile_state() {
+    unsigned int eax, edx;
+    __asm__("xgetbv" : "=a"(eax), "=d"(edx) : "c"(0));
+    return (eax & (3u << 17)) == (3u << 17);
+}
+
+// Linux hands out the 8 KiB of tile data per process, on request; once granted, every thread of the
+// process may use it (each still loads its own tile configuration, see gemm_amx.cpp).
+bool os_grants_tile_data() {
+    constexpr unsigned long kTileData = 18;  // XFEATURE_XTILEDATA
+    return syscall(SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, kTileData) == 0;
 }
 
 bool os_saves_avx_state() {
@@ -42,6 +62,8 @@ CpuFeatures detect() {
     f.avx512vl = zmm_ok && (ebx & (1u << 31));
     f.avx512_vbmi = zmm_ok && (ecx & (1u << 1));
     f.avx512_vnni = zmm_ok && (ecx & (1u << 11));
+    const bool amx_tile = edx & (1u << 24), amx_bf16 = edx & (1u << 22);
+    f.amx_bf16 = zmm_ok && amx_tile && amx_bf16 && os_saves_tile_state() && os_grants_tile_data();
     if (__get_cpuid_count(7, 1, &eax, &ebx, &ecx, &edx)) f.avx512_bf16 = zmm_ok && (eax & (1u << 5));
     return f;
 }
@@ -54,6 +76,7 @@ bool runs(Isa isa) {
         case Isa::avx512:
             return f.avx512f && f.avx512bw && f.avx512vl && f.avx512dq && f.avx512_bf16 && f.avx512_vnni &&
                    f.avx512_vbmi && f.avx2 && f.fma && f.f16c;
+        case Isa::amx: return runs(Isa::avx512) && f.amx_bf16;
     }
     return false;
 }
@@ -68,6 +91,7 @@ const CpuFeatures& cpu_features() {
 }
 
 Isa best_isa() {
+    if (runs(Isa::amx)) return Isa::amx;
     if (runs(Isa::avx512)) return Isa::avx512;
     if (runs(Isa::avx2)) return Isa::avx2;
     return Isa::scalar;
@@ -85,25 +109,27 @@ const char* isa_name(Isa isa) {
         case Isa::scalar: return "scalar";
         case Isa::avx2: return "avx2";
         case Isa::avx512: return "avx512";
+        case Isa::amx: return "amx";
     }
     return "?";
 }
 
 Isa isa_from_name(const std::string& name) {
-    for (Isa isa : {Isa::scalar, Isa::avx2, Isa::avx512})
+    for (Isa isa : kIsas)
         if (name == isa_name(isa)) return isa;
-    throw std::invalid_argument("unknown instruction set '" + name + "' (expected scalar, avx2 or avx512)");
+    throw std::invalid_argument("unknown instruction set '" + name + "' (expected scalar, avx2, avx512 or amx)");
 }
 
 std::vector<Isa> supported_isas() {
     std::vector<Isa> out;
-    for (Isa isa : {Isa::scalar, Isa::avx2, Isa::avx512})
+    for (Isa isa : kIsas)
         if (runs(isa)) out.push_back(isa);
     return out;
 }
 
 const KernelTable& kernels() {
     switch (g_active) {
+        case Isa::amx: return amx::kernel_table();
         case Isa::avx512: return avx512::kernel_table();
         case Isa::avx2: return avx2::kernel_table();
         case Isa::scalar: break;

@@ -18,9 +18,10 @@ struct CpuFeatures {
     bool avx512_bf16 = false;
     bool avx512_vnni = false;
     bool avx512_vbmi = false;
+    bool amx_bf16 = false;  // AMX tiles with BF16 products, and the OS lets this process use them
 };
 
-enum class Isa { scalar, avx2, avx512 };
+enum class Isa { scalar, avx2, avx512, amx };
 
 const CpuFeatures& cpu_features();
 

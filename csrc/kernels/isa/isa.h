@@ -1,5 +1,5 @@
 // Included only by csrc/kernels/isa/*.cpp, which CMake compiles once per instruction set with
-// MLSPECQD_ISA set to scalar, avx2 or avx512: the same names land in three namespaces.
+// MLSPECQD_ISA set to scalar, avx2, avx512 or amx: the same names land in four namespaces.
 #pragma once
 #include <cstdint>
 
@@ -41,6 +41,16 @@ void gemm_mxfp4(const void* prepared, int64_t M, int64_t K, const uint8_t* w, in
 void causal_attention(const AttentionProblem& p, int64_t item_begin, int64_t item_end, float* scores);
 void silu_multiply(float* gate, const float* up, int64_t n);
 void gelu_tanh_multiply(float* gate, const float* up, int64_t n);
+
+#if defined(__AMX_BF16__)
+// The amx table's GEMMs (gemm_amx.cpp): both weight types read activations prepared by amx_prepare.
+int64_t amx_prepared_bytes(int64_t M, int64_t K);
+void amx_prepare(const float* x, int64_t M, int64_t K, int64_t k_begin, int64_t k_end, void* prepared);
+void gemm_bf16_amx(const void* prepared, int64_t M, int64_t K, const Bf16Weights& w, int64_t n_begin, int64_t n_end,
+                   float* y, int64_t ldy);
+void gemm_mxfp4_amx(const void* prepared, int64_t M, int64_t K, const uint8_t* w, int64_t n_begin, int64_t n_end,
+                    float* y, int64_t ldy);
+#endif
 
 }  // namespace MLSPECQD_ISA
 }  // namespace mlspecqd
