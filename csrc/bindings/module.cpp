@@ -19,7 +19,8 @@ std::map<std::string, bool> features_dict() {
             {"f16c", f.f16c},           {"avx512f", f.avx512f},
             {"avx512bw", f.avx512bw},   {"avx512vl", f.avx512vl},
             {"avx512dq", f.avx512dq},   {"avx512_bf16", f.avx512_bf16},
-            {"avx512_vnni", f.avx512_vnni}, {"avx512_vbmi", f.avx512_vbmi}};
+            {"avx512_vnni", f.avx512_vnni}, {"avx512_vbmi", f.avx512_vbmi},
+            {"amx_bf16", f.amx_bf16}};
 }
 
 }  // namespace
