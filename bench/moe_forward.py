@@ -122,6 +122,16 @@ def write_model(path: Path, layers: int, seed: int = 0) -> None:
     writer.close()
 
 
+def model_file(layers: int) -> Path:
+    """The cached file of `layers` layers, written (whole, then renamed) the first time it is asked for."""
+    path = hub.cache_dir() / f"bench-{ARCHITECTURE}-30b-a3b-shapes-{layers}-layers.mxfp4.gguf"
+    if not path.exists():
+        partial = path.with_name(path.name + ".partial")
+        write_model(partial, layers)
+        partial.replace(path)
+    return path
+
+
 def forward_times(model: Model, repeats: int) -> list[dict[str, Any]]:
     """Median time of a T-row forward after a PROMPT_TOKENS-token prompt, for each T of ROW_COUNTS."""
     rng = np.random.default_rng(2)
@@ -150,11 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=RESULTS / "moe_forward.json")
     args = parser.parse_args(argv)
 
-    path = hub.cache_dir() / f"bench-{ARCHITECTURE}-30b-a3b-shapes-{args.layers}-layers.mxfp4.gguf"
-    if not path.exists():
-        partial = path.with_name(path.name + ".partial")
-        write_model(partial, args.layers)
-        partial.replace(path)
+    path = model_file(args.layers)
     _native.set_num_threads(args.threads)
     model = Model.load(path, precision="mxfp4", context_length=PROMPT_TOKENS + 64)
     model.forward(np.arange(100, 116), 0)  # warm-up: first touch of the weights and buffers

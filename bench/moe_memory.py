@@ -26,8 +26,8 @@ import numpy as np
 
 from bench import RESULTS
 from bench.machine import describe_machine
-from bench.moe_forward import ARCHITECTURE, write_model
-from mlspecqd import _native, hub
+from bench.moe_forward import model_file
+from mlspecqd import _native
 from mlspecqd.engine.model import Model, bf16_weight_bytes
 from mlspecqd.gguf import open_gguf
 
@@ -53,11 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=RESULTS / "moe_memory.json")
     args = parser.parse_args(argv)
 
-    path = hub.cache_dir() / f"bench-{ARCHITECTURE}-30b-a3b-shapes-{args.layers}-layers.mxfp4.gguf"
-    if not path.exists():
-        partial = path.with_name(path.name + ".partial")
-        write_model(partial, args.layers)
-        partial.replace(path)
+    path = model_file(args.layers)
     with open_gguf(path) as gguf_file:
         bf16_bytes = bf16_weight_bytes(gguf_file)
     _native.set_num_threads(args.threads)
