@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from mlspecqd.apps.llm import LLM, run_on_lanes
+from mlspecqd.apps.llm import LLM, for_each_on_lanes
 from mlspecqd.apps.openai_requests import URLS, CompletionRequest
 from mlspecqd.gguf.format import excerpt
 
@@ -231,27 +231,14 @@ def answer_all(llm: LLM, items: Sequence[WorkItem], on_answer: Callable[[WorkIte
     """Answer `items` in order on `llm`'s lanes, as many at once as it has lanes, calling
     on_answer(item, answer) as each is answered, one call at a time. An exception (OUT cannot be
     written, a fault of ours) stops every lane before its next item and is raised again."""
-    claim = threading.Lock()
-    pending = iter(items)
-    failures: list[BaseException] = []
+    writing = threading.Lock()
 
-    def work(lane: LLM) -> None:
-        while True:
-            with claim:
-                item = None if failures else next(pending, None)
-            if item is None:
-                return
-            try:
-                result = answer(lane, item, clock)
-                with claim:
-                    on_answer(item, result)
-            except BaseException as error:
-                with claim:
-                    failures.append(error)
+    def run_one(lane: LLM, index: int) -> None:
+        result = answer(lane, items[index], clock)
+        with writing:
+            on_answer(items[index], result)
 
-    run_on_lanes(llm.lanes[: max(1, min(len(llm.lanes), len(items)))], work)
-    if failures:
-        raise failures[0]
+    for_each_on_lanes(llm.lanes, len(items), run_one)
 
 
 def run_batch(llm: LLM, in_path: str | os.PathLike[str], out_path: str | os.PathLike[str],

@@ -171,28 +171,15 @@ class LLM:
                       **sampling_options: Any) -> list[GenerationResult]:
         """generate() for every prompt, up to len(lanes) at a time, their forwards merged; the results in
         the order of `prompts`. Each result is exactly what generate() gives for that prompt alone (greedy,
-        or sampled with a seed). The first error raised is raised again once all have finished."""
+        or sampled with a seed). The first error stops every lane before its next prompt and is raised."""
         params = _sampling(sampling, sampling_options)
         results: list[GenerationResult | None] = [None] * len(prompts)
-        errors: list[BaseException] = []
-        next_prompt = iter(range(len(prompts)))
-        claim = threading.Lock()
 
-        def work(lane: LLM) -> None:
-            while True:
-                with claim:
-                    index = next(next_prompt, None)
-                if index is None:
-                    return
-                try:
-                    results[index] = lane.start(prompts[index], max_tokens, params, stop).run()
-                except BaseException as error:
-                    errors.append(error)
+        def run_one(lane: LLM, index: int) -> None:
+            results[index] = lane.start(prompts[index], max_tokens, params, stop).run()
 
-        run_on_lanes(self.lanes[: max(1, min(len(self.lanes), len(prompts)))], work)
-        if errors:
-            raise errors[0]
-        return [result for result in results if result is not None]
+        for_each_on_lanes(self.lanes, len(prompts), run_one)
+        return [result for result in results if result is not None]  # every one is set, or an error was raised
 
     # Lifetime
 
@@ -229,16 +216,32 @@ def _plain_message(message: Any, index: int) -> Any:
     return {**message, "content": "".join(texts)}
 
 
-def run_on_lanes(lanes: Sequence[LLM], work: Callable[[LLM], None]) -> None:
-    """work(lane) for every lane at once, each in a thread of its own that is a member of the lanes'
-    batcher while it runs; returns when every one has."""
-    def run(lane: LLM) -> None:
-        with lane.batcher.member() if lane.batcher is not None else contextlib.nullcontext():
-            work(lane)
+def for_each_on_lanes(lanes: Sequence[LLM], count: int, run_one: Callable[[LLM, int], None]) -> None:
+    """run_one(lane, index) for index 0 .. count - 1, handed out in order to as many lanes at once as
+    there are, each lane in a thread of its own that is a member of the lanes' batcher meanwhile. The
+    first exception stops every lane before its next index and is raised once all have stopped."""
+    claim = threading.Lock()
+    indices = iter(range(count))
+    failures: list[BaseException] = []
 
-    threads = [threading.Thread(target=run, args=(lane,), name=f"mlspecqd-lane-{index}", daemon=True)
-               for index, lane in enumerate(lanes)]
+    def work(lane: LLM) -> None:
+        with lane.batcher.member() if lane.batcher is not None else contextlib.nullcontext():
+            while True:
+                with claim:
+                    index = None if failures else next(indices, None)
+                if index is None:
+                    return
+                try:
+                    run_one(lane, index)
+                except BaseException as error:
+                    with claim:
+                        failures.append(error)
+
+    threads = [threading.Thread(target=work, args=(lane,), name=f"mlspecqd-lane-{number}", daemon=True)
+               for number, lane in enumerate(lanes[: max(1, min(len(lanes), count))])]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
+    if failures:
+        raise failures[0]
