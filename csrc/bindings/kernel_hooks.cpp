@@ -196,7 +196,8 @@ py::tuple moe_block(const FloatArray& h, const FloatArray& router, const py::arr
     {
         py::gil_scoped_release release;
         MoeBlock block;
-        const float* y = block.forward(c, w, h.data(), T);
+        std::vector<int64_t> expert_rows(static_cast<size_t>(c.n_experts));
+        const float* y = block.forward(c, w, h.data(), T, expert_rows.data());
         std::copy(y, y + T * c.d_model, out.mutable_data());
         route(c, w.router, h.data(), T, logits.mutable_data(), experts.mutable_data(), weights.mutable_data());
     }

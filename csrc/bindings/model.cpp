@@ -1,5 +1,6 @@
 // What the package calls: _native.Model (the decoder over NumPy weights), GGUF dequantization into
 // cache-aligned arrays, and the MXFP4 cast (mlspecqd.engine.quant).
+#include <algorithm>
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -213,6 +214,14 @@ public:
     int64_t n_past(int64_t slot) const { return decoder_->n_past(slot); }
     void reserve_slots(int64_t n) { decoder_->reserve_slots(n); }
     int64_t slot_count() const { return decoder_->slot_count(); }
+    py::array_t<int64_t> expert_rows() const {
+        const ModelConfig& c = decoder_->config();
+        py::array_t<int64_t> counts({c.n_layers, c.n_experts});
+        const std::vector<int64_t> rows = decoder_->expert_rows();
+        std::copy(rows.begin(), rows.end(), counts.mutable_data());
+        return counts;
+    }
+    void reset_expert_rows() { decoder_->reset_expert_rows(); }
     int64_t max_context() const { return decoder_->max_context(); }
     int64_t vocab_size() const { return decoder_->config().vocab_size; }
 
@@ -330,6 +339,8 @@ void register_model(py::module_& m) {
         .def("reserve_slots", &NativeModel::reserve_slots, py::arg("n"),
              "Make slots 0 .. n - 1 exist, each with its own empty key/value cache.")
         .def_property_readonly("slot_count", &NativeModel::slot_count)
+        .def("expert_rows", &NativeModel::expert_rows)
+        .def("reset_expert_rows", &NativeModel::reset_expert_rows)
         .def_property_readonly("max_context", &NativeModel::max_context)
         .def_property_readonly("vocab_size", &NativeModel::vocab_size);
 

@@ -84,6 +84,17 @@ Decoder::Decoder(const ModelConfig& config, const TensorSource& tensors, int64_t
     for (int64_t i = 0; i < c.n_layers; ++i) layers_.push_back(load_layer(c, tensors, i));
     output_norm_ = tensors.vector("output_norm.weight", c.d_model);
     output_ = tensors.linear(c.tied_output ? "token_embd.weight" : "output.weight", c.vocab_size, c.d_model);
+    expert_rows_.assign(c.n_layers * c.n_experts, 0);
+}
+
+std::vector<int64_t> Decoder::expert_rows() const {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return expert_rows_;
+}
+
+void Decoder::reset_expert_rows() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    std::fill(expert_rows_.begin(), expert_rows_.end(), 0);
 }
 
 int64_t Decoder::slot_count() const {
@@ -172,7 +183,7 @@ void Decoder::forward(const std::vector<Segment>& segments, float* logits) {
     if (sliding_rope_) sliding_rope_->tables(positions_.data(), rows, sliding_cos_, sliding_sin_);
     for (int64_t layer = 0; layer < c.n_layers; ++layer) {
         attention_block(layers_[layer], layer, segments, rows);
-        mlp_block(layers_[layer], rows);
+        mlp_block(layers_[layer], layer, rows);
     }
     for (const Segment& s : segments) caches_[s.slot]->commit(s.T);
 
@@ -259,11 +270,12 @@ void Decoder::attention_block(const LayerWeights& w, int64_t layer, const std::v
 
 // x += W_down (act(W_gate h) * W_up h) with h = rms_norm(x), the product normed again first with
 // post_norms; with experts, x += the MoE block of h (csrc/model/moe.h).
-void Decoder::mlp_block(const LayerWeights& w, int64_t rows) {
+void Decoder::mlp_block(const LayerWeights& w, int64_t layer, int64_t rows) {
     const ModelConfig& c = config_;
     rms_norm(x_.data(), w.ffn_norm, rows, c.d_model, c.norm_eps, normed_.data());
     if (c.n_experts > 0) {
-        add_rows(x_.data(), moe_.forward(c, w.moe, normed_.data(), rows), rows * c.d_model);
+        int64_t* expert_rows = expert_rows_.data() + layer * c.n_experts;
+        add_rows(x_.data(), moe_.forward(c, w.moe, normed_.data(), rows, expert_rows), rows * c.d_model);
         return;
     }
     matmul_gated(w.gate, w.up, c.activation, normed_.data(), rows, gate_.data(), up_.data());

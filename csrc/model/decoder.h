@@ -84,10 +84,15 @@ public:
     // `logits`, one segment after another in the order given.
     void forward(const std::vector<Segment>& segments, float* logits);
 
+    // With experts: rows routed to each expert since construction or the last reset, n_layers x
+    // n_experts counters, layer-major (a row counts once for each of its n_experts_used experts).
+    std::vector<int64_t> expert_rows() const;
+    void reset_expert_rows();
+
 private:
     void check_forward_locked(const std::vector<Segment>& segments) const;
     void attention_block(const LayerWeights& w, int64_t layer, const std::vector<Segment>& segments, int64_t rows);
-    void mlp_block(const LayerWeights& w, int64_t rows);
+    void mlp_block(const LayerWeights& w, int64_t layer, int64_t rows);
 
     ModelConfig config_;
     int64_t max_context_;
@@ -108,6 +113,7 @@ private:
     std::vector<AttentionProblem> problems_;
     std::vector<float> rope_cos_, rope_sin_, sliding_cos_, sliding_sin_;
     MoeBlock moe_;  // with experts: the MoE layers' own work buffers
+    std::vector<int64_t> expert_rows_;  // with experts: see expert_rows()
 };
 
 }  // namespace mlspecqd

@@ -121,13 +121,15 @@ void route(const ModelConfig& c, const float* router, const float* h, int64_t T,
     }
 }
 
-const float* MoeBlock::forward(const ModelConfig& c, const MoeWeights& w, const float* h, int64_t T) {
+const float* MoeBlock::forward(const ModelConfig& c, const MoeWeights& w, const float* h, int64_t T,
+                               int64_t* expert_rows) {
     const int64_t d = c.d_model, k = c.n_experts_used;
     logits_.resize(T * c.n_experts);
     experts_.resize(T * k);
     weights_.resize(T * k);
     route(c, w.router, h, T, logits_.data(), experts_.data(), weights_.data());
     group_rows_by_expert(c, h, T);
+    for (int32_t e : active_) expert_rows[e] += first_row_[e + 1] - first_row_[e];
     run_experts(c, w);
 
     // Each row sums its experts' outputs in rank order.

@@ -59,8 +59,8 @@ void route(const ModelConfig& c, const float* router, const float* h, int64_t T,
 class MoeBlock {
 public:
     // The block's output for the T rows h (T x d_model, the normed residual stream): T x d_model floats,
-    // valid until the next call.
-    const float* forward(const ModelConfig& c, const MoeWeights& w, const float* h, int64_t T);
+    // valid until the next call. Adds to expert_rows[e] the rows routed to expert e (n_experts counters).
+    const float* forward(const ModelConfig& c, const MoeWeights& w, const float* h, int64_t T, int64_t* expert_rows);
 
 private:
     void group_rows_by_expert(const ModelConfig& c, const float* h, int64_t T);

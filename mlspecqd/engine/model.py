@@ -116,6 +116,15 @@ class Model:
         """Sequences this model holds key/value caches for (1 until reserve_slots asks for more)."""
         return self._native_model.slot_count
 
+    def expert_rows(self) -> np.ndarray:
+        """With experts: the rows routed to each expert since loading or reset_expert_rows(), an int64
+        array (n_layers, n_experts), a row counted once for each expert it uses; (n_layers, 0) without.
+        The router statistics behind speculation's cost model and the choice of hot experts."""
+        return self._native_model.expert_rows()
+
+    def reset_expert_rows(self) -> None:
+        self._native_model.reset_expert_rows()
+
     def reserve_slots(self, count: int) -> None:
         """Make slots 0 .. count - 1 exist, each with its own key/value cache of context_length positions."""
         self._native_model.reserve_slots(int(count))

@@ -371,3 +371,32 @@ def test_dense_models_load_the_same_whatever_the_budget(tmp_path):
 
 def test_available_memory_is_positive_and_below_the_machine_total():
     assert 0 < available_memory() <= os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+@pytest.mark.parametrize("architecture", MOE_ARCHITECTURES)
+def test_expert_rows_count_the_reference_routing(architecture):
+    spec = tiny_spec(architecture)
+    model = Model.from_arrays(spec, random_tensors(spec, seed=11))
+    tokens = np.random.default_rng(12).integers(0, spec.vocab_size, 24)
+    router_inputs: list[np.ndarray] = []
+    reference_model.forward(model.spec, model.tensors, tokens, round_matmul_inputs=True, router_inputs=router_inputs)
+    expected = np.zeros((spec.n_layers, spec.n_experts), dtype=np.int64)
+    for layer, h in enumerate(router_inputs):
+        router = model.tensors[f"blk.{layer}.ffn_gate_inp.weight"].astype(np.float64)
+        assert reference_model.routing_margin(model.spec, router, h) > ROUTING_MARGIN, "pick another seed"
+        experts, _ = reference_model.route(model.spec, router, h)
+        expected[layer] = np.bincount(np.ravel(experts), minlength=spec.n_experts)
+
+    model.forward(tokens[:10], 0)
+    model.forward(tokens[10:], 10, all_logits=True)
+    assert np.array_equal(model.expert_rows(), expected)
+    assert model.expert_rows().sum() == spec.n_layers * len(tokens) * spec.n_experts_used
+    model.reset_expert_rows()
+    assert not model.expert_rows().any()
+
+
+def test_a_dense_model_has_no_expert_rows():
+    spec = tiny_spec("llama")
+    model = Model.from_arrays(spec, random_tensors(spec, seed=1))
+    model.forward([1, 2, 3], 0)
+    assert model.expert_rows().shape == (spec.n_layers, 0)
