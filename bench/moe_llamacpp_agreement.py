@@ -9,7 +9,7 @@ Wikipedia sample of bench/corpora.py as bench/llamacpp_agreement.py runs them (l
 --kl-divergence-base, then our forward on the tokens it saved), which reports top-1 agreement,
 perplexity and KL divergence. Random tiny models route some rows with router logits within 1e-4 of a
 tie, where either engine's rounding can pick another expert, so each engine's top-1 is also compared
-with the NumPy reference in float64 (tests/support/reference_model.py, no BF16 rounding of activations)
+with the NumPy reference in float64 (mlspecqd/engine/reference_model.py, no BF16 rounding of activations)
 on the same positions: which of the two departs from exact arithmetic.
 
 Prints JSON (also written to bench/results/moe_llamacpp_agreement.json unless --out says otherwise), then
@@ -38,7 +38,7 @@ from mlspecqd.tokenizer import Tokenizer
 
 # The tests' GGUF writers (tests/support), after the installed packages on the path.
 sys.path.append(str(Path(__file__).resolve().parent.parent / "tests"))
-from support import reference_model
+from mlspecqd.engine import reference_model
 from support.llm_fixtures import write_chat_model
 
 # name: (GGUF architecture, sizes); Mixtral's GGUF is llama with experts.

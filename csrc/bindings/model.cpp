@@ -177,6 +177,7 @@ ModelConfig model_config_from_dict(const py::dict& d) {
     c.expert_d_ff = config_value<int64_t>(d, "expert_d_ff");
     c.shared_expert_d_ff = config_value<int64_t>(d, "shared_expert_d_ff");
     c.expert_weights_normalized = config_value<bool>(d, "expert_weights_normalized");
+    c.expert_weights_scale = config_value<double>(d, "expert_weights_scale");
     const py::dict scaling = config_value<py::dict>(d, "rope_scaling");
     c.rope_scaling.kind = rope_scaling_kind_from_name(config_value<std::string>(scaling, "kind"));
     if (c.rope_scaling.kind == RopeScalingKind::linear) c.rope_scaling.factor = config_value<double>(scaling, "factor");

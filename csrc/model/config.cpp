@@ -46,6 +46,8 @@ void ModelConfig::validate() const {
         require_in_range("n_experts_used", n_experts_used, 1, n_experts);
         require_in_range("expert_d_ff", expert_d_ff, 1, kMaxDimension);
         require_in_range("shared_expert_d_ff", shared_expert_d_ff, 0, kMaxDimension);
+        if (!(expert_weights_scale > 0.0 && expert_weights_scale < 1e30))
+            throw std::invalid_argument("model config: expert_weights_scale must be positive and finite");
     }
     require_in_range("sliding_window", sliding_window, 0, kMaxContext);
     if (sliding_window > 0) {

@@ -58,6 +58,7 @@ struct ModelConfig {
     int64_t expert_d_ff = 0;
     int64_t shared_expert_d_ff = 0;
     bool expert_weights_normalized = false;  // the chosen experts' routing weights rescaled to sum to 1
+    double expert_weights_scale = 1.0;       // multiplies every routing weight (after any renormalization)
 
     bool is_sliding(int64_t layer) const {
         return sliding_window > 0 && (layer + 1) % sliding_window_pattern != 0;

@@ -118,6 +118,8 @@ void route(const ModelConfig& c, const float* router, const float* h, int64_t T,
         }
         if (c.expert_weights_normalized)
             for (int64_t j = 0; j < k; ++j) weights[t * k + j] /= chosen;
+        if (c.expert_weights_scale != 1.0)
+            for (int64_t j = 0; j < k; ++j) weights[t * k + j] *= static_cast<float>(c.expert_weights_scale);
     }
 }
 

@@ -1,7 +1,7 @@
 // The Mixture-of-Experts feed-forward block (qwen2moe, qwen3moe, Mixtral), as llama.cpp runs it: router
 // logits in float32, softmax over all experts, the n_experts_used largest (ties to the lower index),
-// their weights rescaled to sum to 1 where the model says so, and the weighted sum of those experts'
-// gated MLPs, plus qwen2moe's shared expert scaled by a sigmoid gate.
+// their weights rescaled to sum to 1 where the model says so and multiplied by its expert_weights_scale,
+// and the weighted sum of those experts' gated MLPs, plus qwen2moe's shared expert scaled by a sigmoid gate.
 //
 // Batch invariance: a row's output is the same bits whatever rows share the call. Routing is per row in
 // a fixed order; an expert multiplies the rows routed to it as one batch, and the GEMM kernels give each
@@ -49,7 +49,8 @@ float dot_f32(const float* x, const float* y, int64_t n);
 
 // The routing of T rows h (T x d_model): row t's experts experts[t * n_used + j] for j < n_used, from
 // the highest router logit down (ties to the lower expert index), and their weights: softmax
-// probabilities over all experts, rescaled to sum to 1 when c.expert_weights_normalized. `logits`
+// probabilities over all experts, rescaled to sum to 1 when c.expert_weights_normalized, then multiplied
+// by c.expert_weights_scale (llama.cpp's {arch}.expert_weights_scale). `logits`
 // receives the T x n_experts router logits. Renumbering the experts together with the router's rows
 // changes the chosen experts' numbers only, never a weight's bits.
 void route(const ModelConfig& c, const float* router, const float* h, int64_t T, float* logits, int32_t* experts,

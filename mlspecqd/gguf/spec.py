@@ -69,6 +69,7 @@ class ModelSpec:
     expert_d_ff: int = 0
     shared_expert_d_ff: int = 0  # qwen2moe: ffn_*_shexp, gated by sigmoid(ffn_gate_inp_shexp . x)
     expert_weights_normalized: bool = False  # renormalize the top-k routing weights to sum to 1
+    expert_weights_scale: float = 1.0  # then multiply them by this ({arch}.expert_weights_scale, as llama.cpp)
     activation: str = "silu"  # gated FFN activation: "silu" or "gelu_tanh" (gemma3)
     attention_scale: float = 0.0  # multiplies q.k; 1 / sqrt(head_dim) unless the model says otherwise
     embedding_scale: float = 1.0  # token embeddings are multiplied by it (gemma3: sqrt(d_model))
@@ -228,6 +229,7 @@ def read_model_spec(path: Path, metadata: Mapping[str, Any], tensors: Mapping[st
         shared_expert_d_ff=shared_expert_d_ff,
         expert_weights_normalized=n_experts > 0
         and keys.flag("expert_weights_norm", default=_NORMALIZED_EXPERT_WEIGHTS[architecture]),
+        expert_weights_scale=keys.positive_number("expert_weights_scale", default=1.0) if n_experts else 1.0,
         activation="gelu_tanh" if is_gemma3 else "silu",
         attention_scale=keys.positive_number(
             "attention.scale", default=_default_attention_scale(architecture, n_layers, d_model, n_heads, head_dim)

@@ -1,4 +1,4 @@
-"""The native decoder against the NumPy reference (tests/support/reference_model.py) on tiny random models
+"""The native decoder against the NumPy reference (mlspecqd/engine/reference_model.py) on tiny random models
 (Gemma 3's sliding-window layers among them), its batch invariance (equality), the key/value cache, and
 its refusals of bad input."""
 
@@ -17,7 +17,7 @@ from mlspecqd import _native
 from mlspecqd.engine.model import Model
 from mlspecqd.engine.weight_layout import in_column_blocks
 from mlspecqd.gguf import RopeScaling
-from support import reference_model
+from mlspecqd.engine import reference_model
 from support.decoder_fixtures import (
     TOLERANCE_BF16_INPUTS,
     TOLERANCE_EXACT_INPUTS,

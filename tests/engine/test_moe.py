@@ -17,7 +17,7 @@ from mlspecqd import _native
 from mlspecqd.engine.model import BF16_WEIGHTS_SHARE_OF_MEMORY, Model, available_memory, bf16_weight_bytes
 from mlspecqd.engine.quant import cast_to_mxfp4, is_expert_weight, mxfp4_to_float32
 from mlspecqd.gguf import open_gguf
-from support import reference_model
+from mlspecqd.engine import reference_model
 from support.decoder_fixtures import (
     MOE_ARCHITECTURES,
     TOLERANCE_BF16_INPUTS,
@@ -51,7 +51,7 @@ def dequantized(tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 def check_against_reference(model: Model, tokens: np.ndarray) -> None:
     router_inputs: list[np.ndarray] = []
     expected = reference_model.forward(model.spec, dequantized(model.tensors), tokens, round_matmul_inputs=True,
-                                       router_inputs=router_inputs)
+                                       ffn_inputs=router_inputs)
     for layer, h in enumerate(router_inputs):
         router = model.tensors[f"blk.{layer}.ffn_gate_inp.weight"].astype(np.float64)
         assert reference_model.routing_margin(model.spec, router, h) > ROUTING_MARGIN, "pick another seed"
@@ -379,7 +379,7 @@ def test_expert_rows_count_the_reference_routing(architecture):
     model = Model.from_arrays(spec, random_tensors(spec, seed=11))
     tokens = np.random.default_rng(12).integers(0, spec.vocab_size, 24)
     router_inputs: list[np.ndarray] = []
-    reference_model.forward(model.spec, model.tensors, tokens, round_matmul_inputs=True, router_inputs=router_inputs)
+    reference_model.forward(model.spec, model.tensors, tokens, round_matmul_inputs=True, ffn_inputs=router_inputs)
     expected = np.zeros((spec.n_layers, spec.n_experts), dtype=np.int64)
     for layer, h in enumerate(router_inputs):
         router = model.tensors[f"blk.{layer}.ffn_gate_inp.weight"].astype(np.float64)

@@ -12,7 +12,8 @@ pytest.importorskip("torch", reason="torch is not installed (the `reference` ext
 pytest.importorskip("transformers", reason="transformers is not installed (the `reference` extra)")
 
 from mlspecqd.engine.model import Model
-from support import hf_moe, reference_model
+from mlspecqd.engine import reference_model
+from support import hf_moe
 
 SEQUENCES, LENGTH = 4, 64
 

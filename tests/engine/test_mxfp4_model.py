@@ -6,7 +6,7 @@ import pytest
 from mlspecqd import _native
 from mlspecqd.engine.model import Model
 from mlspecqd.engine.quant import mxfp4_to_float32
-from support import reference_model
+from mlspecqd.engine import reference_model
 from support.decoder_fixtures import TOLERANCE_BF16_INPUTS, random_tensors, tiny_spec
 
 

@@ -1,5 +1,5 @@
 """Tiny decoder specs (dense, and with experts) and random weights for the native decoder tests, and the
-tolerances of the native logits against the NumPy reference (support/reference_model.py)."""
+tolerances of the native logits against the NumPy reference (mlspecqd/engine/reference_model.py)."""
 
 from __future__ import annotations
 

@@ -1,9 +1,10 @@
-"""A plain NumPy float64 forward pass of the decoders (llama, qwen2, qwen3, gemma3, and with experts
-qwen2moe, qwen3moe and Mixtral-style llama): the reference the native decoder is tested against. Written
-for reading, not speed: no cache, the whole sequence each call, one expert call per token and expert.
+"""A plain NumPy forward pass (float64 unless told otherwise) of the decoders (llama, qwen2, qwen3, gemma3,
+and with experts qwen2moe, qwen3moe and Mixtral-style llama): the reference the native decoder is tested against, and
+the source of a dense model's FFN inputs for bench/moefy.py. Written for reading, not speed: no cache, the
+whole sequence each call, one expert call per token and expert. Nothing in the runtime imports it.
 
 Weights are the same arrays the native model gets (BF16 bit patterns for matrices, float32 vectors),
-widened to float64. With `round_matmul_inputs=True` every matrix product first rounds its input to BF16,
+widened to float64 (or `dtype`). With `round_matmul_inputs=True` every matrix product first rounds its input to BF16,
 as the native GEMM kernels may, so the remaining difference is float32 accumulation alone.
 """
 
@@ -15,8 +16,12 @@ from typing import Any
 import numpy as np
 
 
+def bf16_bits_to_float32(bits: np.ndarray) -> np.ndarray:
+    return (bits.astype(np.uint32) << 16).view(np.float32)
+
+
 def bf16_bits_to_float64(bits: np.ndarray) -> np.ndarray:
-    return (bits.astype(np.uint32) << 16).view(np.float32).astype(np.float64)
+    return bf16_bits_to_float32(bits).astype(np.float64)
 
 
 def round_to_bf16(x: np.ndarray) -> np.ndarray:
@@ -53,13 +58,14 @@ def softmax(x: np.ndarray) -> np.ndarray:
 
 def route(spec: Any, router: np.ndarray, h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Each row's experts (T x n_experts_used, highest router logit first, ties to the lower index) and
-    their weights: softmax probabilities over all experts, rescaled to sum to 1 if the model says so."""
+    their weights: softmax probabilities over all experts, rescaled to sum to 1 if the model says so, then
+    multiplied by the model's expert_weights_scale."""
     logits = h @ router.T
     experts = np.argsort(-logits, axis=-1, kind="stable")[:, : spec.n_experts_used]
     weights = np.take_along_axis(softmax(logits), experts, axis=-1)
     if spec.expert_weights_normalized:
         weights = weights / weights.sum(axis=-1, keepdims=True)
-    return experts, weights
+    return experts, weights * spec.expert_weights_scale
 
 
 def routing_margin(spec: Any, router: np.ndarray, h: np.ndarray) -> float:
@@ -130,14 +136,15 @@ def forward(
     tensors: Mapping[str, np.ndarray],
     tokens: Sequence[int],
     round_matmul_inputs: bool = False,
-    router_inputs: list[np.ndarray] | None = None,
+    ffn_inputs: list[np.ndarray] | None = None,
+    dtype: type = np.float64,
 ) -> np.ndarray:
-    """Logits (T x vocab, float64) of every position of `tokens`, starting at position 0. With experts,
-    `router_inputs` (a list) receives each layer's router input h (T x d_model)."""
+    """Logits (T x vocab, `dtype`) of every position of `tokens`, starting at position 0. `ffn_inputs` (a
+    list) receives each layer's normed FFN input h (T x d_model), which is also a MoE layer's router input."""
 
     def weight(name: str) -> np.ndarray:
         array = tensors[name]
-        return bf16_bits_to_float64(array) if array.dtype == np.uint16 else array.astype(np.float64)
+        return (bf16_bits_to_float32(array) if array.dtype == np.uint16 else array).astype(dtype, copy=False)
 
     def product(x: np.ndarray, matrix: np.ndarray) -> np.ndarray:
         return (round_to_bf16(x) if round_matmul_inputs else x) @ matrix.T
@@ -150,8 +157,6 @@ def forward(
 
     def experts_block(h: np.ndarray, block: str) -> np.ndarray:
         """The weighted sum of each row's chosen experts, plus the shared expert under its sigmoid gate."""
-        if router_inputs is not None:
-            router_inputs.append(h)
         gate, up, down = (weight(block + f"ffn_{name}_exps.weight") for name in ("gate", "up", "down"))
         experts, weights = route(spec, weight(block + "ffn_gate_inp.weight"), h)
         out = np.zeros_like(h)
@@ -164,7 +169,7 @@ def forward(
         return out
 
     T = len(tokens)
-    positions = np.arange(T, dtype=np.float64)
+    positions = np.arange(T, dtype=dtype)
     attention_scale = spec.attention_scale or 1.0 / np.sqrt(spec.head_dim)
     activation = ACTIVATIONS[spec.activation]
     x = weight("token_embd.weight")[np.asarray(tokens)] * spec.embedding_scale
@@ -191,6 +196,8 @@ def forward(
             out = rms_norm(out, weight(block + "post_attention_norm.weight"), spec.norm_eps)
         x = x + out
         h = rms_norm(x, weight(block + "ffn_norm.weight"), spec.norm_eps)
+        if ffn_inputs is not None:
+            ffn_inputs.append(h)
         if spec.n_experts:
             out = experts_block(h, block)
         else:
