@@ -19,7 +19,15 @@ import numpy as np
 
 from mlspecqd.engine.sampling import Sampler, TokenDistribution
 from mlspecqd.speculative import verification
-from mlspecqd.speculative.policies import CostDraftLength, DraftLengthPolicy, ForwardTimeModel, StoppingRule, TimeModel
+from mlspecqd.speculative.experts import ExpertActivity
+from mlspecqd.speculative.policies import (
+    CostDraftLength,
+    DraftLengthPolicy,
+    ExpertForwardTimeModel,
+    ForwardTimeModel,
+    StoppingRule,
+    TimeModel,
+)
 
 
 class LanguageModel(Protocol):
@@ -232,7 +240,10 @@ class ModelLevel(Level):
         self.routes: list[Route] = []  # who may draft for this level (accept_drafts_from)
         self.route_reprobe_after = 32  # rounds after which a route not taken is tried once, where it is in step
         self.chunk = 256
-        self.round_timing = ForwardTimeModel()  # a forward of T tokens and the verification of its rows
+        # Distinct experts per forward size, from the model's router (None: a dense model).
+        self.experts = ExpertActivity.of(model)
+        # A forward of T tokens and the verification of its rows.
+        self.round_timing = ForwardTimeModel() if self.experts is None else ExpertForwardTimeModel(self.experts)
         # Tokens a drafter's cache may lack when it drafted in every round so far: one from each model
         # level above it, and one more where a round of the level above had no room to ask it.
         self.in_step_lag = 2
@@ -412,9 +423,12 @@ class ModelLevel(Level):
         return logits[-rows:], len(tokens) - start
 
     def _forward(self, tokens: Sequence[int], start: int, all_logits: bool) -> np.ndarray:
+        routed_before = self.model.expert_rows() if self.experts is not None else None
         started = self.clock()
         logits = self.model.forward(np.asarray(tokens, dtype=np.int32), start, all_logits)
         self.stats.forward_seconds += self.clock() - started
+        if routed_before is not None:
+            self.experts.record(len(tokens), self.model.expert_rows() - routed_before)
         self.stats.forward_calls += 1
         self.stats.forward_tokens += len(tokens)
         del self._cached[start:]

@@ -11,11 +11,12 @@ measured costs instead of trained.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 import numpy as np
 
+from mlspecqd.speculative.experts import ExpertActivity
 from mlspecqd.validation import whole_number
 
 
@@ -46,7 +47,7 @@ class TimeModel:
         self.measured_at_size = measured_at_size
         self.medians_of = medians_of
         self._samples: deque[tuple[int, float]] = deque(maxlen=window)
-        self._fit: tuple[float, float] | None = None  # (intercept, slope), refitted on demand
+        self._fit: Callable[[float], float] | None = None  # seconds by size from all calls, refitted on demand
         self._medians: dict[int, float] | None = None  # by measured size, recomputed on demand
 
     @property
@@ -75,8 +76,7 @@ class TimeModel:
             return measured[nearest] * self._prior_shape(tokens) / self._prior_shape(nearest)
         if self._fit is None:
             self._fit = self._least_squares()
-        intercept, slope = self._fit
-        return intercept + slope * tokens
+        return self._fit(tokens)
 
     def _measured_sizes(self) -> dict[int, float]:
         """Median of the last `medians_of` calls for each size called at least `measured_at_size` times."""
@@ -86,10 +86,15 @@ class TimeModel:
         return {t: float(np.median(seconds[-self.medians_of:]))
                 for t, seconds in by_size.items() if len(seconds) >= self.measured_at_size}
 
-    def _prior_shape(self, tokens: float) -> float:
-        return 1.0 + (tokens - 1.0) * self.extra_token_share
+    def _shape(self, tokens: np.ndarray | float, slope: np.ndarray | float) -> np.ndarray | float:
+        """The time of `tokens` tokens over that of one, where each token beyond the first costs `slope`
+        of the first (arrays broadcast: a fit tries many slopes on many sizes at once)."""
+        return 1.0 + (np.asarray(tokens) - 1.0) * slope
 
-    def _least_squares(self) -> tuple[float, float]:
+    def _prior_shape(self, tokens: float) -> float:
+        return float(self._shape(tokens, self.extra_token_share))
+
+    def _least_squares(self) -> Callable[[float], float]:
         count = len(self._samples)
         mean_tokens = sum(t for t, _ in self._samples) / count
         mean_seconds = sum(s for _, s in self._samples) / count
@@ -97,10 +102,10 @@ class TimeModel:
         if max(sizes) - min(sizes) >= 2:  # sizes one apart give a slope mostly made of noise
             spread = sum((t - mean_tokens) ** 2 for t in sizes)
             slope = max(sum((t - mean_tokens) * (s - mean_seconds) for t, s in self._samples) / spread, 0.0)
-            return max(mean_seconds - slope * mean_tokens, 0.0), slope
+            intercept = max(mean_seconds - slope * mean_tokens, 0.0)
+            return lambda tokens: intercept + slope * tokens
         first_token = mean_seconds / max(self._prior_shape(mean_tokens), 1e-9)
-        slope = first_token * self.extra_token_share
-        return first_token - slope, slope
+        return lambda tokens: first_token * self._prior_shape(tokens)
 
 
 class ForwardTimeModel(TimeModel):
@@ -129,35 +134,60 @@ class ForwardTimeModel(TimeModel):
         super().__init__(extra_token_share, window, measured_at_size, medians_of)
         self.pairs_needed = pairs_needed
         self._pairs: deque[tuple[int, int, float]] = deque(maxlen=pairs_kept)  # (T1, T2, log(time2 / time1))
-        self._shape: tuple[float, float] | None = None  # (speed, slope), refitted on demand
+        self._speed_and_slope_fit: tuple[float, float] | None = None  # refitted on demand
 
     def record(self, tokens: int, seconds: float) -> None:
         if self._samples and seconds > 0.0:
             previous, previous_seconds = self._samples[-1]
             if previous != tokens and previous_seconds > 0.0:
                 self._pairs.append((previous, tokens, float(np.log(seconds / previous_seconds))))
-        self._shape = None
+        self._speed_and_slope_fit = None
         super().record(tokens, seconds)
 
     def estimate(self, tokens: int) -> float:
         if len(self._pairs) < self.pairs_needed:
             return super().estimate(tokens)
-        if self._shape is None:
-            self._shape = self._speed_and_slope()
-        speed, slope = self._shape
-        return speed * (1.0 + slope * (tokens - 1))
+        if self._speed_and_slope_fit is None:
+            self._speed_and_slope_fit = self._speed_and_slope()
+        speed, slope = self._speed_and_slope_fit
+        return speed * float(self._shape(tokens, slope))
 
     def _speed_and_slope(self) -> tuple[float, float]:
         first, second, log_ratio = np.array(self._pairs).T
 
         def best_of(slopes: np.ndarray) -> float:
-            predicted = np.log1p(slopes[:, None] * (second - 1)) - np.log1p(slopes[:, None] * (first - 1))
+            predicted = np.log(self._shape(second, slopes[:, None])) - np.log(self._shape(first, slopes[:, None]))
             return float(slopes[np.argmin(np.abs(predicted - log_ratio).sum(axis=1))])
 
         coarse = best_of(np.linspace(0.0, 1.0, 41))  # the extra token's share of the first: 0 to 1 ...
         slope = best_of(np.clip(coarse + np.linspace(-0.025, 0.025, 21), 0.0, 1.0))  # ... to within 1/400
         recent = [(t, s) for t, s in self._samples if s > 0.0][-self.medians_of:]
-        return float(np.median([s / (1.0 + slope * (t - 1)) for t, s in recent])), slope
+        return float(np.median([s / self._shape(t, slope) for t, s in recent])), slope
+
+
+class ExpertForwardTimeModel(ForwardTimeModel):
+    """A `ForwardTimeModel` for a model with experts: the shape of a T-row forward is the bytes it reads
+    over one row's (ExpertActivity.read_ratio: the dense weights once, each distinct expert once, with
+    distinct experts measured from the router online) plus `slope` of the first row for each row beyond
+    it (the arithmetic, fitted from consecutive calls as for a dense model). Its prior for sizes not yet
+    timed thus prices each row by the experts it is expected to add, where a dense verifier's prior
+    takes an extra row as nearly free."""
+
+    def __init__(self, experts: ExpertActivity, **time_model_arguments: float) -> None:
+        super().__init__(**time_model_arguments)
+        self.experts = experts
+        self._fitted_to = experts.version  # the router statistics the fits were made with
+
+    def _shape(self, tokens: np.ndarray | float, slope: np.ndarray | float) -> np.ndarray | float:
+        sizes, where = np.unique(np.asarray(tokens), return_inverse=True)
+        read = np.array([self.experts.read_ratio(int(size)) for size in sizes])[where].reshape(np.shape(tokens))
+        return read + (np.asarray(tokens) - 1.0) * slope
+
+    def estimate(self, tokens: int) -> float:
+        if self._fitted_to != self.experts.version:  # the shape moved with the router's statistics: refit
+            self._fit = self._medians = self._speed_and_slope_fit = None
+            self._fitted_to = self.experts.version
+        return super().estimate(tokens)
 
 
 def check_draft_max(draft_max: object) -> int:
@@ -386,39 +416,55 @@ class CostDraftLength(DraftLengthPolicy):
 
 
 class CostStoppingRule:
-    """Drafts while one more token is worth its time at the rate the round expects (`expected_rate`,
+    """Drafts while more tokens are worth their time at the rate the round expects (`expected_rate`,
     tokens per second, the plan's best). With P the chance that every token kept so far is accepted:
 
-    - another token is drafted if P times the acceptance rate of its position (a token yet unseen) is
-      at least expected_rate times its cost: one more drafted token and one more verified row;
-    - a drafted token is kept if P times the calibrated acceptance of its confidence is at least
-      expected_rate times the verifier's extra row (its drafting is paid for already).
+    - another token is drafted if, for some j >= 1, the next j tokens are: the chances that each of
+      them is accepted (P times the acceptance rates of their positions, tokens yet unseen) add up to
+      at least expected_rate times their cost, j more drafted tokens and j more verified rows;
+    - a drafted token is kept on the same test, its chance being P times the calibrated acceptance of
+      its confidence and its own drafting paid for already.
 
-    This is the usual rule for maximizing a rate: go on while the next step yields more per second
-    than the whole does. The rate of the plan is that of a fixed length, a floor of what stopping
-    early achieves, so the rule errs toward drafting on.
+    This is the usual rule for maximizing a rate: go on while what comes next yields more per second
+    than the whole does. Where each verified row costs at least as much as the one before (a dense
+    target) the chances fall and the costs do not, so j = 1 decides; on a target with experts the
+    first extra row reads a new set of experts and later ones mostly share them, so a draft may be
+    worth going on with although its next token alone is not. The rate of the plan is that of a fixed
+    length, a floor of what stopping early achieves, so the rule errs toward drafting on.
     """
 
     def __init__(self, policy: CostDraftLength, drafter: TimeModel, verifier: TimeModel, expected_rate: float) -> None:
         self.policy = policy
-        self.drafter = drafter
-        self.verifier = verifier
         self.expected_rate = expected_rate
         self.kept = 0
         self.all_accepted = 1.0  # the chance that every kept token is accepted
+        # The time models do not change within a round: their estimates, by drafted tokens.
+        self._verify_seconds = [verifier.estimate(tokens + 1) for tokens in range(policy.draft_max + 1)]
+        self._draft_seconds = [drafter.estimate(tokens) for tokens in range(policy.draft_max + 1)]
 
-    def _extra_row_seconds(self) -> float:
-        return max(self.verifier.estimate(self.kept + 2) - self.verifier.estimate(self.kept + 1), 0.0)
+    def _worth_going_on(self, chance: float, drafted: bool) -> bool:
+        """Whether the tokens from position `kept` on, the first accepted with `chance` (and `drafted`
+        already), are worth their time for some number of them."""
+        rates = self.policy.acceptance.rates
+        gain = cost = 0.0
+        for position in range(self.kept, self.policy.draft_max):
+            if position > self.kept:
+                chance *= rates[min(position, rates.size - 1)]
+            if position > self.kept or not drafted:
+                cost += max(self._draft_seconds[position + 1] - self._draft_seconds[position], 0.0)
+            cost += max(self._verify_seconds[position + 1] - self._verify_seconds[position], 0.0)
+            gain += chance
+            if gain >= self.expected_rate * cost:
+                return True
+        return False
 
     def draft_more(self) -> bool:
         rates = self.policy.acceptance.rates
-        chance = self.all_accepted * rates[min(self.kept, rates.size - 1)]
-        draft_seconds = max(self.drafter.estimate(self.kept + 1) - self.drafter.estimate(self.kept), 0.0)
-        return chance >= self.expected_rate * (draft_seconds + self._extra_row_seconds())
+        return self._worth_going_on(self.all_accepted * rates[min(self.kept, rates.size - 1)], drafted=False)
 
     def keep(self, confidence: float) -> bool:
         chance = self.all_accepted * self.policy.calibration.acceptance(confidence)
-        if chance < self.expected_rate * self._extra_row_seconds():
+        if not self._worth_going_on(chance, drafted=True):
             return False
         self.all_accepted = chance
         self.kept += 1

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import codecs
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -129,6 +130,48 @@ class FakeLanguageModel:
         if tokens:
             fresh.forward(tokens, 0, all_logits=False)
         return fresh.cache
+
+
+@dataclass(frozen=True)
+class ExpertCounts:
+    """The part of a ModelSpec the cost model reads from a model with experts."""
+
+    n_experts: int
+    n_experts_used: int
+
+
+class FakeExpertModel(FakeLanguageModel):
+    """A FakeLanguageModel with experts: each token id routes to `n_experts_used` of `n_experts` experts
+    in each of `n_layers` layers (a fixed random table, skewed so that some experts are hot), counted as
+    Model.expert_rows() counts them. A forward of T rows costs call_seconds + token_seconds * T plus
+    `expert_seconds` for each distinct expert each layer reads, as reading weights bounds a CPU forward.
+    `tensors` has the sizes that make the routed experts' share of a row's bytes that of its seconds."""
+
+    def __init__(self, n_experts: int = 32, n_experts_used: int = 4, n_layers: int = 2, expert_seconds: float = 0.001,
+                 routing_seed: int = 7, **settings) -> None:
+        super().__init__(**settings)
+        self.spec = ExpertCounts(n_experts, n_experts_used)
+        self.expert_seconds = expert_seconds
+        rng = np.random.default_rng(routing_seed)
+        popularity = 1.0 / np.arange(1, n_experts + 1)  # Zipf: the first experts are hot
+        self.routes = np.stack([[rng.choice(n_experts, n_experts_used, replace=False, p=popularity / popularity.sum())
+                                 for _ in range(n_layers)] for _ in range(self.vocab_size)])  # (vocab, layers, k)
+        self.routed = np.zeros((n_layers, n_experts), dtype=np.int64)
+        microseconds = int(expert_seconds * 1e6)
+        self.tensors = {"blk.0.ffn_up_exps.weight": np.zeros(n_layers * n_experts * microseconds, np.uint8),
+                        "output.weight": np.zeros(int(self.call_seconds * 1e6), np.uint8)}
+
+    def expert_rows(self) -> np.ndarray:
+        return self.routed.copy()
+
+    def forward(self, tokens: Sequence[int], start: int, all_logits: bool) -> np.ndarray:
+        logits = super().forward(tokens, start, all_logits)
+        chosen = self.routes[np.asarray(tokens, dtype=np.int64)]  # (T, layers, k)
+        for layer in range(chosen.shape[1]):
+            np.add.at(self.routed[layer], chosen[:, layer].ravel(), 1)
+            if self.clock is not None:
+                self.clock.advance(self.expert_seconds * np.unique(chosen[:, layer]).size)
+        return logits
 
 
 def reference_greedy(model: FakeLanguageModel, prompt: Sequence[int], max_new_tokens: int,
