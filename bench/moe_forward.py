@@ -1,27 +1,37 @@
-"""A real-size Mixture-of-Experts layer stack with random MXFP4 weights: the time of a T-row forward next
-to the expected number of distinct experts per layer, and decode against llama.cpp on the same file.
+"""Target efficiency of Mixture-of-Experts models as MoESD plots it: the time of a forward of T rows in
+each of S sequences over one row's and over T one-row forwards, with the distinct experts per layer it
+read; and decode against llama.cpp on the random real-size file.
 
-    python3 bench/run.py moe_forward [--layers 6] [--threads 2] [--rounds 3] [--out FILE]
+    python3 bench/run.py moe_forward [--targets random,moefied,dense] [--layers 6] [--threads 2]
+                                     [--repeats 5] [--rounds 3] [--out FILE]
 
-The model has Qwen3-30B-A3B's layer shapes (d_model 2048, 32 query / 4 key-value heads of 128, 128
-experts of width 768, 8 per token, vocabulary 151,936) but --layers of its 48 layers, so that the file
-(about 0.34 GB a layer) fits a shared machine. Attention, experts and the LM head are random MXFP4
-blocks, the router random float32 (logits of unit spread, so tokens spread over the experts about
-uniformly), the embedding random BF16; the tokenizer is copied from the cached Qwen2.5 GGUF, so that
-llama.cpp loads the file. mlspecqd loads it at precision "mxfp4": the MXFP4 weights are used as stored.
+Targets:
+  - random: Qwen3-30B-A3B's layer shapes (d_model 2048, 32 query / 4 key-value heads of 128, 128 experts
+    of width 768, 8 per token, vocabulary 151,936) but --layers of its 48 layers, so that the file (about
+    0.34 GB a layer) fits a shared machine. Attention, experts and the LM head are random MXFP4 blocks, the
+    router random float32 (logits of unit spread, so tokens spread over the experts about uniformly), the
+    embedding random BF16; the tokenizer is copied from the cached Qwen2.5 GGUF, so that llama.cpp loads
+    the file. mlspecqd loads it at precision "mxfp4": the MXFP4 weights are used as stored. Cost only.
+  - moefied: Qwen2.5-Coder 1.5B MoEfied by bench/moefy.py (16 experts, 4 per token, a shared expert;
+    real routing of real text), BF16.
+  - dense: the Qwen2.5-Coder 1.5B it was made from, BF16.
 
-Measured:
-  - forward of T = 1, 2, 4, 9, 16 rows after a 512-token prompt (median and best of --repeats), with
-    E (1 - (1 - k / E)^T), the distinct experts a layer expects to read for T rows routed uniformly;
-  - decode after the prompt, mlspecqd and llama-bench taking turns (bench/decode.py interleaved_decode).
-and this process's peak resident memory after the forwards. Prints JSON (also written to
-bench/results/moe_forward.json unless --out says otherwise).
+Measured, after a 512-token prompt of wiki text in each of 4 slots:
+  - forward of T = 1..16 rows in each of S = 1, 2, 4 sequences (forward_batch): medians and bests of
+    --repeats, ratios taken within pairs (the one-row forward of the same S right before), the distinct
+    experts per layer it read (Model.expert_rows()) next to E (1 - (1 - k / E)^(S T)), what a uniform
+    router would read;
+  - on the random file, decode after the prompt, mlspecqd and llama-bench taking turns
+    (bench/decode.py interleaved_decode).
+and this process's peak resident memory. Prints JSON (also written to bench/results/moe_forward.json
+unless --out says otherwise) and a markdown table.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import statistics
 import sys
@@ -33,16 +43,21 @@ import numpy as np
 from gguf import GGMLQuantizationType
 
 from bench import RESULTS, llamacpp
+from bench.corpora import text
 from bench.decode import PROMPT_TOKENS, interleaved_decode, seconds
 from bench.machine import describe_machine
 from mlspecqd import _native, hub
 from mlspecqd.engine.model import Model
+from mlspecqd.speculative.experts import routed_expert_share
+from mlspecqd.tokenizer import Tokenizer
 
 ARCHITECTURE = "qwen3moe"
 SHAPES = {"d_model": 2048, "n_heads": 32, "n_kv_heads": 4, "head_dim": 128, "n_experts": 128, "n_experts_used": 8,
           "expert_d_ff": 768, "vocab_size": 151936, "context_length": 4096}
-ROW_COUNTS = (1, 2, 4, 9, 16)
+ROW_COUNTS = tuple(range(1, 17))
+SEQUENCE_COUNTS = (1, 2, 4)
 TOKENIZER_SOURCE = "qwen2.5-coder-0.5b"
+DENSE_SOURCE = "qwen2.5-coder-1.5b"
 MXFP4 = GGMLQuantizationType.MXFP4
 
 
@@ -132,53 +147,129 @@ def model_file(layers: int) -> Path:
     return path
 
 
-def forward_times(model: Model, repeats: int) -> list[dict[str, Any]]:
-    """Median time of a T-row forward after a PROMPT_TOKENS-token prompt, for each T of ROW_COUNTS."""
-    rng = np.random.default_rng(2)
-    prompt, rows = rng.integers(100, 20000, PROMPT_TOKENS), rng.integers(100, 20000, max(ROW_COUNTS))
-    model.forward(prompt, 0)
-    E, k = SHAPES["n_experts"], SHAPES["n_experts_used"]
-    times = {T: [] for T in ROW_COUNTS}
+def text_rows(tokenizer_source: Path, count: int, length: int) -> list[np.ndarray]:
+    """`count` stretches of `length` tokens of the wiki text, far apart: real text, so that a router
+    trained on text routes consecutive tokens as it would in use."""
+    tokens = np.array(Tokenizer.from_gguf(tokenizer_source).encode(text("wiki"), add_special=False))
+    stride = (len(tokens) - length) // count
+    return [tokens[i * stride : i * stride + length] for i in range(count)]
+
+
+def forward_times(model: Model, texts: list[np.ndarray], repeats: int) -> list[dict[str, Any]]:
+    """Time of one forward of T rows in each of S sequences (forward_batch, each in its slot after a
+    PROMPT_TOKENS-token prompt), for S in SEQUENCE_COUNTS and T in ROW_COUNTS, with the distinct experts
+    per layer it read (Model.expert_rows() around it). Each T-row forward is timed right after the
+    one-row forward of the same S, and its ratios are taken within that pair (the machine's memory
+    speed drifts over minutes); medians over the repeats, and the best times."""
+    model.reserve_slots(max(SEQUENCE_COUNTS))
+    for slot in range(max(SEQUENCE_COUNTS)):
+        model.forward(texts[slot][:PROMPT_TOKENS], 0, slot=slot)
+    spec = model.spec
+    sizes = [(S, T) for S in SEQUENCE_COUNTS for T in ROW_COUNTS]
+    times: dict[tuple[int, int], list[float]] = {size: [] for size in sizes}
+    ratios: dict[tuple[int, int], list[float]] = {size: [] for size in sizes}
+    distinct: dict[tuple[int, int], list[float]] = {size: [] for size in sizes}
+
+    def forward(S: int, T: int) -> float:
+        segments = [(slot, texts[slot][PROMPT_TOKENS : PROMPT_TOKENS + T], PROMPT_TOKENS, True) for slot in range(S)]
+        before = model.expert_rows()
+        elapsed = seconds(lambda: model.forward_batch(segments))
+        if spec.is_moe:
+            distinct[S, T].append(float(np.count_nonzero(model.expert_rows() - before, axis=1).mean()))
+        return elapsed
+
     for _ in range(repeats):
-        for T in ROW_COUNTS:
-            times[T].append(seconds(lambda T=T: model.forward(rows[:T], PROMPT_TOKENS, all_logits=True)))
-    median = {T: statistics.median(times[T]) for T in ROW_COUNTS}
-    best = {T: min(times[T]) for T in ROW_COUNTS}  # the least disturbed run, on a machine others share
-    return [{"rows": T, "ms": 1e3 * median[T], "ratio_to_one_row": median[T] / median[1], "best_ms": 1e3 * best[T],
-             "best_ratio_to_one_row": best[T] / best[1],
-             "expected_distinct_experts_per_layer": expected_distinct_experts(E, k, T),
-             "expected_experts_ratio_to_one_row": expected_distinct_experts(E, k, T) / k} for T in ROW_COUNTS]
+        for S, T in sizes:
+            one_row = forward(S, 1)
+            elapsed = forward(S, T)
+            times[S, T].append(elapsed)
+            ratios[S, T].append(elapsed / one_row)
+    rows = []
+    for S, T in sizes:
+        row = {"sequences": S, "rows": T, "ms": 1e3 * statistics.median(times[S, T]),
+               "best_ms": 1e3 * min(times[S, T]), "ratio_to_one_row": statistics.median(ratios[S, T]),
+               "ratio_to_T_one_rows": statistics.median(ratios[S, T]) / T}
+        if spec.is_moe:
+            row["distinct_experts_per_layer"] = statistics.mean(distinct[S, T])
+            row["uniform_distinct_experts_per_layer"] = expected_distinct_experts(spec.n_experts,
+                                                                                  spec.n_experts_used, S * T)
+        rows.append(row)
+    return rows
+
+
+def target_files(names: list[str], layers: int) -> dict[str, tuple[Path, str]]:
+    """File and precision of each named target: "random" (the random real-size file, MXFP4), "moefied"
+    (the MoEfied Qwen2.5-Coder 1.5B of bench/moefy.py, BF16), "dense" (the 1.5B it was made from, BF16)."""
+    files = {}
+    for name in names:
+        if name == "random":
+            files[name] = model_file(layers), "mxfp4"
+        elif name == "moefied":
+            from bench.moefy import moefied_model_file
+
+            files[name] = moefied_model_file(DENSE_SOURCE), "bf16"
+        elif name == "dense":
+            files[name] = hub.resolve(DENSE_SOURCE), "bf16"
+        else:
+            raise SystemExit(f"unknown target '{name}' (known: random, moefied, dense)")
+    return files
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--layers", type=int, default=6)
+    parser.add_argument("--targets", default="random,moefied,dense", help="comma-separated: random, moefied, dense")
+    parser.add_argument("--layers", type=int, default=6, help="layers of the random real-size file")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=9)
-    parser.add_argument("--rounds", type=int, default=3, help="decode rounds, mlspecqd and llama-bench in turn")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="decode rounds on the random file, mlspecqd and llama-bench in turn (0: none)")
     parser.add_argument("--decode-tokens", type=int, default=32)
     parser.add_argument("--out", type=Path, default=RESULTS / "moe_forward.json")
     args = parser.parse_args(argv)
 
-    path = model_file(args.layers)
     _native.set_num_threads(args.threads)
-    model = Model.load(path, precision="mxfp4", context_length=PROMPT_TOKENS + 64)
-    model.forward(np.arange(100, 116), 0)  # warm-up: first touch of the weights and buffers
-    result: dict[str, Any] = {
-        "machine": describe_machine(args.threads),
-        "model": {"file": str(path), "layers": args.layers, **SHAPES, "file_gib": path.stat().st_size / 2**30},
-        "prompt_tokens": PROMPT_TOKENS,
-        "forward": forward_times(model, args.repeats),
-        # Weights used as stored are mapped file pages, counted once read.
-        "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
-    }
-    if llamacpp.available():
-        result["decode"] = interleaved_decode(model, path, args.threads, args.decode_tokens, args.rounds)
+    texts = text_rows(hub.resolve(TOKENIZER_SOURCE), max(SEQUENCE_COUNTS), PROMPT_TOKENS + max(ROW_COUNTS))
+    result: dict[str, Any] = {"machine": describe_machine(args.threads), "prompt_tokens": PROMPT_TOKENS,
+                              "load_average_start": os.getloadavg(), "targets": {}}
+    for name, (path, precision) in target_files(args.targets.split(","), args.layers).items():
+        model = Model.load(path, precision=precision, context_length=PROMPT_TOKENS + 64)
+        model.forward(np.arange(100, 116), 0)  # warm-up: first touch of the weights and buffers
+        spec = model.spec
+        entry: dict[str, Any] = {
+            "file": str(path), "precision": precision, "file_gib": path.stat().st_size / 2**30,
+            "layers": spec.n_layers, "n_experts": spec.n_experts, "n_experts_used": spec.n_experts_used,
+            "routed_expert_share_of_one_row": routed_expert_share(model.tensors, spec.n_experts, spec.n_experts_used)
+            if spec.is_moe else 0.0,
+            "forward": forward_times(model, texts, args.repeats),
+        }
+        if name == "random" and args.rounds and llamacpp.available():
+            entry["decode"] = interleaved_decode(model, path, args.threads, args.decode_tokens, args.rounds)
+        result["targets"][name] = entry
+        model.close()
+        print(f"{name} done", file=sys.stderr, flush=True)
+    # Weights used as stored are mapped file pages, counted once read.
+    result["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    result["load_average_end"] = os.getloadavg()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     json.dump(result, sys.stdout, indent=2)
     print()
+    print(efficiency_table(result["targets"]))
     return 0
+
+
+def efficiency_table(targets: dict[str, Any]) -> str:
+    """Markdown: per target and sequence count, a T-row forward's time over one row's and over T one-row
+    forwards (MoESD's target efficiency is its inverse), with the distinct experts it read."""
+    lines = ["| target | sequences | rows T | ms | / one row | / (T x one row) | distinct experts per layer "
+             "| uniform E(1-(1-k/E)^(S T)) |", "|---|---|---|---|---|---|---|---|"]
+    for name, entry in targets.items():
+        for row in entry["forward"]:
+            experts = (f"{row['distinct_experts_per_layer']:.1f} | {row['uniform_distinct_experts_per_layer']:.1f}"
+                       if "distinct_experts_per_layer" in row else "- | -")
+            lines.append(f"| {name} | {row['sequences']} | {row['rows']} | {row['ms']:.1f} | "
+                         f"{row['ratio_to_one_row']:.2f} | {row['ratio_to_T_one_rows']:.2f} | {experts} |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
