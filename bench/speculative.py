@@ -121,14 +121,24 @@ class RealSetup(NamedTuple):
     load_seconds: float
 
 
+def local_file(model: str) -> Path | None:
+    """A named model's file if it is in the cache, or `model` itself if it is a file; else None."""
+    from mlspecqd import hub
+
+    if model in hub.NAMED_MODELS:
+        return hub.cached_path(model)
+    return Path(model) if Path(model).is_file() else None
+
+
 def load_real(args: argparse.Namespace) -> RealSetup:
-    """Loads what args.target, args.small, args.small_precision, args.context, args.threads and
-    args.prompts name; the first args.prompts HumanEval prompts in the target's chat template."""
+    """Loads what args.target (a named model or a GGUF file), args.small, args.small_precision,
+    args.context, args.threads and args.prompts name; the first args.prompts HumanEval prompts in the
+    target's chat template."""
     from bench.corpora import human_eval_prompts
-    from mlspecqd import _native, hub
+    from mlspecqd import _native
     from mlspecqd.apps.chat_template import render_chat
 
-    target_path, small_path = hub.cached_path(args.target), hub.cached_path(args.small)
+    target_path, small_path = local_file(args.target), local_file(args.small)
     if target_path is None or small_path is None:
         raise SystemExit(f"models not cached: run `mlspecqd pull {args.target}` and `mlspecqd pull {args.small}`")
     if args.threads:
@@ -193,15 +203,9 @@ def real(args: argparse.Namespace) -> dict:
                                  skip_levels=not name.endswith("-chain"))
         generate(cascades[name], tokenizer, prompts[0], 8).run()
     llama_runs = llama_cpp_runs(args, target_path, small_path) if args.llama_cpp and llamacpp.available() else {}
-    # Prompt by prompt, every configuration in turn: the speed of these shared machines (their memory
-    # bandwidth above all) drifts over minutes, and interleaving gives every row the same mix.
-    results: dict[str, list] = {name: [] for name in [*selected, *llama_runs]}
-    for index, (prompt, chat) in enumerate(zip(prompts, chats)):
-        for name in selected:
-            results[name].append(generate(cascades[name], tokenizer, prompt, args.max_new_tokens).run())
-        for name, run in llama_runs.items():
-            results[name].append(run(chat))
-        print(f"prompt {index + 1}/{len(prompts)} done", file=sys.stderr, flush=True)
+    runs = {name: (lambda prompt, chat, c=cascades[name]: generate(c, tokenizer, prompt, args.max_new_tokens).run())
+            for name in selected}
+    results = interleaved_runs({**runs, **llama_runs}, prompts, chats)
 
     plain = results.get("plain")
     summary = []
@@ -223,7 +227,7 @@ def real(args: argparse.Namespace) -> dict:
                         "engine": "mlspecqd", "predicted_n": predicted_n, "predicted_ms": predicted_ms,
                         "tokens_per_second": predicted_n / (predicted_ms / 1e3), "identical_to_plain": identical,
                         "weight_gib": weight_bytes(drafts) / 2**30,
-                        "levels": _level_totals([r.timings["levels"] for r in generations])})
+                        "levels": level_totals([r.timings["levels"] for r in generations])})
     for name in llama_runs:
         generations = results[name]
         predicted_n = sum(g.predicted_n for g in generations)
@@ -244,6 +248,19 @@ def real(args: argparse.Namespace) -> dict:
             "machine": describe_machine(), "load_average": os.getloadavg(), "results": summary}
 
 
+def interleaved_runs(runs: dict[str, Callable[[list[int], str], object]], prompts: Sequence[list[int]],
+                     chats: Sequence[str]) -> dict[str, list]:
+    """Each run's results on every prompt (a run takes the prompt's tokens and its chat text), prompt by
+    prompt with every run in turn: the speed of these shared machines (their memory bandwidth above all)
+    drifts over minutes, and interleaving gives every run the same mix."""
+    results: dict[str, list] = {name: [] for name in runs}
+    for index, (prompt, chat) in enumerate(zip(prompts, chats)):
+        for name, run in runs.items():
+            results[name].append(run(prompt, chat))
+        print(f"prompt {index + 1}/{len(prompts)} done", file=sys.stderr, flush=True)
+    return results
+
+
 def llama_cpp_runs(args: argparse.Namespace, target_path: Path, small_path: Path) -> dict[str, Callable]:
     """llama.cpp on the same prompts: plain BF16, and llama-speculative with the 0.5B (its Q4_K_M file) and
     with the MXFP4 copy of the target as drafts, at the same draft length. Each run takes a chat prompt."""
@@ -260,21 +277,23 @@ def llama_cpp_runs(args: argparse.Namespace, target_path: Path, small_path: Path
     }
 
 
-def _level_totals(per_prompt: list[list[dict]]) -> list[dict]:
+def level_totals(per_prompt: list[list[dict]]) -> list[dict]:
     """Per level, summed over prompts: drafted, accepted, acceptance rate, forward time, the draft
-    lengths chosen and the drafting rounds by the level drafted for."""
+    lengths chosen and proposed, and the drafting rounds by the level drafted for."""
     totals = []
     for index, first in enumerate(per_prompt[0]):
         drafted = sum(levels[index]["draft_n"] for levels in per_prompt)
         accepted = sum(levels[index]["draft_n_accepted"] for levels in per_prompt)
-        choices, rounds_by_verifier = Counter(), Counter()
+        choices, proposed, rounds_by_verifier = Counter(), Counter(), Counter()
         for levels in per_prompt:
             choices.update({int(k): v for k, v in levels[index]["draft_length_choices"].items()})
+            proposed.update({int(k): v for k, v in levels[index]["proposed_lengths"].items()})
             rounds_by_verifier.update(levels[index]["rounds_by_verifier"])
         totals.append({"name": first["name"], "draft_n": drafted, "draft_n_accepted": accepted,
                        "acceptance_rate": accepted / drafted if drafted else None,
                        "forward_ms": sum(levels[index]["forward_ms"] for levels in per_prompt),
                        "draft_length_choices": dict(sorted(choices.items())),
+                       "proposed_lengths": dict(sorted(proposed.items())),
                        "rounds_by_verifier": dict(rounds_by_verifier)})
     return totals
 

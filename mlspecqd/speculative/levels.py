@@ -140,6 +140,9 @@ class LevelStats:
             "mean_accepted_length": self.draft_n_accepted / self.draft_rounds if self.draft_rounds else None,
             "draft_rounds": self.draft_rounds,
             "draft_length_choices": dict(sorted(self.draft_length_choices.items())),
+            # Rounds by the tokens actually drafted (a stopping rule may end a draft before its choice).
+            "proposed_lengths": {length: int(count) for length, count in enumerate(
+                -np.diff([*self.proposed_at, 0]), start=1) if count},
             "rounds_by_verifier": dict(self.rounds_by_verifier),
             "verify_rounds": self.verify_rounds,
             "tokens_per_verify_round": self.emitted_tokens / self.verify_rounds if self.verify_rounds else None,
