@@ -133,6 +133,9 @@ def test_cost_policy_on_a_target_with_experts_is_as_fast_as_the_best_fixed_lengt
     assert cost >= 0.95 * max(fixed.values())
     assert cost > 1.2 * plain
     assert drafting["draft_n"] > 0
+    # The stopping rule ends drafts at several lengths; the rounds by length add up to what was drafted.
+    assert len(drafting["proposed_lengths"]) > 1
+    assert sum(length * rounds for length, rounds in drafting["proposed_lengths"].items()) == drafting["draft_n"]
 
 
 def test_a_level_measures_the_experts_its_native_target_routes_to():
