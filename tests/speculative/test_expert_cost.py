@@ -49,6 +49,8 @@ def test_distinct_experts_are_uniform_until_measured_then_measured_then_scaled_f
     assert activity.distinct(1) == k
     assert k <= activity.distinct(2) <= 2 * k
     assert activity.distinct(8) < uniform(E, k, 8)  # shared experts: fewer than a uniform router reads
+    with pytest.raises(ValueError, match="5 experts used of 4"):
+        ExpertActivity(4, 5, expert_share=0.5)
 
 
 def test_expert_time_model_prices_an_unmeasured_size_by_the_experts_it_reads():
