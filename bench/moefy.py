@@ -8,8 +8,8 @@ Each layer's FFN intermediate neurons (d_ff of them) are split into an always-on
 --shared-width neurons of largest mean contribution |act(g.h) (u.h)| * |down column|) and E routed experts
 of (d_ff - shared) / E neurons: clustered by balanced k-means on the neurons' contributions over the
 calibration tokens (neurons that fire together land together), or contiguous (in index order, the
-baseline). A router per layer is fitted by ridge least squares from the FFN input h to each expert's
-output norm relative to the row's mean; its held-out top-k recall against the oracle (the k experts of
+baseline). A router per layer is fitted by ridge least squares from the FFN input h to the log of each
+expert's output norm; its held-out top-k recall against the oracle (the k experts of
 largest true output norm) is reported. Calibration: FFN inputs from mlspecqd.engine.reference_model's
 float32 forward over wiki text after the tokens perplexity is measured on.
 
@@ -63,7 +63,7 @@ SHARED_WIDTH = 768
 CLUSTERINGS = ("kmeans", "contiguous")
 # Calibration and held-out router text start this many tokens into the wiki text, after the perplexity text.
 CALIBRATION_START = 8192
-CALIBRATION_TOKENS = 3072
+CALIBRATION_TOKENS = 4096
 HELD_OUT_TOKENS = 1024
 WINDOW = 512
 # Router logits are scaled to at most this magnitude on the calibration text: a softmax term exp(x - max)
@@ -71,7 +71,7 @@ WINDOW = 512
 ROUTER_LOGIT_BOUND = 2.0**-30
 KMEANS_ITERATIONS = 12
 KMEANS_TOKENS = 1024  # calibration tokens whose contributions are the k-means features
-RIDGE = 1e-2  # ridge penalty, relative to the mean diagonal of H^T H
+RIDGE = 1.0  # ridge penalty, relative to the mean diagonal of H^T H
 
 
 class MoefyError(ValueError):
@@ -100,7 +100,8 @@ def expert_width(d_ff: int, shared_width: int, experts: int, used: int) -> int:
     if experts < 1 or not 1 <= used <= experts:
         raise MoefyError(f"experts used per token must be in [1, experts]: got {used} of {experts}")
     if not 0 < shared_width < d_ff or shared_width % WIDTH_MULTIPLE:
-        raise MoefyError(f"shared width {shared_width} must be a positive multiple of {WIDTH_MULTIPLE} below d_ff {d_ff}")
+        raise MoefyError(f"shared width {shared_width} must be a positive multiple of {WIDTH_MULTIPLE} "
+                         f"below d_ff {d_ff}")
     routed = d_ff - shared_width
     if routed % experts or (routed // experts) % WIDTH_MULTIPLE:
         raise MoefyError(f"d_ff {d_ff} - shared {shared_width} = {routed} does not split into {experts} experts "
@@ -113,8 +114,8 @@ def source_tensors(source: GGUFFile) -> dict[str, np.ndarray]:
     if source.spec.architecture != SOURCE_ARCHITECTURE or source.spec.is_moe:
         raise MoefyError(f"{source.path}: a dense {SOURCE_ARCHITECTURE} model is needed, "
                          f"got {source.spec.architecture}")
-    return {name: source.tensor_bf16(name) if len(info.shape) >= 2 else source.tensor_f32(name).reshape(info.shape)
-            for name, info in source.tensors.items()}
+    return {name: source.tensor_bf16(name) if len(info.shape) >= 2
+            else source.tensor_f32(name).reshape(info.shape) for name, info in source.tensors.items()}
 
 
 def ffn_inputs(spec: ModelSpec, tensors: dict[str, np.ndarray], tokens: np.ndarray, window: int) -> list[np.ndarray]:
@@ -129,7 +130,8 @@ def ffn_inputs(spec: ModelSpec, tensors: dict[str, np.ndarray], tokens: np.ndarr
 
 def calibrate(spec: ModelSpec, tensors: dict[str, np.ndarray], fit_tokens: np.ndarray, held_out_tokens: np.ndarray,
               window: int = WINDOW) -> Calibration:
-    return Calibration(ffn_inputs(spec, tensors, fit_tokens, window), ffn_inputs(spec, tensors, held_out_tokens, window))
+    fit = ffn_inputs(spec, tensors, fit_tokens, window)
+    return Calibration(fit, ffn_inputs(spec, tensors, held_out_tokens, window))
 
 
 def layer_weights(tensors: dict[str, np.ndarray], layer: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -190,8 +192,9 @@ def expert_output_norms(activations: np.ndarray, down: np.ndarray, split: Neuron
 
 
 def router_targets(norms: np.ndarray) -> np.ndarray:
-    """What the router regresses on: each expert's output norm relative to the row's mean."""
-    return norms / np.maximum(norms.mean(axis=1, keepdims=True), 1e-30)
+    """What the router regresses on: the log of each expert's output norm (plus a millionth of the mean
+    norm, so that a silent expert stays finite)."""
+    return np.log(norms + 1e-6 * norms.mean())
 
 
 def fit_router(h: np.ndarray, targets: np.ndarray, ridge: float = RIDGE) -> np.ndarray:
@@ -241,16 +244,18 @@ def moefy_layer(tensors: dict[str, np.ndarray], layer: int, calibration: Calibra
     def rows(name: str, neurons: np.ndarray) -> np.ndarray:
         return tensors[block + f"ffn_{name}.weight"][neurons]
 
+    def columns(neurons: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(tensors[block + "ffn_down.weight"][:, neurons])
+
     out = {
         block + "ffn_gate_inp.weight": scaled_router(router, np.concatenate([fit, held_out])),
         block + "ffn_gate_exps.weight": np.stack([rows("gate", neurons) for neurons in split.experts]),
         block + "ffn_up_exps.weight": np.stack([rows("up", neurons) for neurons in split.experts]),
-        block + "ffn_down_exps.weight": np.stack([np.ascontiguousarray(tensors[block + "ffn_down.weight"][:, neurons])
-                                                  for neurons in split.experts]),
+        block + "ffn_down_exps.weight": np.stack([columns(neurons) for neurons in split.experts]),
         block + "ffn_gate_inp_shexp.weight": np.zeros(len(gate[0]), dtype=np.float32),
         block + "ffn_gate_shexp.weight": rows("gate", split.shared),
         block + "ffn_up_shexp.weight": rows("up", split.shared),
-        block + "ffn_down_shexp.weight": doubled_bf16(np.ascontiguousarray(tensors[block + "ffn_down.weight"][:, split.shared])),
+        block + "ffn_down_shexp.weight": doubled_bf16(columns(split.shared)),
     }
     return out, statistics
 
@@ -300,6 +305,8 @@ def moefy(source_path: Path, out_path: Path, experts: int, used: int, calibratio
         layer_tensors, statistics = moefy_layer(tensors, layer, calibration, shared_width, experts, used, clustering)
         output.update(layer_tensors)
         layers.append(statistics)
+        for name in ("gate", "up", "down"):  # the dense FFN is now in the experts: one copy in memory, not two
+            del tensors[f"blk.{layer}.ffn_{name}.weight"]
     for name, array in output.items():
         ggml_type = GGMLQuantizationType.BF16 if array.dtype == np.uint16 else GGMLQuantizationType.F32
         writer.add_tensor(name, array, raw_shape=array.shape, raw_dtype=ggml_type)
@@ -387,7 +394,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--models", default="qwen2.5-coder-1.5b,qwen2.5-coder-0.5b")
     parser.add_argument("--experts", type=int, default=16)
     parser.add_argument("--used", type=int, default=4)
-    parser.add_argument("--tokens", type=int, default=4096, help="perplexity tokens (the start of the wiki text)")
+    parser.add_argument("--tokens", type=int, default=2048, help="perplexity tokens (the start of the wiki text)")
     parser.add_argument("--window", type=int, default=WINDOW)
     parser.add_argument("--threads", type=int, default=0, help="native threads (default: the module's own count)")
     parser.add_argument("--out", type=Path, default=RESULTS / "moefy.json")
@@ -406,6 +413,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 calibration = calibration or calibration_for(model, args.window)
             moefied_model_file(model, args.experts, args.used, clustering, calibration)
             builds[clustering] = json.loads(path.with_suffix(".json").read_text())
+        del calibration
         tokens = wiki_tokens(model)[: args.tokens]
         results.append({"model": model, "builds": builds,
                         "perplexity": {clustering: perplexity_by_k(model, Path(build["file"]), tokens, args.window)

@@ -14,10 +14,10 @@ import pytest
 from gguf import GGMLQuantizationType
 
 from mlspecqd import _native
+from mlspecqd.engine import reference_model
 from mlspecqd.engine.model import Model
 from mlspecqd.engine.weight_layout import in_column_blocks
 from mlspecqd.gguf import RopeScaling
-from mlspecqd.engine import reference_model
 from support.decoder_fixtures import (
     TOLERANCE_BF16_INPUTS,
     TOLERANCE_EXACT_INPUTS,

@@ -14,10 +14,10 @@ import pytest
 from gguf import GGMLQuantizationType
 
 from mlspecqd import _native
+from mlspecqd.engine import reference_model
 from mlspecqd.engine.model import BF16_WEIGHTS_SHARE_OF_MEMORY, Model, available_memory, bf16_weight_bytes
 from mlspecqd.engine.quant import cast_to_mxfp4, is_expert_weight, mxfp4_to_float32
 from mlspecqd.gguf import open_gguf
-from mlspecqd.engine import reference_model
 from support.decoder_fixtures import (
     MOE_ARCHITECTURES,
     TOLERANCE_BF16_INPUTS,

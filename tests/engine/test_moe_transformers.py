@@ -11,8 +11,8 @@ import pytest
 pytest.importorskip("torch", reason="torch is not installed (the `reference` extra)")
 pytest.importorskip("transformers", reason="transformers is not installed (the `reference` extra)")
 
-from mlspecqd.engine.model import Model
 from mlspecqd.engine import reference_model
+from mlspecqd.engine.model import Model
 from support import hf_moe
 
 SEQUENCES, LENGTH = 4, 64

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 
 from mlspecqd import _native
+from mlspecqd.engine import reference_model
 from mlspecqd.engine.model import Model
 from mlspecqd.engine.quant import mxfp4_to_float32
-from mlspecqd.engine import reference_model
 from support.decoder_fixtures import TOLERANCE_BF16_INPUTS, random_tensors, tiny_spec
 
 
