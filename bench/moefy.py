@@ -21,8 +21,8 @@ weight 1 (exactly, for E and k powers of two). The shared expert's gate vector i
 and its down weights are doubled (exact in BF16).
 
 Perplexity is bench/perplexity.py's on the first --tokens tokens of the wiki text, for the dense model and
-k = E, E/2, ..., 1 (the cached E, --used file loaded once, k changed on its arrays), with the expert-use
-skew: the share of routed rows taken by the most used quarter of the experts, per layer, averaged.
+k = E, E/2, ..., 1 (the cached E, --used file loaded once, k changed on its arrays; the contiguous
+baseline at k = E and --used only), with the expert-use skew: the share of routed rows taken by the most used quarter of the experts, per layer, averaged.
 Prints JSON (also written to bench/results/moefy.json unless --out says otherwise).
 
 Other benchmarks take a file with `moefied_model_file(model, experts, used) -> Path`.
@@ -366,26 +366,24 @@ def used_counts(experts: int) -> list[int]:
     return [experts >> shift for shift in range(experts.bit_length()) if experts >> shift]
 
 
-def perplexity_by_k(model: str, path: Path, tokens: np.ndarray, window: int) -> list[dict[str, Any]]:
-    """Perplexity of the dense model and of the MoEfied file at every k of used_counts(E)."""
+def perplexity(model: Model, tokens: np.ndarray, window: int) -> dict[str, Any]:
+    started = time.perf_counter()
+    total, count = negative_log_likelihood(model, tokens, window)
+    return {"perplexity": math.exp(total / count), "tokens_scored": count, "seconds": time.perf_counter() - started}
+
+
+def perplexity_by_k(path: Path, tokens: np.ndarray, window: int, counts: Sequence[int]) -> list[dict[str, Any]]:
+    """Perplexity of the MoEfied file with each token running k experts, for each k of `counts`, and the
+    expert-use skew where k < E."""
     rows = []
-    with Model.load(hub.resolve(model), context_length=window) as dense:
-        started = time.perf_counter()
-        total, count = negative_log_likelihood(dense, tokens, window)
-        rows.append({"used": "dense", "perplexity": math.exp(total / count), "tokens_scored": count,
-                     "seconds": time.perf_counter() - started})
     with Model.load(path, context_length=window) as moe:
-        for used in used_counts(moe.spec.n_experts):
+        for used in counts:
             spec = dataclasses.replace(moe.spec, n_experts_used=used, expert_weights_scale=float(used))
             with Model.from_arrays(spec, moe.tensors, context_length=window) as variant:
-                started = time.perf_counter()
-                total, count = negative_log_likelihood(variant, tokens, window)
-                rows.append({"used": used, "perplexity": math.exp(total / count), "tokens_scored": count,
-                             "seconds": time.perf_counter() - started,
-                             "expert_use_skew": expert_use_skew(variant.expert_rows()) if used < moe.spec.n_experts
-                             else None})
-    for row in rows:
-        row["vs_dense"] = row["perplexity"] / rows[0]["perplexity"]
+                row = {"used": used, **perplexity(variant, tokens, window)}
+                if used < moe.spec.n_experts:
+                    row["expert_use_skew"] = expert_use_skew(variant.expert_rows())
+                rows.append(row)
     return rows
 
 
@@ -415,9 +413,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             builds[clustering] = json.loads(path.with_suffix(".json").read_text())
         del calibration
         tokens = wiki_tokens(model)[: args.tokens]
-        results.append({"model": model, "builds": builds,
-                        "perplexity": {clustering: perplexity_by_k(model, Path(build["file"]), tokens, args.window)
-                                       for clustering, build in builds.items()}})
+        with Model.load(hub.resolve(model), context_length=args.window) as dense:
+            dense_row = perplexity(dense, tokens, args.window)
+        # The contiguous baseline at all experts and at the file's k only.
+        counts = {"kmeans": used_counts(args.experts), "contiguous": [args.experts, args.used]}
+        by_k = {clustering: perplexity_by_k(Path(build["file"]), tokens, args.window, counts[clustering])
+                for clustering, build in builds.items()}
+        for rows in by_k.values():
+            for row in rows:
+                row["vs_dense"] = row["perplexity"] / dense_row["perplexity"]
+        results.append({"model": model, "builds": builds, "dense": dense_row, "perplexity": by_k})
     report = {"text": "wiki.utf8 (exllamav2 0.3.2)", "window": args.window, "machine": describe_machine(),
               "results": results}
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -426,10 +431,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("\n| model | clustering | router recall (held-out) | k | perplexity | vs dense | expert-use skew |")
     print("|---|---|---|---|---|---|---|")
     for result in results:
+        print(f"| {result['model']} | dense | | | {result['dense']['perplexity']:.3f} | 1 | |")
         for clustering, rows in result["perplexity"].items():
             recall = result["builds"][clustering]["held_out_recall"]
             for row in rows:
-                skew = "" if row.get("expert_use_skew") is None else f"{row['expert_use_skew']:.3f}"
+                skew = f"{row['expert_use_skew']:.3f}" if "expert_use_skew" in row else ""
                 print(f"| {result['model']} | {clustering} | {recall:.3f} | {row['used']} | {row['perplexity']:.3f} "
                       f"| {row['vs_dense']:.4f}x | {skew} |")
     return 0
