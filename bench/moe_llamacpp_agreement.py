@@ -33,12 +33,12 @@ from bench.corpora import text as calibration_text
 from bench.llamacpp_agreement import TEXT_CHARACTERS, SavedLogits, compare, llama_cpp_version, run_llama_perplexity
 from bench.machine import describe_machine
 from mlspecqd import _native
+from mlspecqd.engine import reference_model
 from mlspecqd.engine.model import Model
 from mlspecqd.tokenizer import Tokenizer
 
 # The tests' GGUF writers (tests/support), after the installed packages on the path.
 sys.path.append(str(Path(__file__).resolve().parent.parent / "tests"))
-from mlspecqd.engine import reference_model
 from support.llm_fixtures import write_chat_model
 
 # name: (GGUF architecture, sizes); Mixtral's GGUF is llama with experts.

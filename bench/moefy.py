@@ -22,7 +22,8 @@ and its down weights are doubled (exact in BF16).
 
 Perplexity is bench/perplexity.py's on the first --tokens tokens of the wiki text, for the dense model and
 k = E, E/2, ..., 1 (the cached E, --used file loaded once, k changed on its arrays; the contiguous
-baseline at k = E and --used only), with the expert-use skew: the share of routed rows taken by the most used quarter of the experts, per layer, averaged.
+baseline at k = E and --used only), with the expert-use skew: the share of routed rows taken by the most
+used quarter of the experts, per layer, averaged.
 Prints JSON (also written to bench/results/moefy.json unless --out says otherwise).
 
 Other benchmarks take a file with `moefied_model_file(model, experts, used) -> Path`.
