@@ -12,8 +12,9 @@ random file a BF16 expert holds the same values as its MXFP4 blocks and the rout
 memory and speed mean something there; perplexity needs a model with real, skewed expert use and BF16
 source weights (the MoEfied Qwen2.5-Coder, issue 22), and is skipped with --perplexity-tokens 0.
 
-The wiki text is split: the first --calibration-tokens tokens give the router counts (Model.expert_rows
-over independent chunks of 512), the tokens after them are held out for perplexity and for decoding. Each
+The wiki text is split: its first --perplexity-tokens tokens are held out for perplexity and decoding (the
+tokens bench/perplexity.py and bench/moefy.py score), the --calibration-tokens after them give the router
+counts (Model.expert_rows over independent chunks of 512, on the all-MXFP4 model). Each
 point loads the model with its BF16 experts (Model.load(bf16_experts=...); the other linear weights
 --dense-precision) and measures:
   - weights: bytes of the model's arrays; with its MXFP4 sibling (the ML-SpecQD self-draft, sharing the
@@ -135,7 +136,8 @@ def add_trade_off(rows: list[dict[str, Any]]) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, default=None, help="an MoE GGUF (default: the random real-size one)")
-    parser.add_argument("--fractions", default="0,0.125,0.25,0.5,1")
+    parser.add_argument("--fractions", default="0,0.125,0.25,0.5,1",
+                        help="hot-first points; the ends 0 and 1 are needed for the trade-off columns")
     parser.add_argument("--random-fraction", type=float, default=0.25)
     parser.add_argument("--calibration-tokens", type=int, default=4096)
     parser.add_argument("--perplexity-tokens", type=int, default=2048)
@@ -150,11 +152,11 @@ def main(argv: list[str] | None = None) -> int:
     _native.set_num_threads(args.threads)
     path = args.model or model_file(6)
     tokens = np.array(Tokenizer.from_gguf(path).encode(text("wiki"), add_special=False))
-    calibration, held_out = tokens[: args.calibration_tokens], tokens[args.calibration_tokens :]
-    needed = max(args.perplexity_tokens, PROMPT_TOKENS + args.decode_tokens)
-    if len(held_out) < needed:
-        parser.error(f"the wiki text has {len(tokens)} tokens: too few for {args.calibration_tokens} calibration "
-                     f"and {needed} held-out ones")
+    held_out_count = max(args.perplexity_tokens, PROMPT_TOKENS + args.decode_tokens)
+    held_out, calibration = tokens[:held_out_count], tokens[held_out_count : held_out_count + args.calibration_tokens]
+    if len(calibration) < args.calibration_tokens:
+        parser.error(f"the wiki text has {len(tokens)} tokens: too few for {held_out_count} held-out and "
+                     f"{args.calibration_tokens} calibration ones")
 
     machine_before = describe_machine(args.threads)
     all_mxfp4 = np.zeros(model_shape(path), dtype=bool)
@@ -181,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
 
     share = expert_rows / expert_rows.sum(axis=1, keepdims=True)
     report: dict[str, Any] = {
-        "model": str(path), "text": "wiki.utf8 (exllamav2 0.3.2): calibration, then held-out",
+        "model": str(path), "text": "wiki.utf8 (exllamav2 0.3.2): held-out, then calibration",
         "calibration_tokens": len(calibration), "calibration_seconds": calibration_seconds,
         "router_skew": {"busiest_expert_share_mean": float(share.max(axis=1).mean()),
                         "uniform_share": 1.0 / expert_rows.shape[1],
