@@ -7,6 +7,8 @@ A draft spec names one level of the cascade, smallest first:
     "ngram"                          prompt lookup (no model; only as the first draft)
     "mxfp4"                          the target's own linear weights cast to MXFP4, sharing its
                                      embedding, norms and biases (no second read of the file)
+    "mxfp4-dense"                    the same, but an MoE target's experts are shared as they are
+                                     (its BF16 experts too): the smallest self-draft of a mixed target
     "PATH-OR-NAME[:mxfp4|:bf16]"     another GGUF (or named model) with the target's vocabulary,
                                      run in BF16 unless :mxfp4 is given
 """
@@ -35,7 +37,10 @@ from mlspecqd.validation import whole_number
 
 # Most sequences one load decodes together (each holds key/value caches of ctx positions per model).
 MAX_PARALLEL = 64
-_SPEC_FORMS = f"{', '.join(repr(name) for name in MODEL_FREE_DRAFTERS)}, 'mxfp4' or 'PATH-OR-NAME[:mxfp4|:bf16]'"
+# The target's own MXFP4 copy: every linear weight cast, or ("mxfp4-dense") all but the experts.
+SELF_DRAFTS = ("mxfp4", "mxfp4-dense")
+_SPEC_FORMS = (f"{', '.join(repr(name) for name in [*MODEL_FREE_DRAFTERS, *SELF_DRAFTS])} or "
+               "'PATH-OR-NAME[:mxfp4|:bf16]'")
 
 
 class LoadError(ValueError):
@@ -46,12 +51,13 @@ class LoadError(ValueError):
 @dataclass(frozen=True)
 class DraftSpec:
     """One parsed draft spec: kind "model-free" (a name in MODEL_FREE_DRAFTERS), "self" (the target cast
-    to `precision`) or "model"."""
+    to `precision`; its experts too where cast_experts) or "model"."""
 
     text: str
     kind: str
     model: str | None = None
     precision: str | None = None
+    cast_experts: bool = True
 
     @classmethod
     def parse(cls, text: str) -> DraftSpec:
@@ -59,8 +65,8 @@ class DraftSpec:
             raise LoadError(f"draft spec {text!r}: expected {_SPEC_FORMS}")
         if text in MODEL_FREE_DRAFTERS:
             return cls(text, "model-free")
-        if text == "mxfp4":
-            return cls(text, "self", precision="mxfp4")
+        if text in SELF_DRAFTS:
+            return cls(text, "self", precision="mxfp4", cast_experts=text == "mxfp4")
         model, precision = text, "bf16"
         name, _, suffix = text.rpartition(":")
         if name and suffix in PRECISIONS:
@@ -68,7 +74,7 @@ class DraftSpec:
         if model not in hub.NAMED_MODELS and not Path(model).expanduser().is_file():
             known = ", ".join(hub.NAMED_MODELS)
             raise LoadError(f"draft spec {text!r}: '{model}' is no file and no named model ({known}); "
-                            f"other specs: {', '.join(repr(name) for name in [*MODEL_FREE_DRAFTERS, 'mxfp4'])}")
+                            f"other specs: {', '.join(repr(name) for name in [*MODEL_FREE_DRAFTERS, *SELF_DRAFTS])}")
         return cls(text, "model", model, precision)
 
 
@@ -134,8 +140,10 @@ def load(model: str | os.PathLike[str] = hub.DEFAULT_MODEL, drafts: Sequence[str
     if drafts is None:
         drafts = hub.NAMED_MODELS[name].default_drafts if name in hub.NAMED_MODELS else ()
     specs = parse_draft_specs(drafts)
-    if precision == "mxfp4" and any(spec.kind == "self" for spec in specs):
-        raise LoadError("draft spec 'mxfp4': the target already runs in mxfp4, so its MXFP4 copy would be itself")
+    for spec in specs:
+        if precision == "mxfp4" and spec.kind == "self":
+            raise LoadError(f"draft spec {spec.text!r}: the target already runs in mxfp4, so its MXFP4 copy would "
+                            "be itself")
 
     target_path = hub.resolve(name)
     target_bf16_experts = _chosen_bf16_experts(target_path, precision, memory_budget, bf16_experts, expert_profile)
@@ -162,7 +170,7 @@ def load(model: str | os.PathLike[str] = hub.DEFAULT_MODEL, drafts: Sequence[str
                 draft_levels.append((spec, None, None))
                 continue
             if spec.kind == "self":
-                draft = target.sibling(spec.precision)  # casts the linear weights, shares the rest
+                draft = target.sibling(spec.precision, cast_experts=spec.cast_experts)  # casts, shares the rest
                 draft_tokenizer = tokenizer
             else:
                 draft = Model.load(draft_paths[spec.text], spec.precision, ctx, memory_budget=memory_budget)

@@ -42,25 +42,29 @@ class Model:
         self.weight_bytes = sum(mixed_experts.tensor_bytes(tensor) for tensor in self.tensors.values())
         self._model: Any = _native.Model(native_config(spec), self.tensors, context_length)
 
-    def sibling(self, precision: str = "mxfp4", mxfp4_head: bool = True, context_length: int | None = None) -> Model:
+    def sibling(self, precision: str = "mxfp4", mxfp4_head: bool = True, context_length: int | None = None,
+                cast_experts: bool = True) -> Model:
         """The same checkpoint at another precision: the ML-SpecQD self-draft. Only the linear weights
         are cast; the embedding, norms, biases and weights already in MXFP4 (experts of a mixed stack
-        included, one by one) are this model's arrays, not copies."""
+        included, one by one) are this model's arrays, not copies. cast_experts=False: the experts stay
+        this model's arrays whatever their precision (only the dense linear weights are cast)."""
         return Model.from_arrays(self.spec, self.tensors, precision,
-                                 self.context_length if context_length is None else context_length, mxfp4_head)
+                                 self.context_length if context_length is None else context_length, mxfp4_head,
+                                 cast_experts)
 
     @classmethod
     def from_arrays(cls, spec: ModelSpec, tensors: Mapping[str, np.ndarray], precision: str = "bf16",
-                    context_length: int = 4096, mxfp4_head: bool = True) -> Model:
+                    context_length: int = 4096, mxfp4_head: bool = True, cast_experts: bool = True) -> Model:
         """A model over `tensors` (by GGUF name): matrices are BF16 bit patterns (uint16), row-major (N, K)
         or, for linear weights, in column blocks (K / B, N, B) (mlspecqd.engine.weight_layout); experts
         (blk.N.ffn_*_exps) are (experts, N, K) BF16 bits; the MoE router (blk.N.ffn_gate_inp) and 1-D
         arrays are float32. The arrays are used in place and should start on a 64-byte cache line, so that no 64-byte
         load touches two lines (weight_layout.cache_aligned_empty; Model.load's do). For precision="mxfp4"
-        the linear weights are cast and every other array (embedding, norms, biases) is shared with `tensors`."""
+        the linear weights are cast (the expert stacks only where cast_experts) and every other array
+        (embedding, norms, biases) is shared with `tensors`."""
         check_supported(spec, precision)
         if precision == "mxfp4":
-            spec, tensors = _cast_to_mxfp4(spec, tensors, mxfp4_head)
+            spec, tensors = _cast_to_mxfp4(spec, tensors, mxfp4_head, cast_experts)
         return cls(spec, tensors, precision, _capped_context(spec, context_length))
 
     @classmethod

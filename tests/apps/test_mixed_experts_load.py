@@ -73,7 +73,7 @@ def test_cascade_over_a_mixed_target_gives_its_greedy_output_and_shares_its_mxfp
         target_alone = mixed_experts.resident_bytes([llm.models[0].tensors])
     with mlspecqd.load(models["target"], drafts=[models["draft"], "mxfp4"], threads=1, bf16_experts=0.25,
                        draft_policy="fixed", draft_max=4) as llm:
-        target, small, mxfp4 = llm.models
+        target, _, mxfp4 = llm.models
         drafted = llm.generate(PROMPT, max_tokens=32)
         name = "blk.1.ffn_up_exps.weight"
         hot = target.bf16_experts()[1]
@@ -84,6 +84,20 @@ def test_cascade_over_a_mixed_target_gives_its_greedy_output_and_shares_its_mxfp
     assert drafted.tokens == alone.tokens
     small_level, mxfp4_level = drafted.timings["levels"][:2]  # the random small draft rarely agrees
     assert small_level["draft_n"] > 0 and mxfp4_level["draft_n_accepted"] > 0
+
+
+def test_the_dense_only_draft_shares_every_expert(models):
+    with mlspecqd.load(models["target"], drafts=[], threads=1, bf16_experts=0.5) as llm:
+        alone = llm.generate(PROMPT, max_tokens=24)
+    with mlspecqd.load(models["target"], drafts=["mxfp4-dense"], threads=1, bf16_experts=0.5,
+                       draft_policy="fixed", draft_max=4) as llm:
+        draft, target = llm.models[1], llm.models[0]
+        assert llm.level_names == ["mxfp4-dense", "target:bf16"]
+        for name in ("blk.0.ffn_gate_exps.weight", "blk.1.ffn_down_exps.weight"):
+            assert all(mine is theirs for mine, theirs in zip(draft.tensors[name], target.tensors[name]))
+        assert draft.tensors["blk.0.attn_q.weight"].dtype == np.uint8
+        drafted = llm.generate(PROMPT, max_tokens=24)
+    assert drafted.tokens == alone.tokens and drafted.timings["levels"][0]["draft_n_accepted"] > 0
 
 
 @pytest.mark.parametrize("arguments, message", [
