@@ -10,12 +10,11 @@ import pytest
 from test_moe import ROUTING_MARGIN, random_block
 
 from mlspecqd import _native
-from mlspecqd.engine import mixed_experts
+from mlspecqd.engine import mixed_experts, reference_model
 from mlspecqd.engine.mixed_experts import ExpertPrecisionError
 from mlspecqd.engine.model import Model
 from mlspecqd.engine.quant import cast_to_mxfp4, mxfp4_to_float32
 from mlspecqd.gguf import open_gguf
-from support import reference_model
 from support.decoder_fixtures import MOE_ARCHITECTURES, TOLERANCE_BF16_INPUTS, random_tensors, tiny_spec
 from support.gguf_fixtures import write_model_gguf
 
@@ -128,10 +127,10 @@ def test_mixed_model_matches_reference_and_is_batch_invariant(architecture, acti
     model = Model.from_arrays(spec, mixed_tensors(spec, random_tensors(spec, seed=11), mask))
     assert np.array_equal(model.bf16_experts(), mask)
     tokens = np.random.default_rng(12).integers(0, spec.vocab_size, 24)
-    router_inputs: list[np.ndarray] = []
+    ffn_inputs: list[np.ndarray] = []
     expected = reference_model.forward(spec, dequantized(model.tensors), tokens, round_matmul_inputs=True,
-                                       router_inputs=router_inputs)
-    for layer, h in enumerate(router_inputs):
+                                       ffn_inputs=ffn_inputs)
+    for layer, h in enumerate(ffn_inputs):
         router = model.tensors[f"blk.{layer}.ffn_gate_inp.weight"].astype(np.float64)
         assert reference_model.routing_margin(spec, router, h) > ROUTING_MARGIN, "pick another seed"
     for isa in ISAS:
