@@ -1,16 +1,17 @@
 """Experts in mixed precision, a Pareto sweep: weight memory, decode speed and perplexity of an MoE model
 with a fraction of its experts in BF16 (the most used first) and the rest in MXFP4.
 
-    python3 bench/run.py moe_precision [--model GGUF] [--fractions 0,0.125,0.25,0.5,1] [--random-fraction 0.25]
-                                       [--calibration-tokens 4096] [--perplexity-tokens 2048] [--window 512]
-                                       [--decode-tokens 32] [--rounds 3] [--threads 2] [--dense-precision bf16]
-                                       [--out FILE]
+    python3 bench/run.py moe_precision [--model GGUF | --random-real-size] [--fractions 0,0.125,0.25,0.5,1]
+                                       [--random-fraction 0.25] [--calibration-tokens 4096]
+                                       [--perplexity-tokens 2048] [--window 512] [--decode-tokens 32]
+                                       [--rounds 3] [--threads 2] [--dense-precision bf16] [--out FILE]
 
---model: an MoE GGUF; default bench/moe_forward.py's random real-size file (Qwen3-30B-A3B layer shapes,
-6 layers, experts stored MXFP4). --dense-precision: every other linear weight (BF16 by default). On the
-random file a BF16 expert holds the same values as its MXFP4 blocks and the router is random, so only
-memory and speed mean something there; perplexity needs a model with real, skewed expert use and BF16
-source weights (the MoEfied Qwen2.5-Coder, issue 22), and is skipped with --perplexity-tokens 0.
+--model: an MoE GGUF; default the MoEfied Qwen2.5-Coder-1.5B (bench/moefy.py, 16 experts of which 4 run,
+built into the cache when absent), real text with real, skewed expert use and BF16 source weights.
+--random-real-size: bench/moe_forward.py's random file instead (Qwen3-30B-A3B layer shapes, 6 layers,
+experts stored MXFP4), where a BF16 expert holds the same values as its MXFP4 blocks and the router is
+random, so only memory and speed mean something (use --perplexity-tokens 0 to skip perplexity).
+--dense-precision: every other linear weight (BF16 by default).
 
 The wiki text is split: its first --perplexity-tokens tokens are held out for perplexity and decoding (the
 tokens bench/perplexity.py and bench/moefy.py score), the --calibration-tokens after them give the router
@@ -47,6 +48,7 @@ from bench.corpora import text
 from bench.machine import describe_machine
 from bench.moe_forward import model_file
 from bench.moe_memory import resident_gib
+from bench.moefy import moefied_model_file
 from bench.perplexity import negative_log_likelihood
 from bench.plot_moe_precision import write_svg
 from mlspecqd import _native
@@ -135,7 +137,8 @@ def add_trade_off(rows: list[dict[str, Any]]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", type=Path, default=None, help="an MoE GGUF (default: the random real-size one)")
+    parser.add_argument("--model", type=Path, default=None, help="an MoE GGUF (default: the MoEfied 1.5B)")
+    parser.add_argument("--random-real-size", action="store_true", help="bench/moe_forward.py's random file")
     parser.add_argument("--fractions", default="0,0.125,0.25,0.5,1",
                         help="hot-first points; the ends 0 and 1 are needed for the trade-off columns")
     parser.add_argument("--random-fraction", type=float, default=0.25)
@@ -150,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=RESULTS / "moe_precision.json")
     args = parser.parse_args(argv)
     _native.set_num_threads(args.threads)
-    path = args.model or model_file(6)
+    path = args.model or (model_file(6) if args.random_real_size else moefied_model_file())
     tokens = np.array(Tokenizer.from_gguf(path).encode(text("wiki"), add_special=False))
     held_out_count = max(args.perplexity_tokens, PROMPT_TOKENS + args.decode_tokens)
     held_out, calibration = tokens[:held_out_count], tokens[held_out_count : held_out_count + args.calibration_tokens]
