@@ -19,7 +19,8 @@ counts (Model.expert_rows over independent chunks of 512, on the all-MXFP4 model
 point loads the model with its BF16 experts (Model.load(bf16_experts=...); the other linear weights
 --dense-precision) and measures:
   - weights: bytes of the model's arrays; with its MXFP4 sibling (the ML-SpecQD self-draft, sharing the
-    MXFP4 experts), the bytes of both together (shared arrays once) over the target's;
+    MXFP4 experts; and the "mxfp4-dense" one, sharing every expert), the bytes of both together (shared
+    arrays once) over the target's;
   - decode: one-token forwards over held-out text after a 128-token prompt, in --rounds rounds that
     alternate with the all-MXFP4 model (kept loaded as the baseline), so that each round's ratio meets one
     machine state; median of the per-round ratios, and each model's best rate;
@@ -88,12 +89,13 @@ def measure_point(path: Path, mask: np.ndarray, baseline: Model, held_out: np.nd
     row: dict[str, Any] = {"bf16_experts": int(mask.sum()), "fraction": float(mask.mean()),
                            "load_seconds": time.perf_counter() - started, "weight_bytes": model.weight_bytes,
                            "resident_after_load_gib": resident_gib()}
-    draft = model.sibling("mxfp4")
-    together = mixed_experts.resident_bytes([model.tensors, draft.tensors])
-    row["with_mxfp4_draft_bytes"] = together
-    row["with_mxfp4_draft_over_target"] = together / mixed_experts.resident_bytes([model.tensors])
-    draft.close()
-    del draft
+    alone = mixed_experts.resident_bytes([model.tensors])
+    for spec, cast_experts in (("mxfp4", True), ("mxfp4_dense", False)):
+        draft = model.sibling("mxfp4", cast_experts=cast_experts)
+        together = mixed_experts.resident_bytes([model.tensors, draft.tensors])
+        row[f"with_{spec}_draft_bytes"] = together
+        row[f"with_{spec}_draft_over_target"] = together / alone
+        draft.close()
     ratios, rates, baseline_rates = [], [], []
     for round_number in range(args.rounds):
         # Odd rounds measure the baseline first, so that neither model always meets the warmer machine.
@@ -202,12 +204,14 @@ def main(argv: list[str] | None = None) -> int:
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     write_svg(report, args.out.with_suffix(".svg"))
     print(json.dumps(report, indent=2))
-    print("| choice | BF16 experts | weights GiB | +MXFP4 draft | decode tok/s | vs all-MXFP4 | perplexity |")
-    print("|---|---|---|---|---|---|---|")
+    print("| choice | BF16 experts | weights GiB | +mxfp4 draft | +mxfp4-dense draft | decode tok/s | vs all-MXFP4 | "
+          "perplexity |")
+    print("|---|---|---|---|---|---|---|---|")
     for row in rows:
         perplexity = f"{row['perplexity']:.3f}" if "perplexity" in row else "-"
         print(f"| {row['choice']} | {row['bf16_experts']} ({row['fraction']:.3f}) | {row['weight_bytes'] / GIB:.2f} | "
-              f"{row['with_mxfp4_draft_over_target']:.3f}x | {row['decode_tokens_per_second']:.2f} | "
+              f"{row['with_mxfp4_draft_over_target']:.3f}x | {row['with_mxfp4_dense_draft_over_target']:.3f}x | "
+              f"{row['decode_tokens_per_second']:.2f} | "
               f"{row['decode_vs_all_mxfp4']:.3f}x | {perplexity} |")
     return 0
 
