@@ -21,9 +21,9 @@ point loads the model with its BF16 experts (Model.load(bf16_experts=...); the o
   - weights: bytes of the model's arrays; with its MXFP4 sibling (the ML-SpecQD self-draft, sharing the
     MXFP4 experts; and the "mxfp4-dense" one, sharing every expert), the bytes of both together (shared
     arrays once) over the target's;
-  - decode: one-token forwards over held-out text after a 128-token prompt, in --rounds rounds that
-    alternate with the all-MXFP4 model (kept loaded as the baseline), so that each round's ratio meets one
-    machine state; median of the per-round ratios, and each model's best rate;
+  - decode: one-token forwards over held-out text after a 128-token prompt, --rounds times, taking turns
+    token by token with the all-MXFP4 model (kept loaded as the baseline) so that each pair meets one
+    machine state: the median of the per-token ratios, each model's median rate, and the point's best;
   - perplexity of the held-out text in windows of --window (bench/perplexity.py).
 The control point (--random-fraction) holds that fraction of the experts in BF16 chosen at random (seed
 0) instead of the most used. Per point, "speed per perplexity increase" is tokens/s over (perplexity -
@@ -73,13 +73,24 @@ def context_length(args: argparse.Namespace) -> int:
     return max(args.window, PROMPT_TOKENS + args.decode_tokens)
 
 
-def decode_seconds(model: Model, tokens: np.ndarray, decode_tokens: int) -> float:
-    """Seconds per token of one-token forwards over tokens[PROMPT_TOKENS:], after the prompt before them."""
-    model.forward(tokens[:PROMPT_TOKENS], 0)
-    started = time.perf_counter()
+def paired_decode_seconds(model: Model, baseline: Model, tokens: np.ndarray,
+                          decode_tokens: int) -> list[tuple[float, float]]:
+    """(model's, baseline's) seconds of each one-token forward over tokens[PROMPT_TOKENS:], after the
+    prompt before them, the two models taking turns token by token so that each pair meets one machine
+    state (other processes change the speed within seconds); who goes first alternates."""
+    for each in (model, baseline):
+        each.forward(tokens[:PROMPT_TOKENS], 0)
+    pairs = []
     for position in range(PROMPT_TOKENS, PROMPT_TOKENS + decode_tokens):
-        model.forward(tokens[position : position + 1], position)
-    return (time.perf_counter() - started) / decode_tokens
+        token = tokens[position : position + 1]
+        order = (model, baseline) if position % 2 else (baseline, model)
+        times = {}
+        for each in order:
+            started = time.perf_counter()
+            each.forward(token, position)
+            times[id(each)] = time.perf_counter() - started
+        pairs.append((times[id(model)], times[id(baseline)]))
+    return pairs
 
 
 def measure_point(path: Path, mask: np.ndarray, baseline: Model, held_out: np.ndarray,
@@ -96,20 +107,13 @@ def measure_point(path: Path, mask: np.ndarray, baseline: Model, held_out: np.nd
         row[f"with_{spec}_draft_bytes"] = together
         row[f"with_{spec}_draft_over_target"] = together / alone
         draft.close()
-    ratios, rates, baseline_rates = [], [], []
-    for round_number in range(args.rounds):
-        # Odd rounds measure the baseline first, so that neither model always meets the warmer machine.
-        if round_number % 2:
-            base = decode_seconds(baseline, held_out, args.decode_tokens)
-            own = decode_seconds(model, held_out, args.decode_tokens)
-        else:
-            own = decode_seconds(model, held_out, args.decode_tokens)
-            base = decode_seconds(baseline, held_out, args.decode_tokens)
-        ratios.append(base / own)
-        rates.append(1.0 / own)
-        baseline_rates.append(1.0 / base)
-    row.update(decode_tokens_per_second=max(rates), decode_vs_all_mxfp4=statistics.median(ratios),
-               baseline_decode_tokens_per_second=max(baseline_rates))
+    pairs = [pair for _ in range(args.rounds)
+             for pair in paired_decode_seconds(model, baseline, held_out, args.decode_tokens)]
+    own, base = zip(*pairs)
+    row.update(decode_tokens_per_second=1.0 / statistics.median(own),
+               baseline_decode_tokens_per_second=1.0 / statistics.median(base),
+               decode_vs_all_mxfp4=statistics.median(b / o for o, b in pairs),
+               decode_best_tokens_per_second=1.0 / min(own))
     if args.perplexity_tokens > 0:
         total, count = negative_log_likelihood(model, held_out[: args.perplexity_tokens], args.window)
         row.update(perplexity=float(np.exp(total / count)), tokens_scored=count)
