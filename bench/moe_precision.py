@@ -24,6 +24,8 @@ point loads the model with its BF16 experts (Model.load(bf16_experts=...); the o
   - decode: one-token forwards over held-out text after a 128-token prompt, --rounds times, taking turns
     token by token with the all-MXFP4 model (kept loaded as the baseline) so that each pair meets one
     machine state: the median of the per-token ratios, each model's median rate, and the point's best;
+    and the weight bytes a decoded token reads on average with the routing decode met (memory-bound
+    decode time is about that over the memory bandwidth, whatever the machine's load);
   - perplexity of the held-out text in windows of --window (bench/perplexity.py).
 The control point (--random-fraction) holds that fraction of the experts in BF16 chosen at random (seed
 0) instead of the most used. Per point, "speed per perplexity increase" is tokens/s over (perplexity -
@@ -54,7 +56,7 @@ from bench.perplexity import negative_log_likelihood
 from bench.plot_moe_precision import write_svg
 from mlspecqd import _native
 from mlspecqd.apps.expert_profile import measure_expert_rows
-from mlspecqd.engine import mixed_experts
+from mlspecqd.engine import mixed_experts, quant
 from mlspecqd.engine.model import Model
 from mlspecqd.gguf import open_gguf
 from mlspecqd.tokenizer import Tokenizer
@@ -93,6 +95,25 @@ def paired_decode_seconds(model: Model, baseline: Model, tokens: np.ndarray,
     return pairs
 
 
+def bytes_read_per_token(model: Model, expert_rows: np.ndarray) -> float:
+    """Weight bytes one decoded token reads, with the routing `expert_rows` (n_layers x n_experts, summed
+    over some tokens) averaged: every dense linear weight and the LM head, and each expert's three
+    matrices as often as rows chose it. What bounds decode where memory is the bottleneck."""
+    spec, tensors = model.spec, model.tensors
+    dense = sum(mixed_experts.tensor_bytes(tensor) for name, tensor in tensors.items()
+                if quant.is_linear_weight(name) and not quant.is_expert_weight(name))
+    if "output.weight" not in tensors:
+        dense += tensors["token_embd.weight"].nbytes  # a tied head reads the embedding
+    tokens = expert_rows.sum() / spec.n_experts_used / spec.n_layers
+    expert = 0
+    for layer in range(spec.n_layers):
+        stacks = [mixed_experts.per_expert(tensors[f"blk.{layer}.ffn_{kind}_exps.weight"])
+                  for kind in ("gate", "up", "down")]
+        for e in range(spec.n_experts):
+            expert += expert_rows[layer, e] * sum(stack[e].nbytes for stack in stacks)
+    return float(dense + expert / tokens)
+
+
 def measure_point(path: Path, mask: np.ndarray, baseline: Model, held_out: np.ndarray,
                   args: argparse.Namespace) -> dict[str, Any]:
     started = time.perf_counter()
@@ -107,8 +128,11 @@ def measure_point(path: Path, mask: np.ndarray, baseline: Model, held_out: np.nd
         row[f"with_{spec}_draft_bytes"] = together
         row[f"with_{spec}_draft_over_target"] = together / alone
         draft.close()
+    model.reset_expert_rows()
     pairs = [pair for _ in range(args.rounds)
              for pair in paired_decode_seconds(model, baseline, held_out, args.decode_tokens)]
+    decoded_rows = model.expert_rows()  # prompts and decoded tokens: the routing decode meets
+    row["weight_bytes_read_per_token"] = bytes_read_per_token(model, decoded_rows)
     own, base = zip(*pairs)
     row.update(decode_tokens_per_second=1.0 / statistics.median(own),
                baseline_decode_tokens_per_second=1.0 / statistics.median(base),
@@ -194,6 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     report: dict[str, Any] = {
         "model": str(path), "text": "wiki.utf8 (exllamav2 0.3.2): held-out, then calibration",
         "calibration_tokens": len(calibration), "calibration_seconds": calibration_seconds,
+        "expert_rows": expert_rows.tolist(),
         "router_skew": {"busiest_expert_share_mean": float(share.max(axis=1).mean()),
                         "uniform_share": 1.0 / expert_rows.shape[1],
                         "rows_on_hot_quarter": float(np.sort(expert_rows.ravel())[::-1][: total // 4].sum()

@@ -129,10 +129,11 @@ def bf16_mask(spec: ModelSpec, tensors: Mapping[str, ExpertArrays]) -> np.ndarra
     if not spec.is_moe:
         return np.zeros((spec.n_layers, 0), dtype=bool)
     stacks = [tensors[f"blk.{layer}.ffn_gate_exps.weight"] for layer in range(spec.n_layers)]
-    return np.array([[array.dtype == np.uint16 for array in _expert_arrays(stack)] for stack in stacks])
+    return np.array([[array.dtype == np.uint16 for array in per_expert(stack)] for stack in stacks])
 
 
-def _expert_arrays(stack: ExpertArrays) -> list[np.ndarray]:
+def per_expert(stack: ExpertArrays) -> list[np.ndarray]:
+    """One array per expert of a stack, mixed or not."""
     return stack if isinstance(stack, list) else list(stack)
 
 
