@@ -1,5 +1,6 @@
-"""SVG plot of the mixed-precision experts sweep (bench/moe_precision.py): decode tokens/s and perplexity
-against weight memory, one marker per point (hot-first filled, the random-choice control hollow).
+"""SVG plot of the mixed-precision experts sweep (bench/moe_precision.py): decode speed over the all-MXFP4
+model's (measured in turns, so the ratio survives a loaded machine) and perplexity against weight memory,
+one marker per point (hot-first filled, the random-choice control hollow).
 
     python3 bench/run.py plot_moe_precision [JSON] [--out SVG]
 
@@ -69,7 +70,7 @@ def render(report: dict[str, Any]) -> str:
            f'<rect width="{width}" height="{height}" fill="white"/>',
            _text(width / 2, 22, "MoE experts in mixed precision (hot BF16, rest MXFP4)", extra=' font-size="16"'),
            _text(width / 2, 42, subtitle, extra=' fill="#444" font-size="12"')]
-    out += _panel(rows, MARGIN, "decode_tokens_per_second", "decode tokens/s")
+    out += _panel(rows, MARGIN, "decode_vs_all_mxfp4", "decode speed / all-MXFP4 (paired tokens)")
     out += _panel(rows, 2 * MARGIN + PANEL_W, "perplexity", "perplexity (held-out wiki)")
     out.append("</svg>")
     return "\n".join(out) + "\n"
