@@ -148,21 +148,25 @@ def measure_point(path: Path, mask: np.ndarray, baseline: Model, held_out: np.nd
 def add_trade_off(rows: list[dict[str, Any]]) -> None:
     """Per point with perplexity: tokens/s gained per unit of perplexity given up, from the all-BF16 end
     (the chord to the all-MXFP4 end has that end's value), and whether the point lies above that chord,
-    i.e. is strictly better than both ends on the trade."""
+    i.e. is strictly better than both ends on the trade. Once with the measured decode rates, and once
+    with the memory-bound rate 1 / weight bytes read per token (load-independent; the figure a quiet
+    machine's decode follows, up to its bandwidth)."""
     ends = {row["fraction"]: row for row in rows if row["choice"] == "hot-first" and "perplexity" in row}
     if 0.0 not in ends or 1.0 not in ends:
         return
     bf16, mxfp4 = ends[1.0], ends[0.0]
-
-    def gain(row: dict[str, Any]) -> float:
+    speeds = {"measured": lambda row: row["decode_tokens_per_second"],
+              "memory_bound": lambda row: 1e9 / row["weight_bytes_read_per_token"]}
+    def gain(row: dict[str, Any], speed: Any) -> float:
         lost = row["perplexity"] - bf16["perplexity"]
-        return (row["decode_tokens_per_second"] - bf16["decode_tokens_per_second"]) / lost if lost > 0 else float("nan")
+        return (speed(row) - speed(bf16)) / lost if lost > 0 else float("nan")
 
-    chord = gain(mxfp4)
-    for row in rows:
-        if "perplexity" in row and row is not bf16:
-            row["tokens_per_second_per_perplexity_increase"] = gain(row)
-            row["above_the_chord_of_the_ends"] = bool(row is not mxfp4 and gain(row) > chord)
+    for kind, speed in speeds.items():
+        chord = gain(mxfp4, speed)
+        for row in rows:
+            if "perplexity" in row and row is not bf16:
+                row[f"{kind}_speed_gain_per_perplexity_increase"] = gain(row, speed)
+                row[f"{kind}_above_the_chord_of_the_ends"] = bool(row is not mxfp4 and gain(row, speed) > chord)
 
 
 def main(argv: list[str] | None = None) -> int:
