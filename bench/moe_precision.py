@@ -148,14 +148,15 @@ def measure_point(path: Path, mask: np.ndarray, baseline: Model, held_out: np.nd
 def add_trade_off(rows: list[dict[str, Any]]) -> None:
     """Per point with perplexity: tokens/s gained per unit of perplexity given up, from the all-BF16 end
     (the chord to the all-MXFP4 end has that end's value), and whether the point lies above that chord,
-    i.e. is strictly better than both ends on the trade. Once with the measured decode rates, and once
-    with the memory-bound rate 1 / weight bytes read per token (load-independent; the figure a quiet
-    machine's decode follows, up to its bandwidth)."""
+    i.e. is strictly better than both ends on the trade. Once with the measured speed relative to the
+    all-MXFP4 model (paired tokens: every point against the same baseline, which a loaded machine blurs
+    far less than absolute rates), and once with the memory-bound rate 1 / weight bytes read per token
+    (load-independent; what a quiet machine's decode follows, up to its bandwidth)."""
     ends = {row["fraction"]: row for row in rows if row["choice"] == "hot-first" and "perplexity" in row}
     if 0.0 not in ends or 1.0 not in ends:
         return
     bf16, mxfp4 = ends[1.0], ends[0.0]
-    speeds = {"measured": lambda row: row["decode_tokens_per_second"],
+    speeds = {"paired": lambda row: row["decode_vs_all_mxfp4"],
               "memory_bound": lambda row: 1e9 / row["weight_bytes_read_per_token"]}
     def gain(row: dict[str, Any], speed: Any) -> float:
         lost = row["perplexity"] - bf16["perplexity"]
