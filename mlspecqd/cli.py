@@ -13,12 +13,16 @@ from typing import Any, NoReturn
 from mlspecqd import _native, gguf, hub
 from mlspecqd.apps.batch import BatchFileError, run_batch
 from mlspecqd.apps.conversation import ChatSession
+from mlspecqd.apps.expert_profile import measure_expert_rows, profile_path, write_profile
 from mlspecqd.apps.generation import MAX_NEW_TOKENS_LIMIT
 from mlspecqd.apps.llm import LLM
 from mlspecqd.apps.loading import MAX_PARALLEL, load
 from mlspecqd.apps.repl import ChatLoop, format_stats
+from mlspecqd.engine.mixed_experts import resident_bytes
+from mlspecqd.engine.model import Model
 from mlspecqd.engine.sampling import SamplingParams
 from mlspecqd.speculative import POLICY_NAMES
+from mlspecqd.tokenizer import Tokenizer
 
 
 class UsageError(Exception):
@@ -43,6 +47,34 @@ def _count(low: int, high: int = MAX_NEW_TOKENS_LIMIT):
         return value
 
     return parse
+
+
+# Suffixes of a byte count on the command line (powers of 1024).
+_BYTE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def parse_bytes(text: str) -> int:
+    """A positive byte count: a whole number with an optional K, M, G or T (powers of 1024), e.g. 6G."""
+    number, unit = text.strip().upper().removesuffix("B"), ""
+    if number and number[-1] in _BYTE_UNITS:
+        number, unit = number[:-1], number[-1]
+    try:
+        value = int(float(number) * _BYTE_UNITS[unit]) if number else 0
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive byte count such as 6G, 6000M or 123456, got {text!r}")
+    return value
+
+
+def parse_fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1], got {text!r}")
+    return value
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -91,6 +123,14 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--draft-policy", choices=POLICY_NAMES, default="cost",
                        help="how many tokens each draft proposes (default %(default)s)")
     group.add_argument("--no-speculation", action="store_true", help="the target alone, no drafts")
+    group.add_argument("--memory-budget", type=parse_bytes, default=None, metavar="BYTES",
+                       help="memory the weights are fitted to, e.g. 6G or 6000M (default: what is available); "
+                            "an MoE target keeps as many of its most used experts in BF16 as fit, the rest MXFP4")
+    group.add_argument("--bf16-experts", type=parse_fraction, default=None, metavar="FRACTION",
+                       help="MoE target: this fraction of its experts in BF16, the most used first (needs an expert "
+                            "profile, see profile-experts), the rest in MXFP4")
+    group.add_argument("--expert-profile", default=None, metavar="FILE",
+                       help="router counts to choose hot experts by (default: MODEL.gguf.expert-rows.json)")
 
 
 # The sampling flags: (flag, SamplingParams field, type, help); defaults are SamplingParams.greedy()'s.
@@ -127,7 +167,9 @@ def load_arguments(args: argparse.Namespace) -> dict[str, Any]:
         raise UsageError("--draft and --no-speculation contradict each other: give one")
     return {"model": args.model, "drafts": [] if args.no_speculation else args.draft, "threads": args.threads,
             "ctx": args.ctx, "draft_policy": args.draft_policy, "draft_max": args.draft_max,
-            "precision": args.precision, "parallel": getattr(args, "parallel", 1)}
+            "precision": args.precision, "parallel": getattr(args, "parallel", 1),
+            "memory_budget": args.memory_budget, "bf16_experts": args.bf16_experts,
+            "expert_profile": args.expert_profile}
 
 
 def load_from_args(args: argparse.Namespace) -> LLM:
@@ -141,7 +183,38 @@ def load_from_args(args: argparse.Namespace) -> LLM:
     if getattr(args, "verbose", False):
         print(f"loaded {llm!r} in {time.perf_counter() - started:.1f} s, {_native.num_threads()} threads",
               file=sys.stderr)
+        print(weights_summary(llm.models), file=sys.stderr)
     return llm
+
+
+def weights_summary(models: Sequence[Model]) -> str:
+    """One line: the weights in memory (shared arrays once) and, for an MoE target, its BF16 experts."""
+    text = f"weights: {resident_bytes(model.tensors for model in models) / 2**30:.2f} GiB in memory"
+    bf16_experts = models[0].bf16_experts()
+    if bf16_experts.size:
+        text += (f"; target experts in BF16: {int(bf16_experts.sum())} of {bf16_experts.size}, the rest MXFP4; "
+                 f"per layer {' '.join(str(int(count)) for count in bf16_experts.sum(axis=1))}")
+    return text
+
+
+def cmd_profile_experts(args: argparse.Namespace) -> int:
+    """Count the rows routed to each expert over a calibration text; write them beside the model."""
+    try:
+        path = hub.resolve(args.model)
+        text = Path(args.text).read_text(encoding="utf-8")
+        token_ids = Tokenizer.from_gguf(path).encode(text)[: args.tokens]
+        with Model.load(path, memory_budget=args.memory_budget) as model:
+            if not model.spec.is_moe:
+                raise UsageError(f"{path} has no experts to profile")
+            rows = measure_expert_rows(model, token_ids)
+    except (ValueError, OSError) as error:
+        raise UsageError(str(error)) from None
+    output = Path(args.output) if args.output else profile_path(path)
+    write_profile(output, rows, len(token_ids))
+    share = rows / rows.sum(axis=1, keepdims=True)
+    print(f"{output}: {len(token_ids)} tokens; busiest expert per layer takes "
+          f"{share.max(axis=1).mean():.1%} of the rows on average (uniform: {1 / rows.shape[1]:.1%})")
+    return 0
 
 
 def read_prompt(args: argparse.Namespace) -> str:
@@ -272,6 +345,18 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("output", metavar="OUT", help="the GGUF to write (written whole, or not at all)")
     convert.add_argument("--type", required=True, choices=sorted(gguf.CASTS), help="type of the 2-D tensors")
     convert.set_defaults(run=cmd_convert)
+
+    profile = commands.add_parser("profile-experts",
+                                  help="count an MoE model's router choices over a text, for --bf16-experts")
+    profile.add_argument("-m", "--model", required=True, help="a GGUF file or a named model")
+    profile.add_argument("--text", required=True, metavar="FILE", help="calibration text (UTF-8)")
+    profile.add_argument("--tokens", type=_count(1, 10**7), default=8192,
+                         help="most tokens to run (default %(default)s)")
+    profile.add_argument("--memory-budget", type=parse_bytes, default=None, metavar="BYTES",
+                         help="load the model as this budget allows (see generate --memory-budget)")
+    profile.add_argument("-o", "--output", default=None,
+                         help="the file to write (default: beside the model, MODEL.gguf.expert-rows.json)")
+    profile.set_defaults(run=cmd_profile_experts)
 
     generate = commands.add_parser("generate", help="continue a prompt, streaming the text to stdout")
     source = generate.add_mutually_exclusive_group(required=True)

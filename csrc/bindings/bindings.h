@@ -9,8 +9,10 @@
 #include <cstdint>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 #include "kernels/mxfp4.h"
+#include "model/moe.h"
 
 namespace mlspecqd::bindings {
 
@@ -30,6 +32,14 @@ inline int64_t mxfp4_row_bytes(int64_t K, const std::string& where) {
                                     std::to_string(kMxfp4BlockValues) + " (the MXFP4 block size)");
     return K / kMxfp4BlockValues * kMxfp4BlockBytes;
 }
+
+// Refuses an array `what` that is not C-contiguous of `shape` (it is used in place).
+void require_shape(const std::string& what, const py::array& a, const std::vector<int64_t>& shape);
+
+// An expert stack of `count` matrices of N x K from Python: one array (count, N, row) of uint16 BF16 bits
+// (row = K) or of uint8 MXFP4 blocks (row = K / 32 * 17); or a list of `count` arrays (N, row), each of
+// either type (experts in mixed precision). Used in place; `what` names the value in errors.
+ExpertStack expert_stack(const py::handle& value, int64_t count, int64_t N, int64_t K, const std::string& what);
 
 // What the package calls (model.cpp): _native.Model, GGUF dequantization and the MXFP4 cast.
 void register_model(py::module_& m);

@@ -153,43 +153,36 @@ uint64_t stream_read_array(const py::array& buffer) {
     return stream_read(words, count);
 }
 
-// A stack of `count` expert matrices of N x K: uint16 (count, N, K) BF16 bits or uint8 (count, N, K / 32 * 17)
-// MXFP4 blocks.
-ExpertStack expert_stack(const py::array& a, int64_t count, int64_t N, int64_t K, const std::string& name) {
-    const bool bf16 = a.dtype().is(py::dtype::of<uint16_t>());
-    if (!bf16 && !a.dtype().is(py::dtype::of<uint8_t>()))
-        throw std::invalid_argument("moe_block: " + name + " must be uint16 (BF16 bits) or uint8 (MXFP4 blocks)");
-    const int64_t row = bf16 ? K : mxfp4_row_bytes(K, "moe_block: " + name);
-    const bool fits = a.ndim() == 3 && a.shape(0) == count && a.shape(1) == N && a.shape(2) == row;
-    if (!fits || !(a.flags() & py::array::c_style))
-        throw std::invalid_argument("moe_block: " + name + " " + shape_text(a) + " is not a C-contiguous (" +
-                                    std::to_string(count) + ", " + std::to_string(N) + ", " + std::to_string(row) +
-                                    ") array");
-    return ExpertStack{bf16 ? WeightType::bf16 : WeightType::mxfp4, count, N, K, a.data()};
-}
-
 // The MoE block without a shared expert on h (T x d): router (E x d) float32, gate and up experts of
-// F x d, down experts of d x F. Returns (out T x d, experts T x n_used, weights T x n_used).
-py::tuple moe_block(const FloatArray& h, const FloatArray& router, const py::array& gate, const py::array& up,
-                    const py::array& down, int64_t n_used, bool normalized) {
-    if (h.ndim() != 2 || router.ndim() != 2 || router.shape(1) != h.shape(1) || gate.ndim() != 3)
-        throw std::invalid_argument("moe_block: h (T, d), router (E, d) and experts (E, N, K) do not fit: h " +
-                                    shape_text(h) + ", router " + shape_text(router) + ", gate " + shape_text(gate));
+// F x d, down experts of d x F, each stack an array or a list of one array per expert (see expert_stack).
+// Returns (out T x d, experts T x n_used, weights T x n_used).
+py::tuple moe_block(const FloatArray& h, const FloatArray& router, const py::object& gate, const py::object& up,
+                    const py::object& down, int64_t n_used, bool normalized) {
+    if (h.ndim() != 2 || router.ndim() != 2 || router.shape(1) != h.shape(1))
+        throw std::invalid_argument("moe_block: h (T, d) and router (E, d) do not fit: h " + shape_text(h) +
+                                    ", router " + shape_text(router));
     ModelConfig c;
     c.d_model = h.shape(1);
     c.n_experts = router.shape(0);
     c.n_experts_used = n_used;
-    c.expert_d_ff = gate.shape(1);
+    // F: rows of a gate expert, from the stack (E, F, K) or the first array (F, K) of a list.
+    const bool listed = py::isinstance<py::list>(gate) && py::len(gate) > 0;
+    const py::object first_gate = listed ? py::object(py::reinterpret_borrow<py::list>(gate)[0]) : gate;
+    if (!py::isinstance<py::array>(first_gate) || py::reinterpret_borrow<py::array>(first_gate).ndim() != (listed ? 2 : 3))
+        throw std::invalid_argument("moe_block: gate must be an array (E, F, d) or a list of E arrays (F, d)");
+    c.expert_d_ff = py::reinterpret_borrow<py::array>(first_gate).shape(listed ? 0 : 1);
     c.expert_weights_normalized = normalized;
     if (n_used < 1 || n_used > c.n_experts)
         throw std::invalid_argument("moe_block: n_used = " + std::to_string(n_used) + " is outside [1, " +
                                     std::to_string(c.n_experts) + "]");
     MoeWeights w;
     w.router = router.data();
-    w.gate = expert_stack(gate, c.n_experts, c.expert_d_ff, c.d_model, "gate");
-    w.up = expert_stack(up, c.n_experts, c.expert_d_ff, c.d_model, "up");
-    w.down = expert_stack(down, c.n_experts, c.d_model, c.expert_d_ff, "down");
-    if (w.gate.type != w.up.type) throw std::invalid_argument("moe_block: gate and up must have one type");
+    w.gate = expert_stack(gate, c.n_experts, c.expert_d_ff, c.d_model, "moe_block: gate");
+    w.up = expert_stack(up, c.n_experts, c.expert_d_ff, c.d_model, "moe_block: up");
+    w.down = expert_stack(down, c.n_experts, c.d_model, c.expert_d_ff, "moe_block: down");
+    for (int64_t e = 0; e < c.n_experts; ++e)
+        if (w.gate.expert(e).type != w.up.expert(e).type)
+            throw std::invalid_argument("moe_block: gate and up expert " + std::to_string(e) + " must have one type");
     const int64_t T = h.shape(0);
     FloatArray out({T, c.d_model}), logits({T, c.n_experts}), weights({T, n_used});
     py::array_t<int32_t> experts({T, n_used});
@@ -222,7 +215,8 @@ void register_kernel_hooks(py::module_& m) {
           "The active instruction set's gelu_tanh(gate) * up kernel on its own (for tests).");
     m.def("moe_block", &moe_block, py::arg("h"), py::arg("router"), py::arg("gate"), py::arg("up"), py::arg("down"),
           py::arg("n_used"), py::arg("normalized"),
-          "One Mixture-of-Experts block (no shared expert) on h; returns (out, experts, weights) (for tests).");
+          "One Mixture-of-Experts block (no shared expert) on h, each expert stack an array (E, N, K) or a list "
+          "of one array per expert; returns (out, experts, weights) (for tests).");
     m.def("stream_read", &stream_read_array, py::arg("buffer"),
           "Read a buffer once on every thread; returns the wrapping sum of its 64-bit words.");
 }

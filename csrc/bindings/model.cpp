@@ -33,20 +33,21 @@ py::array_t<T> cache_aligned_array(int64_t n) {
     return py::array_t<T>({n}, {static_cast<py::ssize_t>(sizeof(T))}, reinterpret_cast<T*>(start + offset), storage);
 }
 
-// The model's weights as NumPy arrays by GGUF tensor name, used in place (never copied).
+// The model's weights as NumPy arrays by GGUF tensor name, used in place (never copied); an expert
+// stack may also be a list of one array per expert (experts in mixed precision).
 class NumpyTensors : public TensorSource {
 public:
     explicit NumpyTensors(const py::dict& weights) {
         for (auto item : weights) {
             const std::string name = py::str(item.first);
-            if (!py::isinstance<py::array>(item.second))
-                throw std::invalid_argument("weights['" + name + "'] is not a NumPy array");
-            arrays_.emplace(name, py::reinterpret_borrow<py::array>(item.second));
+            if (!py::isinstance<py::array>(item.second) && !py::isinstance<py::list>(item.second))
+                throw std::invalid_argument("weights['" + name + "'] is not a NumPy array (or a list of them)");
+            values_.emplace(name, py::reinterpret_borrow<py::object>(item.second));
         }
     }
 
     Linear linear(const std::string& name, int64_t rows, int64_t cols) const override {
-        const py::array& a = find(name);
+        const py::array a = find(name);
         if (a.dtype().is(py::dtype::of<uint16_t>())) {  // (N, K), or (K / B, N, B) in column blocks
             if (a.ndim() != 3) {
                 require_shape(name, a, {rows, cols});
@@ -69,7 +70,7 @@ public:
     }
 
     const uint16_t* bf16_matrix(const std::string& name, int64_t rows, int64_t cols) const override {
-        const py::array& a = find(name);
+        const py::array a = find(name);
         if (!a.dtype().is(py::dtype::of<uint16_t>()))
             throw std::invalid_argument("weights['" + name + "'] must be uint16 (BF16 bits), got " +
                                         std::string(py::str(a.dtype())));
@@ -78,7 +79,7 @@ public:
     }
 
     const float* vector(const std::string& name, int64_t n) const override {
-        const py::array& a = find(name);
+        const py::array a = find(name);
         if (!a.dtype().is(py::dtype::of<float>()))
             throw std::invalid_argument("weights['" + name + "'] must be float32, got " + std::string(py::str(a.dtype())));
         require_shape(name, a, {n});
@@ -86,7 +87,7 @@ public:
     }
 
     const float* f32_matrix(const std::string& name, int64_t rows, int64_t cols) const override {
-        const py::array& a = find(name);
+        const py::array a = find(name);
         if (!a.dtype().is(py::dtype::of<float>()))
             throw std::invalid_argument("weights['" + name + "'] must be float32, got " +
                                         std::string(py::str(a.dtype())));
@@ -95,47 +96,36 @@ public:
     }
 
     ExpertStack experts(const std::string& name, int64_t count, int64_t rows, int64_t cols) const override {
-        const py::array& a = find(name);
-        if (a.dtype().is(py::dtype::of<uint16_t>())) {
-            require_shape(name, a, {count, rows, cols});
-            return ExpertStack{WeightType::bf16, count, rows, cols, a.data()};
-        }
-        if (a.dtype().is(py::dtype::of<uint8_t>())) {
-            require_shape(name, a, {count, rows, mxfp4_row_bytes(cols, "weights['" + name + "']")});
-            return ExpertStack{WeightType::mxfp4, count, rows, cols, a.data()};
-        }
-        throw std::invalid_argument("weights['" + name + "']: experts must be uint16 (BF16 bits) or uint8 (MXFP4 "
-                                    "blocks), got " + std::string(py::str(a.dtype())));
+        return expert_stack(find_value(name), count, rows, cols, "weights['" + name + "']");
     }
 
-    // The arrays the decoder points into; whoever holds the decoder holds these.
-    std::vector<py::array> arrays() const {
-        std::vector<py::array> out;
-        for (const auto& entry : arrays_) out.push_back(entry.second);
+    // The arrays (and lists of arrays) the decoder points into; whoever holds the decoder holds these.
+    std::vector<py::object> values() const {
+        std::vector<py::object> out;
+        for (const auto& entry : values_) out.push_back(entry.second);
         return out;
     }
 
 private:
-    const py::array& find(const std::string& name) const {
-        const auto it = arrays_.find(name);
-        if (it == arrays_.end()) throw std::invalid_argument("weights: missing tensor '" + name + "'");
+    const py::object& find_value(const std::string& name) const {
+        const auto it = values_.find(name);
+        if (it == values_.end()) throw std::invalid_argument("weights: missing tensor '" + name + "'");
         return it->second;
     }
 
-    static void require_shape(const std::string& name, const py::array& a, const std::vector<int64_t>& shape) {
-        bool same = a.ndim() == py::ssize_t(shape.size());
-        for (size_t i = 0; same && i < shape.size(); ++i) same = a.shape(i) == shape[i];
-        if (!same) {
-            std::string expected = "(";
-            for (size_t i = 0; i < shape.size(); ++i) expected += (i ? ", " : "") + std::to_string(shape[i]);
-            expected += shape.size() == 1 ? ",)" : ")";
-            throw std::invalid_argument("weights['" + name + "'] has shape " + shape_text(a) + ", expected " + expected);
-        }
-        if (!(a.flags() & py::array::c_style))
-            throw std::invalid_argument("weights['" + name + "'] must be C-contiguous (it is used in place)");
+    py::array find(const std::string& name) const {
+        const py::object& value = find_value(name);
+        if (!py::isinstance<py::array>(value))
+            throw std::invalid_argument("weights['" + name + "'] must be a NumPy array (only expert stacks may be "
+                                        "lists of arrays)");
+        return py::reinterpret_borrow<py::array>(value);
     }
 
-    std::map<std::string, py::array> arrays_;
+    static void require_shape(const std::string& name, const py::array& a, const std::vector<int64_t>& shape) {
+        bindings::require_shape("weights['" + name + "']", a, shape);
+    }
+
+    std::map<std::string, py::object> values_;
 };
 
 template <class T>
@@ -190,7 +180,7 @@ public:
     NativeModel(const py::dict& config, const py::dict& weights, int64_t max_context) {
         const NumpyTensors tensors(weights);
         decoder_ = std::make_unique<Decoder>(model_config_from_dict(config), tensors, max_context);
-        arrays_ = tensors.arrays();
+        weights_ = tensors.values();
     }
 
     using TokenArray = py::array_t<int64_t, py::array::c_style | py::array::forcecast>;
@@ -247,7 +237,7 @@ private:
     }
 
     std::unique_ptr<Decoder> decoder_;
-    std::vector<py::array> arrays_;  // keeps the weights the decoder points into alive
+    std::vector<py::object> weights_;  // keeps the weights the decoder points into alive
 };
 
 // weights: float32 or BF16 bit patterns (uint16), shape (..., K) -> uint8 blocks, shape (..., K / 32 * 17).

@@ -35,15 +35,16 @@ void for_expert_columns(int64_t item_begin, int64_t item_end, int64_t width, Run
     }
 }
 
-// Byte offsets of each active expert's prepared input of `rows[a]` rows x K, each on a cache line;
-// returns the total.
-int64_t prepared_offsets(WeightType type, const std::vector<int64_t>& rows, int64_t K, std::vector<int64_t>& offsets) {
+// Byte offsets of each active expert's prepared input of `rows[a]` rows x K, in the layout of that
+// expert's type in `stack`, each on a cache line; returns the total.
+int64_t prepared_offsets(const ExpertStack& stack, const std::vector<int32_t>& active, const std::vector<int64_t>& rows,
+                         int64_t K, std::vector<int64_t>& offsets) {
     constexpr int64_t kLine = static_cast<int64_t>(kCacheLine);
     offsets.resize(rows.size());
     int64_t total = 0;
     for (size_t a = 0; a < rows.size(); ++a) {
         offsets[a] = total;
-        total += (prepared_bytes(type, rows[a], K) + kLine - 1) / kLine * kLine;
+        total += (prepared_bytes(stack.expert(active[a]).type, rows[a], K) + kLine - 1) / kLine * kLine;
     }
     return total;
 }
@@ -52,10 +53,12 @@ float sigmoid(float x) { return 1.0f / (1.0f + std::exp(-x)); }
 
 }  // namespace
 
-Linear ExpertStack::expert(int64_t e) const {
-    const int64_t row_bytes = type == WeightType::bf16 ? in_features * int64_t{2}
-                                                       : in_features / kMxfp4BlockValues * kMxfp4BlockBytes;
-    return Linear{type, out_features, in_features, static_cast<const uint8_t*>(data) + e * out_features * row_bytes};
+ExpertStack contiguous_experts(WeightType type, int64_t count, int64_t N, int64_t K, const void* data) {
+    const int64_t row_bytes = type == WeightType::bf16 ? K * int64_t{2} : K / kMxfp4BlockValues * kMxfp4BlockBytes;
+    ExpertStack stack{N, K, {}};
+    for (int64_t e = 0; e < count; ++e)
+        stack.experts.push_back(Linear{type, N, K, static_cast<const uint8_t*>(data) + e * N * row_bytes});
+    return stack;
 }
 
 MoeWeights load_moe_weights(const ModelConfig& c, const TensorSource& tensors, int64_t layer) {
@@ -66,9 +69,11 @@ MoeWeights load_moe_weights(const ModelConfig& c, const TensorSource& tensors, i
     w.gate = tensors.experts(block + "ffn_gate_exps.weight", E, F, d);
     w.up = tensors.experts(block + "ffn_up_exps.weight", E, F, d);
     w.down = tensors.experts(block + "ffn_down_exps.weight", E, d, F);
-    if (w.gate.type != w.up.type)
-        throw std::invalid_argument("weights['" + block + "ffn_gate_exps.weight'] and weights['" + block +
-                                    "ffn_up_exps.weight'] must have one type (BF16 or MXFP4)");
+    for (int64_t e = 0; e < E; ++e)
+        if (w.gate.expert(e).type != w.up.expert(e).type)
+            throw std::invalid_argument("weights['" + block + "ffn_gate_exps.weight'] and weights['" + block +
+                                        "ffn_up_exps.weight'] must have one type (BF16 or MXFP4) for each "
+                                        "expert; expert " + std::to_string(e) + " has two");
     if (c.shared_expert_d_ff > 0) {
         const int64_t S = c.shared_expert_d_ff;
         w.shared_gate_input = tensors.vector(block + "ffn_gate_inp_shexp.weight", d);
@@ -175,7 +180,8 @@ void MoeBlock::group_rows_by_expert(const ModelConfig& c, const float* h, int64_
 
 // For every active expert e and its rows x: hidden = act(x G_e^T) * (x U_e^T), then outputs = hidden
 // D_e^T. Two parallel regions, each preparing its inputs and then multiplying; threads split the active
-// experts x output columns, so each active expert's weights are read once.
+// experts x output columns, so each active expert's weights are read once. Each expert's inputs are
+// prepared for its own type (gate and up share one), so a stack may mix BF16 and MXFP4 experts.
 void MoeBlock::run_experts(const ModelConfig& c, const MoeWeights& w) {
     const int64_t d = c.d_model, F = c.expert_d_ff, pairs = static_cast<int64_t>(grouped_row_.size());
     const int64_t n_active = static_cast<int64_t>(active_.size());
@@ -186,10 +192,10 @@ void MoeBlock::run_experts(const ModelConfig& c, const MoeWeights& w) {
     up_.resize(pairs * F);
     outputs_.resize(pairs * d);
 
-    prepared_inputs_.resize(prepared_offsets(w.gate.type, rows, d, input_offset_));
+    prepared_inputs_.resize(prepared_offsets(w.gate, active_, rows, d, input_offset_));
     const auto prepare_inputs = [&](int64_t begin, int64_t end) {
         for_expert_columns(begin, end, d, [&](int64_t a, int64_t k_begin, int64_t k_end) {
-            prepare_columns(w.gate.type, inputs_.data() + first(a) * d, rows[a], d, k_begin, k_end,
+            prepare_columns(w.gate.expert(active_[a]).type, inputs_.data() + first(a) * d, rows[a], d, k_begin, k_end,
                             prepared_inputs_.data() + input_offset_[a]);
         });
     };
@@ -206,10 +212,10 @@ void MoeBlock::run_experts(const ModelConfig& c, const MoeWeights& w) {
     };
     parallel_for_after(n_active * column_chunks(d), 1, prepare_inputs, n_active * column_chunks(F), 1, gate_and_up);
 
-    prepared_hidden_.resize(prepared_offsets(w.down.type, rows, F, hidden_offset_));
+    prepared_hidden_.resize(prepared_offsets(w.down, active_, rows, F, hidden_offset_));
     const auto prepare_hidden = [&](int64_t begin, int64_t end) {
         for_expert_columns(begin, end, F, [&](int64_t a, int64_t k_begin, int64_t k_end) {
-            prepare_columns(w.down.type, hidden_.data() + first(a) * F, rows[a], F, k_begin, k_end,
+            prepare_columns(w.down.expert(active_[a]).type, hidden_.data() + first(a) * F, rows[a], F, k_begin, k_end,
                             prepared_hidden_.data() + hidden_offset_[a]);
         });
     };

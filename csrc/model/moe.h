@@ -19,17 +19,19 @@ namespace mlspecqd {
 
 class TensorSource;  // model/decoder.h
 
-// `count` weight matrices of one shape and type stored one after another (a GGUF *_exps tensor).
+// `count` weight matrices of one shape, each on its own BF16 or MXFP4: a GGUF *_exps tensor (one type,
+// one after another), or experts in mixed precision (hot ones BF16, the rest MXFP4), wherever each lives.
 struct ExpertStack {
-    WeightType type = WeightType::bf16;
-    int64_t count = 0;
-    int64_t out_features = 0;    // N
-    int64_t in_features = 0;     // K
-    const void* data = nullptr;  // BF16: count x N x K bit patterns, each matrix row-major
-                                 // MXFP4: count x N x (K / 32 * 17) bytes of GGUF blocks
+    int64_t out_features = 0;     // N
+    int64_t in_features = 0;      // K
+    std::vector<Linear> experts;  // row-major: BF16 N x K bit patterns, or MXFP4 N x (K / 32 * 17) bytes
 
-    Linear expert(int64_t e) const;
+    int64_t count() const { return static_cast<int64_t>(experts.size()); }
+    const Linear& expert(int64_t e) const { return experts[static_cast<size_t>(e)]; }
 };
+
+// `count` matrices of `type`, N x K each, stored one after another from `data` (a GGUF *_exps tensor).
+ExpertStack contiguous_experts(WeightType type, int64_t count, int64_t N, int64_t K, const void* data);
 
 struct MoeWeights {
     const float* router = nullptr;  // n_experts x d_model, float32 (ffn_gate_inp)
@@ -40,7 +42,8 @@ struct MoeWeights {
 };
 
 // Layer `layer`'s router and experts; std::invalid_argument naming a tensor that is missing or misshaped
-// (an expert count that differs from the config's is a misshape), or gate and up experts of two types.
+// (an expert count that differs from the config's is a misshape), or a gate and an up expert of one
+// number in two types (they multiply one prepared input).
 MoeWeights load_moe_weights(const ModelConfig& c, const TensorSource& tensors, int64_t layer);
 
 // x . y summed in 16 interleaved float32 partial sums (element i into sum i % 16), which then add

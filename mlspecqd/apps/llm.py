@@ -53,6 +53,11 @@ class LLM:
             lane._owner = self
             self.lanes.append(lane)
 
+    @property
+    def models(self) -> tuple[Any, ...]:
+        """The native models the LLM owns, the target first, then its model drafts smallest first."""
+        return tuple(self._owner._models)
+
     def __repr__(self) -> str:
         levels = " -> ".join(str(level.name) for level in self.cascade.levels)
         return f"LLM({self.model_name!r}, levels: {levels}, context {self.context_length})"

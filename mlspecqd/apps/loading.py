@@ -7,6 +7,8 @@ A draft spec names one level of the cascade, smallest first:
     "ngram"                          prompt lookup (no model; only as the first draft)
     "mxfp4"                          the target's own linear weights cast to MXFP4, sharing its
                                      embedding, norms and biases (no second read of the file)
+    "mxfp4-dense"                    the same, but an MoE target's experts are shared as they are
+                                     (its BF16 experts too): the smallest self-draft of a mixed target
     "PATH-OR-NAME[:mxfp4|:bf16]"     another GGUF (or named model) with the target's vocabulary,
                                      run in BF16 unless :mxfp4 is given
 """
@@ -18,10 +20,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from mlspecqd import _native, hub
+from mlspecqd.apps.expert_profile import profile_path, read_profile
 from mlspecqd.apps.llm import LLM
+from mlspecqd.engine import mixed_experts
 from mlspecqd.engine.batching import ForwardBatcher, SequenceSlot
-from mlspecqd.engine.model import PRECISIONS, Model
+from mlspecqd.engine.model import BF16_WEIGHTS_SHARE_OF_MEMORY, PRECISIONS, Model
+from mlspecqd.gguf import open_gguf
 from mlspecqd.speculative import MODEL_FREE_DRAFTERS, Cascade, ModelLevel
 from mlspecqd.speculative.levels import LanguageModel
 from mlspecqd.speculative.policies import check_draft_max, policy_class
@@ -30,7 +37,10 @@ from mlspecqd.validation import whole_number
 
 # Most sequences one load decodes together (each holds key/value caches of ctx positions per model).
 MAX_PARALLEL = 64
-_SPEC_FORMS = f"{', '.join(repr(name) for name in MODEL_FREE_DRAFTERS)}, 'mxfp4' or 'PATH-OR-NAME[:mxfp4|:bf16]'"
+# The target's own MXFP4 copy: every linear weight cast, or ("mxfp4-dense") all but the experts.
+SELF_DRAFTS = ("mxfp4", "mxfp4-dense")
+_SPEC_FORMS = (f"{', '.join(repr(name) for name in [*MODEL_FREE_DRAFTERS, *SELF_DRAFTS])} or "
+               "'PATH-OR-NAME[:mxfp4|:bf16]'")
 
 
 class LoadError(ValueError):
@@ -41,12 +51,13 @@ class LoadError(ValueError):
 @dataclass(frozen=True)
 class DraftSpec:
     """One parsed draft spec: kind "model-free" (a name in MODEL_FREE_DRAFTERS), "self" (the target cast
-    to `precision`) or "model"."""
+    to `precision`; its experts too where cast_experts) or "model"."""
 
     text: str
     kind: str
     model: str | None = None
     precision: str | None = None
+    cast_experts: bool = True
 
     @classmethod
     def parse(cls, text: str) -> DraftSpec:
@@ -54,8 +65,8 @@ class DraftSpec:
             raise LoadError(f"draft spec {text!r}: expected {_SPEC_FORMS}")
         if text in MODEL_FREE_DRAFTERS:
             return cls(text, "model-free")
-        if text == "mxfp4":
-            return cls(text, "self", precision="mxfp4")
+        if text in SELF_DRAFTS:
+            return cls(text, "self", precision="mxfp4", cast_experts=text == "mxfp4")
         model, precision = text, "bf16"
         name, _, suffix = text.rpartition(":")
         if name and suffix in PRECISIONS:
@@ -63,7 +74,7 @@ class DraftSpec:
         if model not in hub.NAMED_MODELS and not Path(model).expanduser().is_file():
             known = ", ".join(hub.NAMED_MODELS)
             raise LoadError(f"draft spec {text!r}: '{model}' is no file and no named model ({known}); "
-                            f"other specs: {', '.join(repr(name) for name in [*MODEL_FREE_DRAFTERS, 'mxfp4'])}")
+                            f"other specs: {', '.join(repr(name) for name in [*MODEL_FREE_DRAFTERS, *SELF_DRAFTS])}")
         return cls(text, "model", model, precision)
 
 
@@ -88,7 +99,8 @@ def check_threads(threads: int | None) -> int:
 
 def load(model: str | os.PathLike[str] = hub.DEFAULT_MODEL, drafts: Sequence[str] | None = None,
          threads: int | None = None, ctx: int = 4096, draft_policy: str = "cost", draft_max: int = 8,
-         precision: str = "bf16", parallel: int = 1, memory_budget: int | None = None) -> LLM:
+         precision: str = "bf16", parallel: int = 1, memory_budget: int | None = None,
+         bf16_experts: float | None = None, expert_profile: str | os.PathLike[str] | None = None) -> LLM:
     """Load a model (a GGUF path or a named model, pulled if missing) with its drafts as an LLM.
 
     drafts: None = the named model's default drafts (none for a plain path); [] = no speculation; else
@@ -102,7 +114,15 @@ def load(model: str | os.PathLike[str] = hub.DEFAULT_MODEL, drafts: Sequence[str
     memory_budget: bytes each model file's BF16 copy is measured against (default: the memory available
     as it loads). A Mixture-of-Experts model whose BF16 weights would take more than 80% of it keeps its
     experts in MXFP4 (as stored, or cast one stack at a time) and everything else in BF16; dense models
-    load the same whatever the budget (Model.load, experts_fit_in_bf16).
+    load the same whatever the budget (Model.load, experts_fit_in_bf16). Where the budget holds some of
+    the experts in BF16 but not all, and the model has an expert profile (router counts: `expert_profile`,
+    or MODEL.gguf.expert-rows.json beside the file, written by `mlspecqd profile-experts`), the most used
+    experts are BF16 and the others MXFP4 (mlspecqd.engine.mixed_experts); without a profile, all MXFP4.
+
+    bf16_experts: for an MoE target, the fraction of its experts to hold in BF16 (0 to 1), the most used
+    first by its expert profile (needed unless 0 or 1); refused where it does not fit the memory_budget.
+    `precision` applies to the target's other linear weights. An "mxfp4" draft shares the target's
+    MXFP4 experts and holds its own MXFP4 copies of the BF16 ones only.
 
     Bad arguments raise ValueError subclasses (LoadError, hub.ModelNotFoundError, gguf.GGUFError,
     TokenizerError, ...) before the big weights are read.
@@ -120,10 +140,13 @@ def load(model: str | os.PathLike[str] = hub.DEFAULT_MODEL, drafts: Sequence[str
     if drafts is None:
         drafts = hub.NAMED_MODELS[name].default_drafts if name in hub.NAMED_MODELS else ()
     specs = parse_draft_specs(drafts)
-    if precision == "mxfp4" and any(spec.kind == "self" for spec in specs):
-        raise LoadError("draft spec 'mxfp4': the target already runs in mxfp4, so its MXFP4 copy would be itself")
+    for spec in specs:
+        if precision == "mxfp4" and spec.kind == "self":
+            raise LoadError(f"draft spec {spec.text!r}: the target already runs in mxfp4, so its MXFP4 copy would "
+                            "be itself")
 
     target_path = hub.resolve(name)
+    target_bf16_experts = _chosen_bf16_experts(target_path, precision, memory_budget, bf16_experts, expert_profile)
     tokenizer = Tokenizer.from_gguf(target_path)
     draft_paths = {spec.text: hub.resolve(spec.model) for spec in specs if spec.kind == "model"}
     draft_tokenizers = {}
@@ -137,7 +160,8 @@ def load(model: str | os.PathLike[str] = hub.DEFAULT_MODEL, drafts: Sequence[str
     _native.set_num_threads(thread_count)
     models: list[Model] = []
     try:
-        target = Model.load(target_path, precision, ctx, memory_budget=memory_budget)
+        target = Model.load(target_path, precision, ctx, memory_budget=memory_budget,
+                            bf16_experts=target_bf16_experts)
         models.append(target)
         # (spec, model, tokenizer) per draft level, smallest first; model-free drafters have no model.
         draft_levels: list[tuple[DraftSpec, Model | None, Tokenizer | None]] = []
@@ -146,7 +170,7 @@ def load(model: str | os.PathLike[str] = hub.DEFAULT_MODEL, drafts: Sequence[str
                 draft_levels.append((spec, None, None))
                 continue
             if spec.kind == "self":
-                draft = target.sibling(spec.precision)  # casts the linear weights, shares the rest
+                draft = target.sibling(spec.precision, cast_experts=spec.cast_experts)  # casts, shares the rest
                 draft_tokenizer = tokenizer
             else:
                 draft = Model.load(draft_paths[spec.text], spec.precision, ctx, memory_budget=memory_budget)
@@ -173,3 +197,31 @@ def load(model: str | os.PathLike[str] = hub.DEFAULT_MODEL, drafts: Sequence[str
         raise
     model_name = name if name in hub.NAMED_MODELS else target_path.name
     return LLM(cascades[0], tokenizer, model_name, models, lane_cascades=cascades[1:], batcher=batcher)
+
+
+def _chosen_bf16_experts(path: Path, precision: str, memory_budget: int | None, fraction: float | None,
+                         expert_profile: str | os.PathLike[str] | None) -> np.ndarray | None:
+    """Which of an MoE target's experts to hold in BF16 (see load()), or None where Model.load's own rule
+    decides (no fraction, no budget; a dense model; a budget that asks for a mix without a profile)."""
+    with open_gguf(path) as gguf_file:
+        spec = gguf_file.spec
+        if not spec.is_moe:
+            if fraction is not None or expert_profile is not None:
+                raise LoadError(f"bf16_experts / expert_profile: {path} has no experts")
+            return None
+        profile = profile_path(path) if expert_profile is None else Path(expert_profile)
+        if expert_profile is not None and not profile.is_file():
+            raise LoadError(f"expert_profile: no file {profile}")
+        if fraction is None and memory_budget is None:
+            return None
+        try:
+            if fraction is not None:
+                mixed_experts.expert_count_for_fraction(fraction, 1)  # a bad fraction is named before the profile
+            rows = read_profile(profile, spec) if profile.is_file() else None
+            weight_budget = None if memory_budget is None else BF16_WEIGHTS_SHARE_OF_MEMORY * memory_budget
+            if fraction is None and rows is None:
+                return None
+            sizes = mixed_experts.expert_bytes(gguf_file, precision)
+            return mixed_experts.choose_bf16_experts(sizes, weight_budget, fraction, rows)
+        except mixed_experts.ExpertPrecisionError as error:
+            raise LoadError(f"{path}: {error}") from None

@@ -19,8 +19,9 @@ import numpy as np
 from gguf import GGMLQuantizationType
 
 from mlspecqd import _native
-from mlspecqd.engine import quant, weight_layout
-from mlspecqd.gguf import GGUFFile, ModelSpec, expected_tensor_shapes, open_gguf
+from mlspecqd.engine import mixed_experts, quant, weight_layout
+from mlspecqd.engine.mixed_experts import ExpertArrays
+from mlspecqd.gguf import GGUFFile, ModelSpec, TensorInfo, expected_tensor_shapes, open_gguf
 
 SUPPORTED_ARCHITECTURES = ("llama", "qwen2", "qwen3", "gemma3", "qwen2moe", "qwen3moe")
 PRECISIONS = ("bf16", "mxfp4")
@@ -30,37 +31,46 @@ class Model:
     """A transformer (llama, qwen2, qwen3, gemma3; with experts qwen2moe, qwen3moe and Mixtral-style llama)
     with its key/value caches; see the module docstring."""
 
-    def __init__(self, spec: ModelSpec, tensors: Mapping[str, np.ndarray], precision: str, context_length: int) -> None:
+    def __init__(self, spec: ModelSpec, tensors: Mapping[str, ExpertArrays], precision: str,
+                 context_length: int) -> None:
         self.spec = spec
         self.precision = precision
-        self.tensors = dict(tensors)  # what the native model points into; shared by sibling precisions
+        # What the native model points into; shared by sibling precisions. An expert stack in mixed
+        # precision is a list of one array per expert (mlspecqd.engine.mixed_experts).
+        self.tensors = dict(tensors)
         # Bytes of the arrays it reads (shared ones included): what one forward reads at least.
-        self.weight_bytes = sum(array.nbytes for array in self.tensors.values())
+        self.weight_bytes = sum(mixed_experts.tensor_bytes(tensor) for tensor in self.tensors.values())
         self._model: Any = _native.Model(native_config(spec), self.tensors, context_length)
 
-    def sibling(self, precision: str = "mxfp4", mxfp4_head: bool = True, context_length: int | None = None) -> Model:
+    def sibling(self, precision: str = "mxfp4", mxfp4_head: bool = True, context_length: int | None = None,
+                cast_experts: bool = True) -> Model:
         """The same checkpoint at another precision: the ML-SpecQD self-draft. Only the linear weights
-        are cast; the embedding, norms and biases are this model's arrays, not copies."""
+        are cast; the embedding, norms, biases and weights already in MXFP4 (experts of a mixed stack
+        included, one by one) are this model's arrays, not copies. cast_experts=False: the experts stay
+        this model's arrays whatever their precision (only the dense linear weights are cast)."""
         return Model.from_arrays(self.spec, self.tensors, precision,
-                                 self.context_length if context_length is None else context_length, mxfp4_head)
+                                 self.context_length if context_length is None else context_length, mxfp4_head,
+                                 cast_experts)
 
     @classmethod
     def from_arrays(cls, spec: ModelSpec, tensors: Mapping[str, np.ndarray], precision: str = "bf16",
-                    context_length: int = 4096, mxfp4_head: bool = True) -> Model:
+                    context_length: int = 4096, mxfp4_head: bool = True, cast_experts: bool = True) -> Model:
         """A model over `tensors` (by GGUF name): matrices are BF16 bit patterns (uint16), row-major (N, K)
         or, for linear weights, in column blocks (K / B, N, B) (mlspecqd.engine.weight_layout); experts
         (blk.N.ffn_*_exps) are (experts, N, K) BF16 bits; the MoE router (blk.N.ffn_gate_inp) and 1-D
         arrays are float32. The arrays are used in place and should start on a 64-byte cache line, so that no 64-byte
         load touches two lines (weight_layout.cache_aligned_empty; Model.load's do). For precision="mxfp4"
-        the linear weights are cast and every other array (embedding, norms, biases) is shared with `tensors`."""
+        the linear weights are cast (the expert stacks only where cast_experts) and every other array
+        (embedding, norms, biases) is shared with `tensors`."""
         check_supported(spec, precision)
         if precision == "mxfp4":
-            spec, tensors = _cast_to_mxfp4(spec, tensors, mxfp4_head)
+            spec, tensors = _cast_to_mxfp4(spec, tensors, mxfp4_head, cast_experts)
         return cls(spec, tensors, precision, _capped_context(spec, context_length))
 
     @classmethod
     def load(cls, path_or_file: str | Path | GGUFFile, precision: str = "bf16", context_length: int = 4096,
-             mxfp4_head: bool = True, memory_budget: int | None = None) -> Model:
+             mxfp4_head: bool = True, memory_budget: int | None = None,
+             bf16_experts: np.ndarray | None = None) -> Model:
         """Read a GGUF checkpoint, upcasting every matrix to BF16 (and to MXFP4 for precision="mxfp4"); the
         MoE router stays float32. At precision "mxfp4", linear weights the file stores as MXFP4 (as MoE
         files ship their experts) are used as stored, views of the mapped file. `context_length` is capped
@@ -71,22 +81,31 @@ class Model:
         An MoE model whose BF16 copy would not fit in `memory_budget` bytes (default: available_memory())
         keeps its experts in MXFP4 at precision "bf16" too (see experts_fit_in_bf16): stored MXFP4 experts
         as they are, others cast one expert stack at a time; every other weight is BF16 as usual. Dense
-        models load the same whatever the budget."""
+        models load the same whatever the budget.
+
+        bf16_experts: for an MoE model, bools (n_layers, n_experts) saying which experts to hold in BF16
+        (all three matrices), the others in MXFP4, whatever the budget (mixed_experts.choose_bf16_experts
+        picks them); `precision` then applies to every other linear weight."""
         opened_here = not isinstance(path_or_file, GGUFFile)
         gguf_file = open_gguf(path_or_file) if opened_here else path_or_file
         try:
             spec = gguf_file.spec
             check_supported(spec, precision, where=str(gguf_file.path))
             shapes = expected_tensor_shapes(spec)
-            budget = available_memory() if memory_budget is None else memory_budget
-            mxfp4_experts = precision == "mxfp4" or not experts_fit_in_bf16(gguf_file, budget)
-            tensors = {name: _loaded(gguf_file, name, precision, shapes.get(name), mxfp4_experts)
+            experts_chosen = bf16_experts is not None
+            if bf16_experts is None:
+                budget = available_memory() if memory_budget is None else memory_budget
+                all_bf16 = precision == "bf16" and experts_fit_in_bf16(gguf_file, budget)
+                bf16_experts = np.full((spec.n_layers, spec.n_experts), all_bf16)
+            else:
+                bf16_experts = mixed_experts.checked_mask(bf16_experts, spec, str(gguf_file.path))
+            tensors = {name: _loaded(gguf_file, name, precision, shapes.get(name), bf16_experts)
                        for name in gguf_file.tensors}
         finally:
             if opened_here:
                 gguf_file.close()
         if precision == "mxfp4":
-            spec, tensors = _cast_to_mxfp4(spec, tensors, mxfp4_head)
+            spec, tensors = _cast_to_mxfp4(spec, tensors, mxfp4_head, cast_experts=not experts_chosen)
         return cls(spec, tensors, precision, _capped_context(spec, context_length))
 
     @property
@@ -115,6 +134,11 @@ class Model:
     def slot_count(self) -> int:
         """Sequences this model holds key/value caches for (1 until reserve_slots asks for more)."""
         return self._native_model.slot_count
+
+    def bf16_experts(self) -> np.ndarray:
+        """Bools (n_layers, n_experts): which experts this model holds in BF16 (by their gate matrix;
+        gate, up and down of an expert share a type when loaded); (n_layers, 0) without experts."""
+        return mixed_experts.bf16_mask(self.spec, self.tensors)
 
     def expert_rows(self) -> np.ndarray:
         """With experts: the rows routed to each expert since loading or reset_expert_rows(), an int64
@@ -224,41 +248,57 @@ def _capped_context(spec: ModelSpec, context_length: int) -> int:
     return min(int(context_length), int(spec.context_length))
 
 
-def _cast_to_mxfp4(spec: ModelSpec, tensors: Mapping[str, np.ndarray],
-                   mxfp4_head: bool) -> tuple[ModelSpec, dict[str, np.ndarray]]:
-    """The MXFP4 recipe: linear-layer weights cast, everything else shared. With mxfp4_head the LM head
-    is cast too; a tied head then gets its own MXFP4 copy while the BF16 embedding stays for lookups."""
+def _cast_to_mxfp4(spec: ModelSpec, tensors: Mapping[str, ExpertArrays], mxfp4_head: bool,
+                   cast_experts: bool = True) -> tuple[ModelSpec, dict[str, ExpertArrays]]:
+    """The MXFP4 recipe: linear-layer weights cast (expert stacks too where cast_experts), everything
+    else shared. With mxfp4_head the LM head is cast too; a tied head then gets its own MXFP4 copy while
+    the BF16 embedding stays for lookups."""
     head = "output.weight"
     if mxfp4_head and spec.tied_output:
         tensors = {**tensors, head: tensors["token_embd.weight"]}
         spec = dataclasses.replace(spec, tied_output=False)
     # One weight at a time, so that a weight in column blocks is back in rows only while it is cast. Weights
-    # already in MXFP4 blocks (uint8) stay as they are; experts are never in column blocks.
-    cast = {name: quant.cast_to_mxfp4(array if quant.is_expert_weight(name) else weight_layout.row_major(array), name)
-            for name, array in tensors.items()
-            if quant.is_linear_weight(name) and array.dtype != np.uint8 and (mxfp4_head or name != head)}
+    # already in MXFP4 blocks (uint8) stay as they are, experts one by one; experts are never in column blocks.
+    cast: dict[str, ExpertArrays] = {}
+    for name, tensor in tensors.items():
+        if not quant.is_linear_weight(name) or (name == head and not mxfp4_head):
+            continue
+        if quant.is_expert_weight(name):
+            if cast_experts:
+                cast[name] = mixed_experts.mxfp4_experts(tensor, name)
+        elif tensor.dtype != np.uint8:
+            cast[name] = quant.cast_to_mxfp4(weight_layout.row_major(tensor), name)
     return spec, {**tensors, **cast}
 
 
 def _loaded(gguf_file: GGUFFile, name: str, precision: str, shape: tuple[int, ...] | None,
-            mxfp4_experts: bool) -> np.ndarray:
+            bf16_experts: np.ndarray) -> ExpertArrays:
     """A tensor of the file as the model holds it before any MXFP4 cast: MXFP4 linear weights at precision
-    "mxfp4" and MXFP4 experts where `mxfp4_experts` as stored (uint8 blocks, a view of the mapped file);
-    other experts where `mxfp4_experts` cast to MXFP4 now, so that only one stack is ever in BF16; every
-    other matrix and expert stack as BF16 bits; vectors (`shape`, the decoder's, is 1-D: also a vector the
-    file stores as one row) and the MoE router (which routes in float32) as float32."""
+    "mxfp4" and experts not in `bf16_experts` (bools per layer and expert) as stored where the file has
+    MXFP4 blocks (uint8, views of the mapped file), cast to MXFP4 now otherwise, so that only one stack is
+    ever whole in BF16 (mixed_experts.mixed_stack); every other matrix and expert as BF16 bits; vectors
+    (`shape`, the decoder's, is 1-D: also a vector the file stores as one row) and the MoE router (which
+    routes in float32) as float32."""
     info = gguf_file.tensor(name)
     if shape is not None and len(shape) == 1:
         return gguf_file.tensor_f32(name).reshape(shape)
-    mxfp4_expert = mxfp4_experts and quant.is_expert_weight(name)
-    mxfp4_linear = precision == "mxfp4" and quant.is_linear_weight(name)
-    if (mxfp4_expert or mxfp4_linear) and info.ggml_type == GGMLQuantizationType.MXFP4:
-        return info.raw.reshape(*info.shape[:-1], quant.mxfp4_row_bytes(info.shape[-1]))
-    if mxfp4_expert:
-        return quant.cast_to_mxfp4(gguf_file.tensor_bf16(name), name)
+    stored_mxfp4 = info.ggml_type == GGMLQuantizationType.MXFP4
+    if quant.is_expert_weight(name):
+        hot = bf16_experts[int(name.split(".")[1])]
+        stored = _stored_blocks(info) if stored_mxfp4 else None
+        if stored is not None and not hot.any():
+            return stored
+        return mixed_experts.mixed_stack(gguf_file.tensor_bf16(name), hot, stored, name)
+    if precision == "mxfp4" and quant.is_linear_weight(name) and stored_mxfp4:
+        return _stored_blocks(info)
     if len(info.shape) >= 2 and not quant.is_router_weight(name):
         return _bf16_matrix(gguf_file, name, precision)
     return gguf_file.tensor_f32(name)
+
+
+def _stored_blocks(info: TensorInfo) -> np.ndarray:
+    """An MXFP4 tensor's blocks as stored, (..., K / 32 * 17) uint8, a view of the mapped file."""
+    return info.raw.reshape(*info.shape[:-1], quant.mxfp4_row_bytes(info.shape[-1]))
 
 
 def _bf16_matrix(gguf_file: GGUFFile, name: str, precision: str) -> np.ndarray:

@@ -23,6 +23,7 @@ from typing import Protocol
 
 import numpy as np
 
+from mlspecqd.engine.mixed_experts import ExpertArrays, tensor_bytes
 from mlspecqd.engine.quant import is_expert_weight
 
 
@@ -41,13 +42,14 @@ class RoutedModel(Protocol):
         """Rows routed to each expert so far, (n_layers, n_experts), cumulative."""
 
 
-def routed_expert_share(tensors: Mapping[str, np.ndarray], n_experts: int, n_experts_used: int) -> float:
+def routed_expert_share(tensors: Mapping[str, ExpertArrays], n_experts: int, n_experts_used: int) -> float:
     """The routed experts' share of the bytes one row's forward reads: k of the E experts of each stack,
     every other weight whole, except an embedding table with an LM head of its own (a row reads one
-    embedding row)."""
+    embedding row). An expert stack in mixed precision (a list of arrays) counts its arrays' bytes, as if
+    every expert were read equally often."""
     rows_only = {"token_embd.weight"} if "output.weight" in tensors else set()  # a row reads one embedding row
-    expert_bytes = sum(array.nbytes for name, array in tensors.items() if is_expert_weight(name))
-    other_bytes = sum(array.nbytes for name, array in tensors.items()
+    expert_bytes = sum(tensor_bytes(tensor) for name, tensor in tensors.items() if is_expert_weight(name))
+    other_bytes = sum(tensor_bytes(tensor) for name, tensor in tensors.items()
                       if not is_expert_weight(name) and name not in rows_only)
     read = expert_bytes * n_experts_used / n_experts
     return read / (read + other_bytes) if read + other_bytes else 0.0
