@@ -21,12 +21,6 @@ from support.gguf_fixtures import write_model_gguf
 ISAS = _native.supported_isas()
 
 
-@pytest.fixture
-def active_isa():
-    saved_isa, saved_threads = _native.active_isa(), _native.num_threads()
-    yield
-    _native.set_isa(saved_isa)
-    _native.set_num_threads(saved_threads)
 
 
 def mixed(stack: np.ndarray, hot: np.ndarray) -> list[np.ndarray]:
@@ -52,7 +46,7 @@ def dequantized(tensors: dict) -> dict:
 
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("n_used", [1, 2])
-def test_mixed_block_rows_equal_the_one_type_block_of_their_experts(isa, n_used, active_isa):
+def test_mixed_block_rows_equal_the_one_type_block_of_their_experts(isa, n_used):
     """A row whose experts are all BF16 (all MXFP4) gets the bits of the all-BF16 (all-MXFP4) block: each
     expert's inputs are prepared for its own type. With one expert per row, that is every row."""
     E, F, d, T = 16, 96, 128, 40
@@ -73,7 +67,7 @@ def test_mixed_block_rows_equal_the_one_type_block_of_their_experts(isa, n_used,
 
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("threads", [1, 2])
-def test_mixed_block_rows_have_the_same_bits_in_any_batch(isa, threads, active_isa):
+def test_mixed_block_rows_have_the_same_bits_in_any_batch(isa, threads):
     E, F, d, T, k = 16, 96, 128, 21, 4
     router, gate, up, down = random_block(E, F, d, seed=3)
     hot = np.arange(E) % 3 == 0
@@ -121,7 +115,7 @@ def mixed_tensors(spec, tensors: dict, mask: np.ndarray) -> dict:
 
 
 @pytest.mark.parametrize("architecture", MOE_ARCHITECTURES)
-def test_mixed_model_matches_reference_and_is_batch_invariant(architecture, active_isa):
+def test_mixed_model_matches_reference_and_is_batch_invariant(architecture):
     spec = tiny_spec(architecture)
     mask = np.random.default_rng(1).random((spec.n_layers, spec.n_experts)) < 0.5
     model = Model.from_arrays(spec, mixed_tensors(spec, random_tensors(spec, seed=11), mask))

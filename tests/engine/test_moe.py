@@ -33,13 +33,6 @@ ISAS = _native.supported_isas()
 ROUTING_MARGIN = 1e-3
 
 
-@pytest.fixture
-def active_isa():
-    """Restores the instruction set and thread count a test changes."""
-    saved_isa, saved_threads = _native.active_isa(), _native.num_threads()
-    yield
-    _native.set_isa(saved_isa)
-    _native.set_num_threads(saved_threads)
 
 
 def dequantized(tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -85,7 +78,7 @@ def test_unnormalized_weights_are_the_probabilities():
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("precision", ["bf16", "mxfp4"])
 @pytest.mark.parametrize("architecture", MOE_ARCHITECTURES)
-def test_rows_have_the_same_bits_in_any_batch(architecture, precision, threads, isa, active_isa):
+def test_rows_have_the_same_bits_in_any_batch(architecture, precision, threads, isa):
     spec = tiny_spec(architecture)
     model = Model.from_arrays(spec, random_tensors(spec, seed=5), precision)
     tokens = np.random.default_rng(6).integers(0, spec.vocab_size, 24)
@@ -102,7 +95,7 @@ def test_rows_have_the_same_bits_in_any_batch(architecture, precision, threads, 
 
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("architecture", MOE_ARCHITECTURES)
-def test_sequences_batched_together_get_the_bits_they_get_alone(architecture, threads, active_isa):
+def test_sequences_batched_together_get_the_bits_they_get_alone(architecture, threads):
     """forward_batch routes the rows of several sequences to the experts together."""
     _native.set_num_threads(threads)
     spec = tiny_spec(architecture)
@@ -147,7 +140,7 @@ def block_reference(h, router, gate, up, down, n_used, normalized, round_inputs=
 
 @pytest.mark.parametrize("normalized", [False, True])
 @pytest.mark.parametrize("isa", ISAS)
-def test_block_matches_its_reference(isa, normalized, active_isa):
+def test_block_matches_its_reference(isa, normalized):
     E, F, d, T, k = 16, 96, 128, 13, 4
     router, gate, up, down = random_block(E, F, d, seed=1)
     h = np.random.default_rng(2).standard_normal((T, d)).astype(np.float32)
@@ -162,7 +155,7 @@ def test_block_matches_its_reference(isa, normalized, active_isa):
 
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("threads", [1, 2])
-def test_block_rows_have_the_same_bits_in_any_batch(isa, threads, active_isa):
+def test_block_rows_have_the_same_bits_in_any_batch(isa, threads):
     E, F, d, T, k = 16, 96, 128, 21, 4
     router, gate, up, down = random_block(E, F, d, seed=3)
     h = np.random.default_rng(4).standard_normal((T, d)).astype(np.float32)
