@@ -21,8 +21,6 @@ from support.gguf_fixtures import write_model_gguf
 ISAS = _native.supported_isas()
 
 
-
-
 def mixed(stack: np.ndarray, hot: np.ndarray) -> list[np.ndarray]:
     """Expert e of a BF16 stack as it is where hot[e], else cast to MXFP4 on its own."""
     return [np.ascontiguousarray(w) if h else cast_to_mxfp4(w) for w, h in zip(stack, hot)]

@@ -33,8 +33,6 @@ ISAS = _native.supported_isas()
 ROUTING_MARGIN = 1e-3
 
 
-
-
 def dequantized(tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Weights as the reference reads them: MXFP4 blocks (of any rank) decoded to float32."""
     return {name: mxfp4_to_float32(array, array.shape[-1] // 17 * 32) if array.dtype == np.uint8 else array
