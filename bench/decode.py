@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--isa", default=None, help="pin mlspecqd's kernel table (scalar, avx2, avx512): "
+    parser.add_argument("--isa", default=None, help="pin mlspecqd's kernel table (scalar, avx2, avxvnni, avx512, amx): "
                                                     "avx2 stands in for AI PCs without AVX-512")
     parser.add_argument("--precision", default="bf16", choices=("bf16", "mxfp4"),
                         help="mxfp4: the linear layers and LM head cast (the self-draft), vs llama.cpp's MXFP4 copy")

@@ -312,7 +312,7 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--context", type=int, default=2048)
     parser.add_argument("--threads", type=int, default=0)
-    parser.add_argument("--isa", default=None, help="pin mlspecqd's kernel table (scalar, avx2, avx512)")
+    parser.add_argument("--isa", default=None, help="pin mlspecqd's kernel table (scalar, avx2, avxvnni, avx512, amx)")
     parser.add_argument("--out", type=Path, default=None,
                         help="JSON file (default: bench/results/speculative.json, speculative-synthetic.json)")
     args = parser.parse_args()

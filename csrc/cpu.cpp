@@ -11,12 +11,13 @@ namespace mlspecqd {
 
 namespace scalar { const KernelTable& kernel_table(); }
 namespace avx2 { const KernelTable& kernel_table(); }
+namespace avxvnni { const KernelTable& kernel_table(); }
 namespace avx512 { const KernelTable& kernel_table(); }
 namespace amx { const KernelTable& kernel_table(); }
 
 namespace {
 
-constexpr Isa kIsas[] = {Isa::scalar, Isa::avx2, Isa::avx512, Isa::amx};
+constexpr Isa kIsas[] = {Isa::scalar, Isa::avx2, Isa::avxvnni, Isa::avx512, Isa::amx};
 
 bool os_saves_avx512_state() {
     unsigned int eax, edx;
@@ -64,7 +65,10 @@ CpuFeatures detect() {
     f.avx512_vnni = zmm_ok && (ecx & (1u << 11));
     const bool amx_tile = edx & (1u << 24), amx_bf16 = edx & (1u << 22);
     f.amx_bf16 = zmm_ok && amx_tile && amx_bf16 && os_saves_tile_state() && os_grants_tile_data();
-    if (__get_cpuid_count(7, 1, &eax, &ebx, &ecx, &edx)) f.avx512_bf16 = zmm_ok && (eax & (1u << 5));
+    if (__get_cpuid_count(7, 1, &eax, &ebx, &ecx, &edx)) {
+        f.avx_vnni = avx_ok && (eax & (1u << 4));
+        f.avx512_bf16 = zmm_ok && (eax & (1u << 5));
+    }
     return f;
 }
 
@@ -73,12 +77,24 @@ bool runs(Isa isa) {
     switch (isa) {
         case Isa::scalar: return true;
         case Isa::avx2: return f.avx2 && f.fma && f.f16c;
+        case Isa::avxvnni: return runs(Isa::avx2) && f.avx_vnni;
         case Isa::avx512:
             return f.avx512f && f.avx512bw && f.avx512vl && f.avx512dq && f.avx512_bf16 && f.avx512_vnni &&
                    f.avx512_vbmi && f.avx2 && f.fma && f.f16c;
         case Isa::amx: return runs(Isa::avx512) && f.amx_bf16;
     }
     return false;
+}
+
+const KernelTable& table_of(Isa isa) {
+    switch (isa) {
+        case Isa::amx: return amx::kernel_table();
+        case Isa::avx512: return avx512::kernel_table();
+        case Isa::avx2: return avx2::kernel_table();
+        case Isa::avxvnni: return avxvnni::kernel_table();
+        case Isa::scalar: break;
+    }
+    return scalar::kernel_table();
 }
 
 Isa g_active = best_isa();
@@ -93,6 +109,7 @@ const CpuFeatures& cpu_features() {
 Isa best_isa() {
     if (runs(Isa::amx)) return Isa::amx;
     if (runs(Isa::avx512)) return Isa::avx512;
+    if (runs(Isa::avxvnni)) return Isa::avxvnni;
     if (runs(Isa::avx2)) return Isa::avx2;
     return Isa::scalar;
 }
@@ -100,7 +117,7 @@ Isa best_isa() {
 Isa active_isa() { return g_active; }
 
 void set_active_isa(Isa isa) {
-    if (!runs(isa)) throw std::invalid_argument(std::string("this CPU cannot run the ") + isa_name(isa) + " kernels");
+    kernels(isa);  // refuses one the CPU lacks
     g_active = isa;
 }
 
@@ -108,6 +125,7 @@ const char* isa_name(Isa isa) {
     switch (isa) {
         case Isa::scalar: return "scalar";
         case Isa::avx2: return "avx2";
+        case Isa::avxvnni: return "avxvnni";
         case Isa::avx512: return "avx512";
         case Isa::amx: return "amx";
     }
@@ -117,7 +135,7 @@ const char* isa_name(Isa isa) {
 Isa isa_from_name(const std::string& name) {
     for (Isa isa : kIsas)
         if (name == isa_name(isa)) return isa;
-    throw std::invalid_argument("unknown instruction set '" + name + "' (expected scalar, avx2, avx512 or amx)");
+    throw std::invalid_argument("unknown instruction set '" + name + "' (expected scalar, avx2, avxvnni, avx512 or amx)");
 }
 
 std::vector<Isa> supported_isas() {
@@ -127,14 +145,11 @@ std::vector<Isa> supported_isas() {
     return out;
 }
 
-const KernelTable& kernels() {
-    switch (g_active) {
-        case Isa::amx: return amx::kernel_table();
-        case Isa::avx512: return avx512::kernel_table();
-        case Isa::avx2: return avx2::kernel_table();
-        case Isa::scalar: break;
-    }
-    return scalar::kernel_table();
+const KernelTable& kernels() { return table_of(g_active); }
+
+const KernelTable& kernels(Isa isa) {
+    if (!runs(isa)) throw std::invalid_argument(std::string("this CPU cannot run the ") + isa_name(isa) + " kernels");
+    return table_of(isa);
 }
 
 }  // namespace mlspecqd

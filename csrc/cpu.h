@@ -18,10 +18,12 @@ struct CpuFeatures {
     bool avx512_bf16 = false;
     bool avx512_vnni = false;
     bool avx512_vbmi = false;
+    bool avx_vnni = false;  // the VEX-encoded 256-bit vpdpbusd of Intel Core CPUs without AVX-512
     bool amx_bf16 = false;  // AMX tiles with BF16 products, and the OS lets this process use them
 };
 
-enum class Isa { scalar, avx2, avx512, amx };
+// avxvnni is the avx2 table but for the int8 dot products (Intel Core Ultra: AVX2 and AVX-VNNI, no AVX-512).
+enum class Isa { scalar, avx2, avxvnni, avx512, amx };
 
 const CpuFeatures& cpu_features();
 
@@ -37,5 +39,7 @@ std::vector<Isa> supported_isas();
 
 // The kernel table of the active instruction set.
 const KernelTable& kernels();
+// The kernel table of `isa`; refuses one the CPU lacks (std::invalid_argument).
+const KernelTable& kernels(Isa isa);
 
 }  // namespace mlspecqd

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -18,6 +19,7 @@ from mlspecqd.apps.generation import MAX_NEW_TOKENS_LIMIT
 from mlspecqd.apps.llm import LLM
 from mlspecqd.apps.loading import MAX_PARALLEL, load
 from mlspecqd.apps.repl import ChatLoop, format_stats
+from mlspecqd.engine import kernel_choice
 from mlspecqd.engine.mixed_experts import resident_bytes
 from mlspecqd.engine.model import Model
 from mlspecqd.engine.sampling import SamplingParams
@@ -83,6 +85,17 @@ def cmd_info(args: argparse.Namespace) -> int:
     print("missing:      " + (" ".join(name for name, present in sorted(features.items()) if not present) or "-"))
     print(f"kernels:      {_native.active_isa()} (supported: {', '.join(_native.supported_isas())})")
     print(f"threads:      {_native.num_threads()} (physical cores available: {_native.default_num_threads()})")
+    pinned = os.environ.get(kernel_choice.PIN_VARIABLE)
+    print(f"draft kernels: {kernel_choice.PIN_VARIABLE}={pinned} pins every draft" if pinned else
+          f"draft kernels: timed per model on first load (pin with {kernel_choice.PIN_VARIABLE}=TABLE[:bf16|int8]); "
+          f"remembered in {kernel_choice.cache_path()} for this CPU:")
+    if not pinned:
+        plans = kernel_choice.remembered_plans()
+        for model, plan in sorted(plans.items()):
+            print(f"  {model}")
+            print("    " + ", ".join(f"{rows} rows {choice}" for rows, choice in zip(kernel_choice.ROW_CLASSES, plan)))
+        if not plans:
+            print("  none yet")
     return 0
 
 

@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "kernels/linear.h"
 #include "kernels/mxfp4.h"
 #include "model/moe.h"
 
@@ -31,6 +32,13 @@ inline int64_t mxfp4_row_bytes(int64_t K, const std::string& where) {
         throw std::invalid_argument(where + ": K=" + std::to_string(K) + " is not a positive multiple of " +
                                     std::to_string(kMxfp4BlockValues) + " (the MXFP4 block size)");
     return K / kMxfp4BlockValues * kMxfp4BlockBytes;
+}
+
+// "bf16" or "int8": what MXFP4 weights multiply (kernels/linear.h); ValueError naming `where` otherwise.
+inline Mxfp4Activations mxfp4_activations_from_name(const std::string& name, const std::string& where) {
+    if (name == "bf16") return Mxfp4Activations::bf16;
+    if (name == "int8") return Mxfp4Activations::int8;
+    throw std::invalid_argument(where + ": MXFP4 activations '" + name + "' are not 'bf16' or 'int8'");
 }
 
 // Refuses an array `what` that is not C-contiguous of `shape` (it is used in place).

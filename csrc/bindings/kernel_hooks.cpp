@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -32,8 +33,14 @@ py::array output_array(const py::object& out, int64_t M, int64_t N, const std::s
     return y;
 }
 
-// Runs a checked matrix product with the GIL released; y is the (M, N) float32 output.
-py::array run_matmul(const Linear& linear, const FloatArray& x, py::array y) {
+// Runs a checked matrix product with the GIL released, on the kernels of `isa` (None: the active
+// instruction set) with MXFP4 weights multiplying `activations`; y is the (M, N) float32 output.
+py::array run_matmul(Linear linear, const FloatArray& x, py::array y, const std::optional<std::string>& isa,
+                     const std::string& activations, const std::string& where) {
+    KernelPlan plan;
+    for (KernelChoice& choice : plan.by_rows)
+        choice = {isa ? &kernels(isa_from_name(*isa)) : nullptr, mxfp4_activations_from_name(activations, where)};
+    linear.plan = &plan;
     float* y_data = static_cast<float*>(y.mutable_data());
     {
         py::gil_scoped_release release;
@@ -45,7 +52,7 @@ py::array run_matmul(const Linear& linear, const FloatArray& x, py::array y) {
 // Matrix product against BF16 weights, for tests and benchmarks of the kernel itself. w is (N, K)
 // row-major or (K / B, N, B): K in blocks of B columns, stored one after another (Bf16Weights). `out`,
 // when given, must be a C-contiguous float32 (M, N) array; it is written in place and returned.
-py::array matmul_bf16(const FloatArray& x, const py::array& w, const py::object& out) {
+py::array matmul_bf16(const FloatArray& x, const py::array& w, const py::object& out, const std::optional<std::string>& isa) {
     if (x.ndim() != 2) throw std::invalid_argument("matmul_bf16: x must be 2-D (M x K), got " + std::to_string(x.ndim()) + "-D");
     if (w.ndim() != 2 && w.ndim() != 3)
         throw std::invalid_argument("matmul_bf16: w must be 2-D (N x K) or 3-D (K blocks x N x block columns), got " +
@@ -62,11 +69,12 @@ py::array matmul_bf16(const FloatArray& x, const py::array& w, const py::object&
                                     " has K=" + std::to_string(w_K));
     if (K == 0 || N == 0) throw std::invalid_argument("matmul_bf16: w is empty (N=" + std::to_string(N) + ", K=" + std::to_string(K) + ")");
     py::array y = output_array(out, M, N, "matmul_bf16");
-    return run_matmul(Linear{WeightType::bf16, N, K, w.data(), blocked ? w.shape(2) : K}, x, y);
+    return run_matmul(Linear{WeightType::bf16, N, K, w.data(), blocked ? w.shape(2) : K}, x, y, isa, "bf16", "matmul_bf16");
 }
 
 // Matrix product against MXFP4 weights: blocks (N, K / 32 * 17) uint8; `out` as for matmul_bf16.
-py::array matmul_mxfp4(const FloatArray& x, const py::array& blocks, int64_t K, const py::object& out) {
+py::array matmul_mxfp4(const FloatArray& x, const py::array& blocks, int64_t K, const py::object& out,
+                       const std::string& activations, const std::optional<std::string>& isa) {
     if (!blocks.dtype().is(py::dtype::of<uint8_t>()) || blocks.ndim() != 2)
         throw std::invalid_argument("matmul_mxfp4: blocks must be a 2-D uint8 array, got " +
                                     std::string(py::str(blocks.dtype())) + " " + shape_text(blocks));
@@ -80,7 +88,7 @@ py::array matmul_mxfp4(const FloatArray& x, const py::array& blocks, int64_t K, 
     const auto w = py::array_t<uint8_t, py::array::c_style | py::array::forcecast>::ensure(blocks);
     const int64_t M = x.shape(0), N = w.shape(0);
     py::array y = output_array(out, M, N, "matmul_mxfp4");
-    return run_matmul(Linear{WeightType::mxfp4, N, K, w.data()}, x, y);
+    return run_matmul(Linear{WeightType::mxfp4, N, K, w.data()}, x, y, isa, activations, "matmul_mxfp4");
 }
 
 // The attention kernel alone, for tests: q (T, n_heads, head_dim) at positions first_position.. against
@@ -203,9 +211,13 @@ namespace mlspecqd::bindings {
 
 void register_kernel_hooks(py::module_& m) {
     m.def("matmul_bf16", &matmul_bf16, py::arg("x"), py::arg("w"), py::arg("out") = py::none(),
-          "y = bf16(x) @ w.T with w (N, K) uint16 BF16 bits; float32 sums, batch-invariant bits.");
+          py::arg("isa") = py::none(),
+          "y = bf16(x) @ w.T with w (N, K) uint16 BF16 bits; float32 sums, batch-invariant bits; on the kernels of "
+          "`isa` (default: the active instruction set).");
     m.def("matmul_mxfp4", &matmul_mxfp4, py::arg("x"), py::arg("blocks"), py::arg("K"), py::arg("out") = py::none(),
-          "y = bf16(x) W^T with W given as MXFP4 blocks (N, K / 32 * 17); out as for matmul_bf16.");
+          py::arg("activations") = "bf16", py::arg("isa") = py::none(),
+          "y = x' W^T with W given as MXFP4 blocks (N, K / 32 * 17) and x' = bf16(x), or with activations='int8' x "
+          "quantized per block of 32 to int8 with a float scale; out and isa as for matmul_bf16.");
     m.def("causal_attention", &causal_attention, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("first_position"),
           py::arg("window") = 0,
           "The active instruction set's attention kernel on its own (for tests); window > 0: sliding window.");

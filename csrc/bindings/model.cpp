@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <tuple>
@@ -11,6 +12,7 @@
 
 #include "bindings/bindings.h"
 #include "cache_aligned.h"
+#include "cpu.h"
 #include "gguf/dequantize.h"
 #include "kernels/bf16.h"
 #include "kernels/linear.h"
@@ -213,6 +215,19 @@ public:
         return counts;
     }
     void reset_expert_rows() { decoder_->reset_expert_rows(); }
+    // One (instruction set or None for the active one, "bf16" or "int8") pair per row class.
+    void set_kernel_plan(const std::vector<std::pair<std::optional<std::string>, std::string>>& choices) {
+        if (choices.size() != KernelPlan::kRowClasses)
+            throw std::invalid_argument("set_kernel_plan: " + std::to_string(choices.size()) + " choices, expected one per row class (" +
+                                        std::to_string(KernelPlan::kRowClasses) + ")");
+        KernelPlan plan;
+        for (size_t i = 0; i < choices.size(); ++i) {
+            const auto& [isa, activations] = choices[i];
+            plan.by_rows[i] = {isa ? &kernels(isa_from_name(*isa)) : nullptr,
+                               mxfp4_activations_from_name(activations, "set_kernel_plan")};
+        }
+        decoder_->set_kernel_plan(plan);
+    }
     int64_t max_context() const { return decoder_->max_context(); }
     int64_t vocab_size() const { return decoder_->config().vocab_size; }
 
@@ -332,6 +347,9 @@ void register_model(py::module_& m) {
         .def_property_readonly("slot_count", &NativeModel::slot_count)
         .def("expert_rows", &NativeModel::expert_rows)
         .def("reset_expert_rows", &NativeModel::reset_expert_rows)
+        .def("set_kernel_plan", &NativeModel::set_kernel_plan, py::arg("choices"),
+             "The kernels of every product by its rows (1, 2-4, 5-16, more): one (instruction set, or None for the "
+             "active one; 'bf16' or 'int8', what MXFP4 weights multiply) pair per class.")
         .def_property_readonly("max_context", &NativeModel::max_context)
         .def_property_readonly("vocab_size", &NativeModel::vocab_size);
 

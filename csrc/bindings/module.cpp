@@ -20,7 +20,7 @@ std::map<std::string, bool> features_dict() {
             {"avx512bw", f.avx512bw},   {"avx512vl", f.avx512vl},
             {"avx512dq", f.avx512dq},   {"avx512_bf16", f.avx512_bf16},
             {"avx512_vnni", f.avx512_vnni}, {"avx512_vbmi", f.avx512_vbmi},
-            {"amx_bf16", f.amx_bf16}};
+            {"avx_vnni", f.avx_vnni},   {"amx_bf16", f.amx_bf16}};
 }
 
 }  // namespace

@@ -99,6 +99,15 @@ struct KernelTable {
     void (*gemm_mxfp4_prepare)(const float* x, int64_t M, int64_t K, int64_t k_begin, int64_t k_end, void* prepared);
     void (*gemm_mxfp4)(const void* prepared, int64_t M, int64_t K, const uint8_t* w, int64_t n_begin,
                        int64_t n_end, float* y, int64_t ldy);
+    // MXFP4-weight GEMM against int8 activations (csrc/kernels/isa/mxfp4_int8.cpp), in the same two steps:
+    // the prepare step quantizes columns [k_begin, k_end) of x per block of 32 to int8 with a float scale,
+    // and the product sums exact int32 block dot products scaled in float32. Lossy next to gemm_mxfp4 (the
+    // activations lose bits), batch invariant, and every instruction set gives the same bits.
+    int64_t (*gemm_mxfp4_int8_prepared_bytes)(int64_t M, int64_t K);
+    void (*gemm_mxfp4_int8_prepare)(const float* x, int64_t M, int64_t K, int64_t k_begin, int64_t k_end,
+                                    void* prepared);
+    void (*gemm_mxfp4_int8)(const void* prepared, int64_t M, int64_t K, const uint8_t* w, int64_t n_begin,
+                            int64_t n_end, float* y, int64_t ldy);
     // Softmax attention for the work items [item_begin, item_end) of `p`; item = kv_head * T + row covers
     // the n_heads / n_kv_heads query heads of that key/value head. `scores` has room for
     // attention_scores_floats(p) floats. Each query visits its keys (those in its window) in position

@@ -25,25 +25,24 @@ std::byte* activation_scratch(size_t bytes) {
 }
 
 // Calls body(prepared, begin, end) on thread slices of [0, n) (edges at multiples of
-// kWeightRowsPerChunk), after all threads have prepared x, in the layout the kernels for `type` read,
-// into the calling thread's scratch buffer. The threads prepare slices of the K columns cut as the
-// rows of a product with N = K are, so when x is the output of such a product (the MLP's down
-// projection reads silu(gate) * up) each thread converts the columns it wrote and has in cache.
+// kWeightRowsPerChunk), after all threads have prepared x, in the layout the kernels for w read, into
+// the calling thread's scratch buffer. The threads prepare slices of the K columns cut as the rows of a
+// product with N = K are, so when x is the output of such a product (the MLP's down projection reads
+// silu(gate) * up) each thread converts the columns it wrote and has in cache.
 template <class Body>
-void parallel_for_prepared(WeightType type, const float* x, int64_t M, int64_t K, int64_t n, Body body) {
+void parallel_for_prepared(const Linear& w, const float* x, int64_t M, int64_t n, Body body) {
     static_assert(kWeightRowsPerChunk % kPrepareColumns == 0, "column slices must start where prepare allows");
-    std::byte* prepared = activation_scratch(static_cast<size_t>(prepared_bytes(type, M, K)));
-    const auto prepare = [&](int64_t k_begin, int64_t k_end) {
-        prepare_columns(type, x, M, K, k_begin, k_end, prepared);
-    };
+    std::byte* prepared = activation_scratch(static_cast<size_t>(prepared_bytes(w, M)));
+    const auto prepare = [&](int64_t k_begin, int64_t k_end) { prepare_columns(w, x, M, k_begin, k_end, prepared); };
     const auto run_body = [&](int64_t begin, int64_t end) { body(static_cast<const void*>(prepared), begin, end); };
-    parallel_for_after(K, kWeightRowsPerChunk, prepare, n, kWeightRowsPerChunk, run_body);
+    parallel_for_after(w.in_features, kWeightRowsPerChunk, prepare, n, kWeightRowsPerChunk, run_body);
 }
 
 // The products of one call must read one prepared x: the same weight type and the same K > 0 (the
 // kernels assume at least one step of K). The decoder's query/key/value and gate/up always do.
 void check_shared_input(const Linear& first, const Linear& other, const char* where) {
-    if (other.type != first.type || other.in_features != first.in_features || first.in_features <= 0)
+    if (other.type != first.type || other.plan != first.plan || other.in_features != first.in_features ||
+        first.in_features <= 0)
         throw std::invalid_argument(std::string(where) + ": the weights must share their type and an input width K > 0 (K = " +
                                     std::to_string(first.in_features) + " and " +
                                     std::to_string(other.in_features) + ")");
@@ -51,28 +50,50 @@ void check_shared_input(const Linear& first, const Linear& other, const char* wh
 
 }  // namespace
 
-int64_t prepared_bytes(WeightType type, int64_t M, int64_t K) {
-    const KernelTable& k = kernels();
-    return type == WeightType::bf16 ? k.gemm_bf16_prepared_bytes(M, K) : k.gemm_mxfp4_prepared_bytes(M, K);
+namespace {
+
+// The kernels w's plan gives products of M rows.
+struct Kernels {
+    const KernelTable& table;
+    bool int8_activations;  // MXFP4 weights against int8 activations
+};
+
+Kernels kernels_for(const Linear& w, int64_t M) {
+    static const KernelChoice kDefault;
+    const KernelChoice& choice = w.plan ? w.plan->for_rows(M) : kDefault;
+    return {choice.table ? *choice.table : kernels(),
+            w.type == WeightType::mxfp4 && choice.mxfp4_activations == Mxfp4Activations::int8};
 }
 
-void prepare_columns(WeightType type, const float* x, int64_t M, int64_t K, int64_t k_begin, int64_t k_end,
-                     void* prepared) {
-    const KernelTable& k = kernels();
-    (type == WeightType::bf16 ? k.gemm_bf16_prepare : k.gemm_mxfp4_prepare)(x, M, K, k_begin, k_end, prepared);
+}  // namespace
+
+int64_t prepared_bytes(const Linear& w, int64_t M) {
+    const Kernels k = kernels_for(w, M);
+    const int64_t K = w.in_features;
+    if (k.int8_activations) return k.table.gemm_mxfp4_int8_prepared_bytes(M, K);
+    return w.type == WeightType::bf16 ? k.table.gemm_bf16_prepared_bytes(M, K) : k.table.gemm_mxfp4_prepared_bytes(M, K);
+}
+
+void prepare_columns(const Linear& w, const float* x, int64_t M, int64_t k_begin, int64_t k_end, void* prepared) {
+    const Kernels k = kernels_for(w, M);
+    const auto prepare = k.int8_activations          ? k.table.gemm_mxfp4_int8_prepare
+                         : w.type == WeightType::bf16 ? k.table.gemm_bf16_prepare
+                                                      : k.table.gemm_mxfp4_prepare;
+    prepare(x, M, w.in_features, k_begin, k_end, prepared);
 }
 
 void multiply_prepared(const Linear& w, const void* prepared, int64_t M, int64_t n_begin, int64_t n_end, float* y) {
-    const KernelTable& k = kernels();
+    const Kernels k = kernels_for(w, M);
     const int64_t N = w.out_features, K = w.in_features;
     switch (w.type) {
         case WeightType::bf16: {
             const Bf16Weights weights{static_cast<const uint16_t*>(w.data), N, w.block_columns ? w.block_columns : K};
-            k.gemm_bf16(prepared, M, K, weights, n_begin, n_end, y, N);
+            k.table.gemm_bf16(prepared, M, K, weights, n_begin, n_end, y, N);
             return;
         }
         case WeightType::mxfp4:
-            k.gemm_mxfp4(prepared, M, K, static_cast<const uint8_t*>(w.data), n_begin, n_end, y, N);
+            (k.int8_activations ? k.table.gemm_mxfp4_int8 : k.table.gemm_mxfp4)(
+                prepared, M, K, static_cast<const uint8_t*>(w.data), n_begin, n_end, y, N);
             return;
     }
 }
@@ -91,7 +112,7 @@ void matmul(const Linear& w, const float* x, int64_t M, float* y) {
     const auto multiply = [&](const void* prepared, int64_t begin, int64_t end) {
         multiply_prepared(w, prepared, M, begin, end, y);
     };
-    parallel_for_prepared(w.type, x, M, w.in_features, w.out_features, multiply);
+    parallel_for_prepared(w, x, M, w.out_features, multiply);
 }
 
 void matmul_shared_input(std::initializer_list<Product> products, const float* x, int64_t M) {
@@ -102,8 +123,7 @@ void matmul_shared_input(std::initializer_list<Product> products, const float* x
         check_shared_input(*first->w, *product.w, "matmul_shared_input");
         rows += product.w->out_features;
     }
-    const int64_t K = first->w->in_features;
-    parallel_for_prepared(first->w->type, x, M, K, rows, [&](const void* prepared, int64_t begin, int64_t end) {
+    parallel_for_prepared(*first->w, x, M, rows, [&](const void* prepared, int64_t begin, int64_t end) {
         int64_t offset = 0;  // the first row of `product` in the rows laid end to end
         for (const Product& product : products) {
             const int64_t n_begin = std::max(begin - offset, int64_t{0});
@@ -122,7 +142,7 @@ void matmul_gated(const Linear& gate, const Linear& up, GateActivation activatio
     if (up.out_features != N)
         throw std::invalid_argument("matmul_gated: gate has " + std::to_string(N) + " rows, up " +
                                     std::to_string(up.out_features));
-    parallel_for_prepared(gate.type, x, M, gate.in_features, N, [&](const void* prepared, int64_t begin, int64_t end) {
+    parallel_for_prepared(gate, x, M, N, [&](const void* prepared, int64_t begin, int64_t end) {
         multiply_prepared(gate, prepared, M, begin, end, gate_y);
         multiply_prepared(up, prepared, M, begin, end, up_y);
         for (int64_t m = 0; m < M; ++m)

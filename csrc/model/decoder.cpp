@@ -85,6 +85,20 @@ Decoder::Decoder(const ModelConfig& config, const TensorSource& tensors, int64_t
     output_norm_ = tensors.vector("output_norm.weight", c.d_model);
     output_ = tensors.linear(c.tied_output ? "token_embd.weight" : "output.weight", c.vocab_size, c.d_model);
     expert_rows_.assign(c.n_layers * c.n_experts, 0);
+    const auto follow_plan = [&](Linear& w) { w.plan = &kernel_plan_; };
+    for (LayerWeights& w : layers_) {
+        for (Linear* linear : {&w.q, &w.k, &w.v, &w.o, &w.gate, &w.up, &w.down, &w.moe.shared_gate, &w.moe.shared_up,
+                               &w.moe.shared_down})
+            follow_plan(*linear);
+        for (ExpertStack* stack : {&w.moe.gate, &w.moe.up, &w.moe.down})
+            for (Linear& expert : stack->experts) follow_plan(expert);
+    }
+    follow_plan(output_);
+}
+
+void Decoder::set_kernel_plan(const KernelPlan& plan) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    kernel_plan_ = plan;
 }
 
 std::vector<int64_t> Decoder::expert_rows() const {

@@ -89,6 +89,10 @@ public:
     std::vector<int64_t> expert_rows() const;
     void reset_expert_rows();
 
+    // The kernels every weight's products run on, by row class (kernels/linear.h). The default plan runs
+    // the active table with BF16 activations at every row count.
+    void set_kernel_plan(const KernelPlan& plan);
+
 private:
     void check_forward_locked(const std::vector<Segment>& segments) const;
     void attention_block(const LayerWeights& w, int64_t layer, const std::vector<Segment>& segments, int64_t rows);
@@ -100,6 +104,7 @@ private:
     std::vector<LayerWeights> layers_;
     const float* output_norm_ = nullptr;
     Linear output_;
+    KernelPlan kernel_plan_;  // every Linear above points at it
     Rope rope_;
     std::optional<Rope> sliding_rope_;  // the local layers' own, when the model has sliding-window layers
     // One per sequence slot. Every layer caches every position, local layers included: their attention

@@ -35,16 +35,16 @@ void for_expert_columns(int64_t item_begin, int64_t item_end, int64_t width, Run
     }
 }
 
-// Byte offsets of each active expert's prepared input of `rows[a]` rows x K, in the layout of that
-// expert's type in `stack`, each on a cache line; returns the total.
+// Byte offsets of each active expert's prepared input of `rows[a]` rows, in the layout that expert's
+// weights in `stack` read, each on a cache line; returns the total.
 int64_t prepared_offsets(const ExpertStack& stack, const std::vector<int32_t>& active, const std::vector<int64_t>& rows,
-                         int64_t K, std::vector<int64_t>& offsets) {
+                         std::vector<int64_t>& offsets) {
     constexpr int64_t kLine = static_cast<int64_t>(kCacheLine);
     offsets.resize(rows.size());
     int64_t total = 0;
     for (size_t a = 0; a < rows.size(); ++a) {
         offsets[a] = total;
-        total += (prepared_bytes(stack.expert(active[a]).type, rows[a], K) + kLine - 1) / kLine * kLine;
+        total += (prepared_bytes(stack.expert(active[a]), rows[a]) + kLine - 1) / kLine * kLine;
     }
     return total;
 }
@@ -192,10 +192,10 @@ void MoeBlock::run_experts(const ModelConfig& c, const MoeWeights& w) {
     up_.resize(pairs * F);
     outputs_.resize(pairs * d);
 
-    prepared_inputs_.resize(prepared_offsets(w.gate, active_, rows, d, input_offset_));
+    prepared_inputs_.resize(prepared_offsets(w.gate, active_, rows, input_offset_));
     const auto prepare_inputs = [&](int64_t begin, int64_t end) {
         for_expert_columns(begin, end, d, [&](int64_t a, int64_t k_begin, int64_t k_end) {
-            prepare_columns(w.gate.expert(active_[a]).type, inputs_.data() + first(a) * d, rows[a], d, k_begin, k_end,
+            prepare_columns(w.gate.expert(active_[a]), inputs_.data() + first(a) * d, rows[a], k_begin, k_end,
                             prepared_inputs_.data() + input_offset_[a]);
         });
     };
@@ -212,10 +212,10 @@ void MoeBlock::run_experts(const ModelConfig& c, const MoeWeights& w) {
     };
     parallel_for_after(n_active * column_chunks(d), 1, prepare_inputs, n_active * column_chunks(F), 1, gate_and_up);
 
-    prepared_hidden_.resize(prepared_offsets(w.down, active_, rows, F, hidden_offset_));
+    prepared_hidden_.resize(prepared_offsets(w.down, active_, rows, hidden_offset_));
     const auto prepare_hidden = [&](int64_t begin, int64_t end) {
         for_expert_columns(begin, end, F, [&](int64_t a, int64_t k_begin, int64_t k_end) {
-            prepare_columns(w.down.expert(active_[a]).type, hidden_.data() + first(a) * F, rows[a], F, k_begin, k_end,
+            prepare_columns(w.down.expert(active_[a]), hidden_.data() + first(a) * F, rows[a], k_begin, k_end,
                             prepared_hidden_.data() + hidden_offset_[a]);
         });
     };

@@ -25,7 +25,7 @@ import numpy as np
 from mlspecqd import _native, hub
 from mlspecqd.apps.expert_profile import profile_path, read_profile
 from mlspecqd.apps.llm import LLM
-from mlspecqd.engine import mixed_experts
+from mlspecqd.engine import kernel_choice, mixed_experts
 from mlspecqd.engine.batching import ForwardBatcher, SequenceSlot
 from mlspecqd.engine.model import BF16_WEIGHTS_SHARE_OF_MEMORY, PRECISIONS, Model
 from mlspecqd.gguf import open_gguf
@@ -158,6 +158,9 @@ def load(model: str | os.PathLike[str] = hub.DEFAULT_MODEL, drafts: Sequence[str
                             f"({target_path}): {difference}")
 
     _native.set_num_threads(thread_count)
+    pinned = kernel_choice.pinned_choice()
+    if pinned is not None:
+        _native.set_isa(pinned.isa)  # the target's table too
     models: list[Model] = []
     try:
         target = Model.load(target_path, precision, ctx, memory_budget=memory_budget,
@@ -176,6 +179,7 @@ def load(model: str | os.PathLike[str] = hub.DEFAULT_MODEL, drafts: Sequence[str
                 draft = Model.load(draft_paths[spec.text], spec.precision, ctx, memory_budget=memory_budget)
                 draft_tokenizer = draft_tokenizers[spec.text]
             models.append(draft)
+            draft.set_kernel_plan(kernel_choice.choose_draft_plan(draft.spec, draft.tensors))
             draft_levels.append((spec, draft, draft_tokenizer))
 
         def cascade(sequence: Callable[[Model], LanguageModel]) -> Cascade:

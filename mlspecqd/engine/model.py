@@ -20,6 +20,7 @@ from gguf import GGMLQuantizationType
 
 from mlspecqd import _native
 from mlspecqd.engine import mixed_experts, quant, weight_layout
+from mlspecqd.engine.kernel_choice import KernelPlan
 from mlspecqd.engine.mixed_experts import ExpertArrays
 from mlspecqd.gguf import GGUFFile, ModelSpec, TensorInfo, expected_tensor_shapes, open_gguf
 
@@ -41,6 +42,14 @@ class Model:
         # Bytes of the arrays it reads (shared ones included): what one forward reads at least.
         self.weight_bytes = sum(mixed_experts.tensor_bytes(tensor) for tensor in self.tensors.values())
         self._model: Any = _native.Model(native_config(spec), self.tensors, context_length)
+        self.kernel_plan = KernelPlan()
+
+    def set_kernel_plan(self, plan: KernelPlan) -> None:
+        """The kernels this model's products run on, by their rows (mlspecqd.engine.kernel_choice). A plan
+        with one choice for every row class keeps the model's outputs independent of how many rows a
+        forward runs; only drafts may take others."""
+        self._native_model.set_kernel_plan(plan.native())
+        self.kernel_plan = plan
 
     def sibling(self, precision: str = "mxfp4", mxfp4_head: bool = True, context_length: int | None = None,
                 cast_experts: bool = True) -> Model:

@@ -1,5 +1,5 @@
 // Included only by csrc/kernels/isa/*.cpp, which CMake compiles once per instruction set with
-// MLSPECQD_ISA set to scalar, avx2, avx512 or amx: the same names land in four namespaces.
+// MLSPECQD_ISA set to scalar, avx2, avxvnni, avx512 or amx: the same names land in five namespaces.
 #pragma once
 #include <cstdint>
 
@@ -38,6 +38,10 @@ int64_t gemm_mxfp4_prepared_bytes(int64_t M, int64_t K);
 void gemm_mxfp4_prepare(const float* x, int64_t M, int64_t K, int64_t k_begin, int64_t k_end, void* prepared);
 void gemm_mxfp4(const void* prepared, int64_t M, int64_t K, const uint8_t* w, int64_t n_begin, int64_t n_end,
                 float* y, int64_t ldy);
+int64_t gemm_mxfp4_int8_prepared_bytes(int64_t M, int64_t K);
+void gemm_mxfp4_int8_prepare(const float* x, int64_t M, int64_t K, int64_t k_begin, int64_t k_end, void* prepared);
+void gemm_mxfp4_int8(const void* prepared, int64_t M, int64_t K, const uint8_t* w, int64_t n_begin, int64_t n_end,
+                     float* y, int64_t ldy);
 void causal_attention(const AttentionProblem& p, int64_t item_begin, int64_t item_end, float* scores);
 void silu_multiply(float* gate, const float* up, int64_t n);
 void gelu_tanh_multiply(float* gate, const float* up, int64_t n);

@@ -10,15 +10,13 @@
 //
 // Activations stay BF16 rather than int8 (vpdpbusd): with the weights in GGUF's row-major blocks, each
 // block's int32 sum would need its own convert and scale per output.
-#include <algorithm>
-#include <array>
 #include <cmath>
 #include <cstring>
-#include <utility>
 
 #include "kernels/bf16.h"
 #include "kernels/isa/isa.h"
 #include "kernels/isa/mxfp4_decode.h"
+#include "kernels/isa/mxfp4_tiles.h"
 #include "kernels/mxfp4.h"
 
 namespace mlspecqd {
@@ -76,13 +74,8 @@ void prepare_activations(const float* x, int64_t count, Activation* out) {
 
 #if defined(__AVX2__)
 
-// Horizontal reductions in a fixed order (GCC 12's _mm512_reduce_* warn of uninitialized registers).
-float reduce_add(__m256 v) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
-}
+// Horizontal reductions in a fixed order (GCC 12's _mm512_reduce_* warn of uninitialized registers);
+// reduce_add(__m256) is mxfp4_tiles.h's.
 
 uint32_t reduce_max_unsigned(__m256i v) {
     v = _mm256_max_epu32(v, _mm256_permute2x128_si256(v, v, 1));
@@ -91,25 +84,13 @@ uint32_t reduce_max_unsigned(__m256i v) {
     return static_cast<uint32_t>(_mm256_cvtsi256_si32(v));
 }
 
-// While a tile runs, the tile after next (rows are contiguous, so R * row_bytes further on) is requested
-// at the pace the tile reads its own rows. Short rows (816 bytes at K = 1536) end before the hardware
-// prefetcher has learned their stream; this keeps enough reads in flight to cover memory latency (one
-// tile ahead is too close at K = 1536). Prefetching past the array's end is harmless: prefetches never
-// fault.
-template <int R>
-void prefetch_ahead(const uint8_t* w, int64_t row_bytes, int64_t b) {
-    const uint8_t* ahead = w + 2 * R * row_bytes + b * R * kMxfp4BlockBytes;
-    for (int i = 0; i < R * kMxfp4BlockBytes; i += 64)
-        _mm_prefetch(reinterpret_cast<const char*>(ahead + i), _MM_HINT_T0);
-}
-
 #endif
 
 #if defined(__AVX512BF16__)
 
 float reduce_add(__m512 v) {
     const __m256 high = _mm512_castps512_ps256(_mm512_shuffle_f32x4(v, v, 0xEE));
-    return reduce_add(_mm256_add_ps(_mm512_castps512_ps256(v), high));
+    return MLSPECQD_ISA::reduce_add(_mm256_add_ps(_mm512_castps512_ps256(v), high));  // mxfp4_tiles.h's
 }
 
 uint32_t reduce_max_unsigned(__m512i v) {
@@ -183,8 +164,8 @@ void prepare_activations(const float* x, int64_t count, Activation* out) {
 constexpr int kVectorRegisters = 32;
 constexpr int kRegistersPerDecodedBlock = 1;
 constexpr int kSpareRegisters = 4;  // activations, decoding temporaries
-constexpr int kMaxTileM = 8;
-constexpr int kMaxTileMFromL2 = 6;
+constexpr int kMaxActivationRows = 8;
+constexpr int kMaxActivationRowsFromL2 = 6;
 
 // y[m, r] for m < MT and r < R: one 16-lane accumulator per output, one vdpbf16ps per block, blocks in
 // order, then a fixed reduction. Nothing here depends on R or MT, which keeps the batch invariance.
@@ -296,8 +277,8 @@ const MagnitudeTable kMagnitudes;
 constexpr int kVectorRegisters = 16;
 constexpr int kRegistersPerDecodedBlock = 0;
 constexpr int kSpareRegisters = 7;
-constexpr int kMaxTileM = 4;
-constexpr int kMaxTileMFromL2 = 4;
+constexpr int kMaxActivationRows = 4;
+constexpr int kMaxActivationRowsFromL2 = 4;
 
 // Eight weights from codes in the low four bits of each 32-bit lane (higher bits are ignored).
 __m256 decode_eight(__m256 magnitudes, __m256i codes) {
@@ -371,60 +352,27 @@ void gemm_reference(const Activation* x, int64_t M, int64_t K, const uint8_t* w,
 
 #if defined(__AVX2__)
 
-// --- The GEMM driver both vector paths share: tiles of MT activation rows by R weight rows. ---
+// --- The tiles both vector paths give gemm_tiled (mxfp4_tiles.h). ---
 
-// Weight rows a tile of MT activation rows takes: the most, of 8, 4, 3, 2 and 1 (each divides
-// kRowsPerPass), whose accumulators and decoded blocks fit in the registers beside the spare ones.
-constexpr int row_tile(int activation_rows) {
-    for (int rows : {8, 4, 3, 2})
-        if (rows * (activation_rows + kRegistersPerDecodedBlock) + kSpareRegisters <= kVectorRegisters) return rows;
-    return 1;
-}
-constexpr int kRowsPerPass = 24;
-// Activation rows that share one read of W: their BF16 copy stays in L2 while W streams past.
-constexpr int64_t kRowsPerChunkM = 64;
-// Activation bytes of a tile that L1 (48 KiB on the reference machine) keeps beside the weight rows.
-constexpr int64_t kL1ActivationBytes = 32 << 10;
+struct ActivationRows {
+    const Activation* data;
+    int64_t K;
+    ActivationRows from(int64_t m) const { return {data + m * K, K}; }
+};
 
-using PassFn = void (*)(const Activation* x, int64_t K, const uint8_t* w, int64_t row_bytes, int rows, float* y,
-                        int64_t ldy);
-
-// `rows` (<= kRowsPerPass) weight rows against MT activation rows.
-template <int MT>
-void gemm_pass(const Activation* x, int64_t K, const uint8_t* w, int64_t row_bytes, int rows, float* y, int64_t ldy) {
-    constexpr int R = row_tile(MT);
-    int r = 0;
-    for (; r + R <= rows; r += R) gemm_tile<R, MT>(x, K, w + r * row_bytes, row_bytes, y + r, ldy);
-    for (; r < rows; ++r) gemm_tile<1, MT>(x, K, w + r * row_bytes, row_bytes, y + r, ldy);
-}
-
-template <std::size_t... I>
-constexpr std::array<PassFn, sizeof...(I)> pass_table(std::index_sequence<I...>) {
-    return {{&gemm_pass<static_cast<int>(I) + 1>...}};
-}
-constexpr std::array<PassFn, kMaxTileM> kPasses = pass_table(std::make_index_sequence<kMaxTileM>{});
-
-// Weight rows outside, activation tiles inside, so a pass's rows are read from memory once and reused
-// from cache by every activation tile.
-void gemm_vector(const Activation* x, int64_t M, int64_t K, const uint8_t* w, int64_t n_begin, int64_t n_end,
-                 float* y, int64_t ldy) {
-    const int64_t row_bytes = K / kMxfp4BlockValues * kMxfp4BlockBytes;
-    for (int64_t chunk = 0; chunk < M; chunk += kRowsPerChunkM) {
-        const int64_t chunk_rows = std::min(kRowsPerChunkM, M - chunk);
-        // Activation rows split into equal tiles (7 = 4 + 3, not 6 + 1): fewer, fuller tiles.
-        const int64_t max_tile_m = kMaxTileM * K * static_cast<int64_t>(sizeof(Activation)) <= kL1ActivationBytes
-                                       ? kMaxTileM
-                                       : kMaxTileMFromL2;
-        const int64_t tiles = (chunk_rows + max_tile_m - 1) / max_tile_m;
-        for (int64_t n = n_begin; n < n_end; n += kRowsPerPass) {
-            const int rows = static_cast<int>(std::min<int64_t>(kRowsPerPass, n_end - n));
-            for (int64_t t = 0; t < tiles; ++t) {
-                const int64_t m = chunk + chunk_rows * t / tiles, tile_m = chunk + chunk_rows * (t + 1) / tiles - m;
-                kPasses[tile_m - 1](x + m * K, K, w + n * row_bytes, row_bytes, rows, y + m * ldy + n, ldy);
-            }
-        }
+struct Bf16ActivationTiles {
+    using Rows = ActivationRows;
+    static constexpr int kMaxTileM = kMaxActivationRows;
+    static constexpr int kMaxTileMFromL2 = kMaxActivationRowsFromL2;
+    static constexpr int64_t activation_row_bytes(int64_t K) { return K * static_cast<int64_t>(sizeof(Activation)); }
+    static constexpr int row_tile(int MT) {
+        return fitting_row_tile(MT, kVectorRegisters, kRegistersPerDecodedBlock, kSpareRegisters);
     }
-}
+    template <int R, int MT>
+    static void tile(const Rows& x, int64_t K, const uint8_t* w, int64_t row_bytes, float* y, int64_t ldy) {
+        gemm_tile<R, MT>(x.data, K, w, row_bytes, y, ldy);
+    }
+};
 
 #endif
 
@@ -462,7 +410,7 @@ void gemm_mxfp4(const void* prepared, int64_t M, int64_t K, const uint8_t* w, in
                 float* y, int64_t ldy) {
     const Activation* x = static_cast<const Activation*>(prepared);
 #if defined(__AVX2__)
-    gemm_vector(x, M, K, w, n_begin, n_end, y, ldy);
+    gemm_tiled<Bf16ActivationTiles>(ActivationRows{x, K}, M, K, w, n_begin, n_end, y, ldy);
 #else
     gemm_reference(x, M, K, w, n_begin, n_end, y, ldy);
 #endif

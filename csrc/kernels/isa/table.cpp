@@ -31,6 +31,9 @@ const KernelTable& kernel_table() {
         gemm_mxfp4_prepare,
         gemm_mxfp4,
 #endif
+        gemm_mxfp4_int8_prepared_bytes,
+        gemm_mxfp4_int8_prepare,
+        gemm_mxfp4_int8,
         causal_attention,
         silu_multiply,
         gelu_tanh_multiply,
