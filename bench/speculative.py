@@ -31,6 +31,7 @@ import numpy as np
 from bench import RESULTS
 from bench.machine import describe_machine
 from mlspecqd.apps.generation import generate
+from mlspecqd.engine.kernel_choice import choose_draft_plan
 from mlspecqd.engine.model import Model
 from mlspecqd.engine.sampling import SamplingParams
 from mlspecqd.speculative import Cascade, CostDraftLength, ModelLevel, NgramDrafter
@@ -151,6 +152,8 @@ def load_real(args: argparse.Namespace) -> RealSetup:
     target = Model.load(target_path, precision="bf16", context_length=args.context)
     self_draft = target.sibling("mxfp4")
     small = Model.load(small_path, precision=args.small_precision, context_length=args.context)
+    for draft in (self_draft, small):  # as mlspecqd.load() does: timed once per CPU, then remembered
+        draft.set_kernel_plan(choose_draft_plan(draft.spec, draft.tensors))
     load_seconds = time.perf_counter() - loaded
     chats = [render_chat(tokenizer.chat_template, [{"role": "user", "content": text}], add_generation_prompt=True)
              for text in human_eval_prompts(args.prompts)]
@@ -244,6 +247,7 @@ def real(args: argparse.Namespace) -> dict:
     return {"target": args.target, "small": small_name, "policy": args.policy,
             "draft_max": args.draft_max, "prompts": args.prompts, "max_new_tokens": args.max_new_tokens,
             "threads": _native.num_threads(), "isa": _native.active_isa(), "load_seconds": setup.load_seconds,
+            "draft_kernels": {"mxfp4": self_draft.kernel_plan.describe(), small_name: small.kernel_plan.describe()},
             "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
             "machine": describe_machine(), "load_average": os.getloadavg(), "results": summary}
 

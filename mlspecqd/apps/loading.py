@@ -166,6 +166,8 @@ def load(model: str | os.PathLike[str] = hub.DEFAULT_MODEL, drafts: Sequence[str
         target = Model.load(target_path, precision, ctx, memory_budget=memory_budget,
                             bf16_experts=target_bf16_experts)
         models.append(target)
+        if pinned is not None:  # one choice at every row count: the target stays exact
+            target.set_kernel_plan(kernel_choice.KernelPlan((pinned,) * len(kernel_choice.ROW_CLASSES)))
         # (spec, model, tokenizer) per draft level, smallest first; model-free drafters have no model.
         draft_levels: list[tuple[DraftSpec, Model | None, Tokenizer | None]] = []
         for spec in specs:

@@ -11,8 +11,9 @@ Only draft levels are timed. A target keeps the active table with BF16 activatio
 a row's bits must not depend on how many rows share its forward (verification must reproduce decoding
 one token at a time), and a choice timed afresh could differ from one load to the next.
 
-MLSPECQD_KERNELS pins one choice for every class of every draft: "avx2", "avx512:int8", ... (tests,
-benchmarks, bug reports); the timing and the cache are then skipped.
+MLSPECQD_KERNELS pins one choice for every class of every model, the target's included (mlspecqd.load):
+"avx2", "avx512:int8", ... (tests, benchmarks, bug reports, and MXFP4 targets that should multiply int8
+activations); the timing and the cache are then skipped.
 """
 
 from __future__ import annotations

@@ -118,18 +118,31 @@ def test_int8_plan_changes_an_mxfp4_models_logits_a_little(model_path):
 
 @needs_vector_isa
 @pytest.mark.parametrize("pin", [f"{isa}:{kind}" for isa in VECTOR_ISAS for kind in ("bf16", "int8")])
-def test_cascade_output_equals_the_target_alone_on_every_draft_kernel(cache_folder, model_path, monkeypatch, pin):
-    """The pin puts the target on its table too (BF16 activations at every row count)."""
+def test_cascade_output_equals_the_target_alone_on_every_pinned_kernel(cache_folder, model_path, monkeypatch, pin):
+    """The pin puts every model, the target included, on one choice at every row count."""
     monkeypatch.setenv(kernel_choice.PIN_VARIABLE, pin)
+    pinned = KernelPlan((KernelChoice.parse(pin),) * 4)
     with mlspecqd.load(str(model_path), drafts=[], threads=1) as llm:
         alone = llm.generate(PROMPT, max_tokens=24)
     with mlspecqd.load(str(model_path), drafts=["ngram", "mxfp4"], threads=2, draft_policy="fixed",
                        draft_max=4) as llm:
         drafted = llm.generate(PROMPT, max_tokens=24)
-        assert [model.kernel_plan for model in llm.models] == [
-            KernelPlan(), KernelPlan((KernelChoice.parse(pin),) * 4)]
+        assert [model.kernel_plan for model in llm.models] == [pinned, pinned]
     assert drafted.tokens == alone.tokens
     assert _native.active_isa() == pin.split(":")[0]
+
+
+@needs_vector_isa
+def test_an_mxfp4_target_on_int8_activations_stays_exact_under_speculation(cache_folder, model_path,
+                                                                         monkeypatch):
+    monkeypatch.setenv(kernel_choice.PIN_VARIABLE, f"{VECTOR_ISAS[0]}:int8")
+    with mlspecqd.load(str(model_path), drafts=[], precision="mxfp4", threads=1) as llm:
+        alone = llm.generate(PROMPT, max_tokens=24)
+    with mlspecqd.load(str(model_path), drafts=["ngram"], precision="mxfp4", threads=2, draft_policy="fixed",
+                       draft_max=4) as llm:
+        drafted = llm.generate(PROMPT, max_tokens=24)
+        assert drafted.timings["levels"][0]["draft_n"] > 0
+    assert drafted.tokens == alone.tokens
 
 
 def run_info(env: dict[str, str]) -> str:
