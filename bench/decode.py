@@ -39,6 +39,7 @@ import numpy as np
 from bench import RESULTS, llamacpp
 from bench.machine import describe_machine
 from mlspecqd import _native, hub
+from mlspecqd.engine.kernel_choice import ROW_CLASSES, KernelChoice, KernelPlan
 from mlspecqd.engine.model import Model
 
 DEFAULT_MODEL = hub.cache_dir() / hub.NAMED_MODELS[hub.DEFAULT_MODEL].filename
@@ -141,6 +142,9 @@ def main(argv: list[str] | None = None) -> int:
                                                     "avx2 stands in for AI PCs without AVX-512")
     parser.add_argument("--precision", default="bf16", choices=("bf16", "mxfp4"),
                         help="mxfp4: the linear layers and LM head cast (the self-draft), vs llama.cpp's MXFP4 copy")
+    parser.add_argument("--mxfp4-activations", default="bf16", choices=("bf16", "int8"),
+                        help="with --precision mxfp4: int8 multiplies activations quantized per block of 32 "
+                             "(W4A8, as llama.cpp's MXFP4 kernels), at every row count")
     parser.add_argument("--decode-tokens", type=int, default=32)
     parser.add_argument("--max-k", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=5,
@@ -160,6 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     load_before = os.getloadavg()[0]
     context = PROMPT_TOKENS + args.decode_tokens + args.max_k + 8
     model = Model.load(args.model, precision=args.precision, context_length=context)
+    model.set_kernel_plan(KernelPlan((KernelChoice(_native.active_isa(), args.mxfp4_activations),) * len(ROW_CLASSES)))
     native = measure_native(model, args.decode_tokens, args.max_k, args.repeats)
     interleaved = None
     if args.interleave and not args.no_llama_cpp and llamacpp.available():
@@ -171,7 +176,8 @@ def main(argv: list[str] | None = None) -> int:
                                                              args.llama_cpp_model)
 
     report: dict[str, Any] = {
-        "benchmark": "decode", "model": str(args.model), "precision": args.precision, "threads": args.threads,
+        "benchmark": "decode", "model": str(args.model), "precision": args.precision,
+        "mxfp4_activations": args.mxfp4_activations, "threads": args.threads,
         "isa": _native.active_isa(), "machine": describe_machine(args.threads), "native": native, "llama_cpp": llama,
         # other processes on the machine make every timing slower and noisier: keep the load with them
         "load_average_1min": {"start": load_before, "end": os.getloadavg()[0]},
