@@ -199,24 +199,24 @@ struct Int8ActivationTiles {
         for (int64_t b = 0; b < blocks; ++b) {
             prefetch_ahead<R>(w, row_bytes, b);
             __m256i weights[R], magnitudes[R];
-            float half_scales[R];
+            const float* half_scales[R];  // broadcast from memory below: a load, not a shuffle
 #pragma GCC unroll 8
             for (int r = 0; r < R; ++r) {
                 const uint8_t* block = w + r * row_bytes + b * kMxfp4BlockBytes;
                 weights[r] = decode_block(block);
                 magnitudes[r] = _mm256_sign_epi8(weights[r], weights[r]);
-                half_scales[r] = kHalfScales.by_exponent[block[0]];
+                half_scales[r] = &kHalfScales.by_exponent[block[0]];
             }
 #pragma GCC unroll 8
             for (int m = 0; m < MT; ++m) {
                 const __m256i activations =
                     _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.values + m * K + b * kMxfp4BlockValues));
-                const float activation_scale = x.scales[m * blocks + b];
+                const __m256 activation_scale = _mm256_broadcast_ss(x.scales + m * blocks + b);
 #pragma GCC unroll 8
                 for (int r = 0; r < R; ++r) {
                     const __m256i lanes = dot_lanes(magnitudes[r], _mm256_sign_epi8(activations, weights[r]));
-                    sum[r][m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(lanes), _mm256_set1_ps(half_scales[r] * activation_scale),
-                                                sum[r][m]);
+                    const __m256 scale = _mm256_mul_ps(_mm256_broadcast_ss(half_scales[r]), activation_scale);
+                    sum[r][m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(lanes), scale, sum[r][m]);
                 }
             }
         }
