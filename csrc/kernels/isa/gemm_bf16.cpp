@@ -39,6 +39,8 @@ constexpr int kMultiPassTileRows = 10;
 // several passes the weights come from L2, and a second weight row halves the activation loads per
 // product. A third would leave too few registers (8 x 3 accumulators spill in the loop).
 constexpr int tile_cols(int64_t rows, int64_t passes) { return rows <= (passes == 1 ? 7 : 4) ? 1 : 2; }
+// K blocks of a row tile whose activations overflow kActivationsInL1 (choose_tiling) hold this many bytes.
+constexpr int64_t kActivationBlockBytes = 16 << 10;
 
 #elif defined(__AVX2__)
 
@@ -56,6 +58,10 @@ constexpr int kMaxTileCols = 3;
 // output's two FMAs per step are a chain of 8 cycles, so one weight row at a time could not keep
 // up with memory: several give the independent chains.
 constexpr int tile_cols(int64_t rows, int64_t /*passes*/) { return std::min<int64_t>(kMaxTileCols, 12 / rows); }
+// K blocks of a row tile whose activations overflow kActivationsInL1 (choose_tiling) hold this many bytes:
+// as many activation values as the BF16 table's 16 KiB blocks, float32 taking twice the bytes. Longer
+// blocks mean fewer tile calls and accumulators parked per product, and 32 KiB still fits the L1 limit.
+constexpr int64_t kActivationBlockBytes = 32 << 10;
 
 #else
 
@@ -113,9 +119,9 @@ struct Tiling {
 Tiling choose_tiling(int64_t rows, int64_t passes, int64_t K, int64_t weight_block_columns) {
     // Sized for a 48 KiB L1 and a 1 MiB L2 (Zen 5). A tile reads its activations at every step, so they
     // must stay in L1.
-    constexpr int64_t kActivationsInL1 = 32 << 10;       // a row tile's activations up to this: no K blocks
-    constexpr int64_t kActivationBlockBytes = 16 << 10;  // else blocks this size
-    constexpr int64_t kSpanBlockBytes = 128 << 10;       // L2 share for a span's weights
+    constexpr int64_t kActivationsInL1 = 32 << 10;  // a row tile's activations up to this: no K blocks (else
+                                                    // blocks of kActivationBlockBytes)
+    constexpr int64_t kSpanBlockBytes = 128 << 10;  // L2 share for a span's weights
     Tiling t;
     t.cols = tile_cols(rows, passes);
     const int64_t fitting_steps =
