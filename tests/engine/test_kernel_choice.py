@@ -160,3 +160,15 @@ def test_info_lists_the_remembered_draft_plans_and_the_pin(cache_folder, model_p
     assert ", ".join(f"{rows} rows {choice}" for rows, choice in zip(kernel_choice.ROW_CLASSES, plan.by_rows)) in out
     pinned = run_info({"MLSPECQD_CACHE": str(cache_folder), kernel_choice.PIN_VARIABLE: "avx2:int8"})
     assert "MLSPECQD_KERNELS=avx2:int8 pins every draft" in pinned
+
+
+@needs_vector_isa
+def test_moe_drafts_are_timed_on_an_expert(cache_folder, tmp_path):
+    path = write_chat_model(tmp_path / "moe.gguf", {"n_layers": 2}, "qwen3moe", seed=2)
+    with Model.load(path) as target, target.sibling("mxfp4") as draft:
+        weights = kernel_choice._timing_weights(draft.tensors, draft.spec.n_layers)
+        assert [w.shape for w in weights] == [draft.tensors["blk.1.attn_q.weight"].shape,
+                                              draft.tensors["blk.1.ffn_down_exps.weight"].shape[1:]]
+        plan = kernel_choice.choose_draft_plan(draft.spec, draft.tensors)
+        draft.set_kernel_plan(plan)
+        assert np.isfinite(draft.forward([1, 2, 3], 0, all_logits=True)).all()
