@@ -4,7 +4,7 @@ A KernelPlan gives, for each class of product by its rows (1, 2-4, 5-16, more), 
 instruction set) and what MXFP4 weights multiply: BF16 activations, or int8 ones (cheaper where the CPU
 has no BF16 dot product, lossy). `choose_draft_plan` times every candidate this CPU runs on the model's
 own weights (a middle layer's query and down projections: a short and a long reduction) at 1, 3, 9 and 32
-rows and keeps the fastest per class. The choice is remembered per CPU, thread count and model shape in the cache folder
+rows and keeps the fastest per class. The choice is remembered per CPU and model shape in the cache folder
 (kernel-choices.json), so later loads skip the timing.
 
 Only draft levels are timed. A target keeps the active table with BF16 activations at every row count:
@@ -40,6 +40,9 @@ CACHE_FILE = "kernel-choices.json"
 # Vector tables from slowest to fastest; scalar is the reference, never a candidate.
 _TABLE_ORDER = ("avx2", "avxvnni", "avx512", "amx")
 _REPEATS = 3
+# Products one table runs with another's code: amx adds tiles to avx512 for BF16 activations only, and
+# avxvnni differs from avx2 only in the int8 dot products.
+_SAME_PRODUCT = {("amx", "int8"): "avx512", ("avxvnni", "bf16"): "avx2"}
 
 
 class KernelChoiceError(ValueError):
@@ -83,13 +86,15 @@ class KernelPlan:
 
 def candidates(has_mxfp4: bool) -> list[KernelChoice]:
     """Vector tables this CPU runs up to the active one (tests and benchmarks may have forced a lower
-    one), each with BF16 activations, and with int8 ones too where the model has MXFP4 weights."""
+    one), each with BF16 activations, and with int8 ones too where the model has MXFP4 weights; but not a
+    table's product that is another candidate's code (_SAME_PRODUCT)."""
     active = _native.active_isa()
     if active not in _TABLE_ORDER:
         return []
     tables = [isa for isa in _TABLE_ORDER[:_TABLE_ORDER.index(active) + 1] if isa in _native.supported_isas()]
     kinds = ACTIVATIONS if has_mxfp4 else ("bf16",)
-    return [KernelChoice(isa, activations) for isa in tables for activations in kinds]
+    return [KernelChoice(isa, activations) for isa in tables for activations in kinds
+            if _SAME_PRODUCT.get((isa, activations)) not in tables]
 
 
 def _timing_weights(tensors: Mapping[str, Any], n_layers: int) -> list[np.ndarray]:
@@ -123,27 +128,34 @@ def _in_features(weight: np.ndarray) -> int:
 
 def time_choices(weights: Sequence[np.ndarray], choices: Sequence[KernelChoice],
                  rows: Sequence[int] = TIMED_ROWS) -> dict[str, list[float]]:
-    """Seconds each choice takes for the products of `weights` at each row count (the best of a few
-    repeats after a warm-up), by str(choice)."""
+    """Seconds each choice takes for the products of `weights` at each row count on one thread (the best
+    of a few repeats after a warm-up), by str(choice). One thread: with more, every product waits for the
+    last thread to be scheduled, which on a busy machine is a scheduler time slice for every candidate
+    alike; the best of the repeats leaves out those the thread itself lost the processor in."""
     rng = np.random.default_rng(0)
     seconds: dict[str, list[float]] = {str(choice): [] for choice in choices}
-    for M in rows:
-        inputs = [rng.standard_normal((M, _in_features(w)), dtype=np.float32) for w in weights]
-        outputs = [np.empty((M, w.shape[-2] if w.ndim == 3 else w.shape[0]), np.float32) for w in weights]
-        for choice in choices:
-            best = float("inf")
-            for repeat in range(_REPEATS + 1):
-                start = time.perf_counter()
-                for weight, x, out in zip(weights, inputs, outputs):
-                    _product(weight, x, out, choice)
-                if repeat:  # the first run warms the caches
-                    best = min(best, time.perf_counter() - start)
-            seconds[str(choice)].append(best)
+    threads = _native.num_threads()
+    _native.set_num_threads(1)
+    try:
+        for M in rows:
+            inputs = [rng.standard_normal((M, _in_features(w)), dtype=np.float32) for w in weights]
+            outputs = [np.empty((M, w.shape[-2] if w.ndim == 3 else w.shape[0]), np.float32) for w in weights]
+            for choice in choices:
+                best = float("inf")
+                for repeat in range(_REPEATS + 1):
+                    start = time.perf_counter()
+                    for weight, x, out in zip(weights, inputs, outputs):
+                        _product(weight, x, out, choice)
+                    if repeat:  # the first run warms the caches
+                        best = min(best, time.perf_counter() - start)
+                seconds[str(choice)].append(best)
+    finally:
+        _native.set_num_threads(threads)
     return seconds
 
 
 def cpu_signature() -> str:
-    """What the cache tells CPUs apart by: the model name, the tables it runs, the thread count."""
+    """What the cache tells CPUs apart by: the model name and the tables it runs."""
     model_name = "unknown CPU"
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -152,7 +164,7 @@ def cpu_signature() -> str:
                 break
     except OSError:
         pass
-    return f"{model_name} | {','.join(_native.supported_isas())} | {_native.num_threads()} threads"
+    return f"{model_name} | {','.join(_native.supported_isas())}"
 
 
 def _model_key(spec: Any, weights: Sequence[np.ndarray]) -> str:

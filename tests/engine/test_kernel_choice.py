@@ -40,12 +40,15 @@ def test_candidates_go_up_to_the_active_table_and_add_int8_for_mxfp4_weights():
     if not VECTOR_ISAS:
         assert kernel_choice.candidates(True) == []
         return
+    same_code = {("amx", "int8"): "avx512", ("avxvnni", "bf16"): "avx2"}  # timed once, as the first
     for isa in VECTOR_ISAS:
         _native.set_isa(isa)
         tables = VECTOR_ISAS[:VECTOR_ISAS.index(isa) + 1]
-        assert kernel_choice.candidates(False) == [KernelChoice(table) for table in tables]
+        assert kernel_choice.candidates(False) == [KernelChoice(table) for table in tables
+                                                   if same_code.get((table, "bf16")) not in tables]
         assert kernel_choice.candidates(True) == [KernelChoice(table, kind) for table in tables
-                                                  for kind in ("bf16", "int8")]
+                                                  for kind in ("bf16", "int8")
+                                                  if same_code.get((table, kind)) not in tables]
     _native.set_isa("scalar")
     assert kernel_choice.candidates(True) == []
 
