@@ -8,8 +8,8 @@
 // through the blocks in order, so y[m, n] does not depend on M, the tile shapes or the n range (batch
 // invariance).
 //
-// Activations stay BF16 rather than int8 (vpdpbusd): with the weights in GGUF's row-major blocks, each
-// block's int32 sum would need its own convert and scale per output.
+// These products are exact for BF16 activations, which targets need; mxfp4_int8.cpp multiplies int8
+// activations instead (lossy, for drafts).
 #include <cmath>
 #include <cstring>
 
