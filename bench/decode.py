@@ -86,13 +86,14 @@ def measure_native(model: Model, decode_tokens: int, max_k: int, repeats: int) -
     }
 
 
-def measure_llama_cpp(source: Path, precision: str, threads: int, model: Path | None) -> dict[str, Any] | None:
-    """llama-bench on `model`, by default llama.cpp's own copy of `source` at the same precision
-    (bench/llamacpp.py)."""
-    if not llamacpp.available():
+def measure_llama_cpp(source: Path, precision: str, threads: int, model: Path | None,
+                      folder: Path | None = None) -> dict[str, Any] | None:
+    """llama-bench of the build in `folder` (default: llamacpp.BIN) on `model`, by default llama.cpp's own copy
+    of `source` at the same precision (bench/llamacpp.py); None where that build is not there."""
+    if not llamacpp.available(folder):
         return None
     model = model or llamacpp.quantized_copy(source, precision)
-    out = subprocess.run([str(llamacpp.BIN / "llama-bench"), "-m", str(model), "-t", str(threads),
+    out = subprocess.run([str((folder or llamacpp.BIN) / "llama-bench"), "-m", str(model), "-t", str(threads),
                           "-p", str(PROMPT_TOKENS), "-n", "32", "-o", "json"],
                          check=True, capture_output=True, text=True).stdout
     rows = {("prompt" if row["n_prompt"] else "decode"): row for row in json.loads(out)}

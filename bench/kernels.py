@@ -1,0 +1,260 @@
+"""Every product path this CPU runs on Qwen2.5-Coder-1.5B's shapes, and the 1.5B's decode next to llama.cpp.
+
+    python3 bench/run.py kernels [--isas avx2 avx512 amx] [--rows 1 2 4 9 16 64] [--threads 2] [--repeats 5]
+                                 [--shapes NxK ...] [--decode] [--out FILE]
+
+A path is a kernel table (--isas: default every table this CPU runs but scalar) with one weight type:
+  - bf16:          BF16 weights (2 bytes a value), BF16 activations (matmul_bf16);
+  - mxfp4 x bf16:  MXFP4 weights (17 bytes per 32 values), BF16 activations (matmul_mxfp4);
+  - mxfp4 x int8:  MXFP4 weights, activations quantized to int8 (matmul_mxfp4(..., activations="int8")),
+                   skipped with a note in the JSON where the installed module has no such path.
+For each path, shape and row count M (bench/gemm.py's bench_shape): seconds per product with the weights
+coming from memory (each timing sweeps random copies of the weight larger together than the last-level
+cache), GB/s of weight bytes, that rate as a share of `stream_read` measured in the same repeat, and the
+batch cost time(M) / time(1) taken within a repeat. Medians over repeats.
+
+With --decode, the real 1.5B also decodes (bench/decode.py's measure_native: one-token forwards after a
+512-token prompt) with each table at BF16 and at MXFP4, and llama-bench of llama.cpp's native and AVX2
+builds (bench/llamacpp.py) runs on its BF16 and MXFP4 copies of the same GGUF file (-p 512 -n 32, so its
+decode starts at depth 0); a build that is not there is skipped with a note. Rates are the best sample.
+
+Writes bench/results/kernels.json (with the machine: CPU model and flags, load at start and end), then
+prints markdown tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench import RESULTS, decode, gemm, llamacpp, mxfp4
+from bench.machine import describe_machine
+from mlspecqd import _native
+from mlspecqd.engine.model import Model
+from mlspecqd.engine.quant import cast_to_mxfp4
+
+ROWS = [1, 2, 4, 9, 16, 64]
+MXFP4_BLOCK = 32  # values per MXFP4 block: K must be a multiple
+
+
+def multiply_mxfp4(x: np.ndarray, blocks: np.ndarray, out: np.ndarray) -> None:
+    _native.matmul_mxfp4(x, blocks, x.shape[1], out=out)
+
+
+def multiply_mxfp4_int8(x: np.ndarray, blocks: np.ndarray, out: np.ndarray) -> None:
+    _native.matmul_mxfp4(x, blocks, x.shape[1], out=out, activations="int8")
+
+
+def path_name(weights: str, activations: str) -> str:
+    return weights if weights == activations else f"{weights} x {activations}"
+
+
+@dataclass(frozen=True)
+class WeightType:
+    """How a path stores its weights and which product it runs on them."""
+
+    weights: str
+    activations: str
+    multiply: gemm.Multiply
+
+    @property
+    def name(self) -> str:
+        return path_name(self.weights, self.activations)
+
+
+BF16 = WeightType("bf16", "bf16", gemm.multiply_bf16)
+MXFP4_TYPES = [WeightType("mxfp4", "bf16", multiply_mxfp4), WeightType("mxfp4", "int8", multiply_mxfp4_int8)]
+
+
+def int8_activations_missing() -> str | None:
+    """None where the installed module multiplies MXFP4 weights by int8 activations; else why not."""
+    x = np.ones((1, MXFP4_BLOCK), np.float32)
+    try:
+        multiply_mxfp4_int8(x, cast_to_mxfp4(x), np.empty((1, 1), np.float32))
+    except TypeError as error:
+        return f"the installed _native.matmul_mxfp4 takes no activations=\"int8\" ({str(error).splitlines()[0]})"
+    return None
+
+
+def random_weights(storage: str, N: int, K: int, total_bytes: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """Copies of one random (N, K) weight stored as `storage` ("bf16" or "mxfp4"), together >= total_bytes."""
+    if storage == "bf16":
+        return gemm.random_bf16_weights(N, K, max(1, -(-total_bytes // (N * K * 2))), rng)
+    return mxfp4.weight_copies(rng, N, K, total_bytes)
+
+
+def measure_products(shapes: list[tuple[str, int, int]], isas: list[str], rows: list[int], threads: list[int],
+                     repeats: int, cache_bytes: int, weight_types: list[WeightType]) -> list[dict[str, Any]]:
+    """bench_shape's figures for every shape x weight type x table x thread count, labelled with the path."""
+    stream_words = np.random.default_rng(0).integers(0, 2**63, size=cache_bytes // 8, dtype=np.uint64)
+    results = []
+    for name, N, K in shapes:
+        for storage in ("bf16", "mxfp4"):
+            weights = random_weights(storage, N, K, cache_bytes, np.random.default_rng(1))
+            for weight_type in (t for t in weight_types if t.weights == storage):
+                for isa in isas:
+                    _native.set_isa(isa)
+                    for thread_count in threads:
+                        row = gemm.bench_shape(name, weights, thread_count, repeats, stream_words, K=K,
+                                               multiply=weight_type.multiply, batch_sizes=rows)
+                        results.append({"isa": isa, "weights": weight_type.weights,
+                                        "activations": weight_type.activations, **row})
+                        print(f"{name} {N}x{K}, {isa} {weight_type.name}, {thread_count} thread(s): "
+                              f"{row['gemv_bytes_per_second'] / 1e9:.1f} GB/s", file=sys.stderr, flush=True)
+            del weights
+    return results
+
+
+def measure_decode(model_path: Path, isas: list[str], threads: int, decode_tokens: int,
+                   llama_builds: dict[str, Path]) -> dict[str, Any]:
+    """Our decode per precision and table on one loaded model per precision, then llama-bench per build and
+    precision; ratios of ours to each build at the same precision."""
+    _native.set_num_threads(threads)
+    ours: dict[str, dict[str, Any]] = {}
+    for precision in ("bf16", "mxfp4"):
+        model = Model.load(model_path, precision=precision, context_length=decode.PROMPT_TOKENS + decode_tokens + 8)
+        ours[precision] = {}
+        for isa in isas:
+            _native.set_isa(isa)
+            ours[precision][isa] = decode.measure_native(model, decode_tokens, max_k=0, repeats=1)
+            print(f"decode {precision} {isa}: {ours[precision][isa]['decode_tokens_per_second']:.2f} tok/s",
+                  file=sys.stderr, flush=True)
+        model.close()
+        del model
+    theirs: dict[str, dict[str, Any]] = {}
+    skipped = []
+    for build, folder in llama_builds.items():
+        if not llamacpp.available(folder):
+            skipped.append({"llama_cpp_build": build, "reason": f"llama.cpp's tools are not in {folder}"})
+            continue
+        theirs[build] = {"folder": str(folder)}
+        for precision in ("bf16", "mxfp4"):
+            theirs[build][precision] = decode.measure_llama_cpp(model_path, precision, threads, None, folder)
+            print(f"llama.cpp {build} {precision}: {theirs[build][precision]['decode_tokens_per_second']:.2f} tok/s",
+                  file=sys.stderr, flush=True)
+    ratios = {
+        precision: {isa: {build: ours[precision][isa]["decode_tokens_per_second"]
+                          / theirs[build][precision]["decode_tokens_per_second"] for build in theirs}
+                    for isa in isas}
+        for precision in ours
+    }
+    return {"model": str(model_path), "threads": threads, "decode_tokens": decode_tokens, "mlspecqd": ours,
+            "llama_cpp": theirs, "decode_vs_llama_cpp": ratios, "skipped": skipped}
+
+
+def print_products(results: list[dict[str, Any]], rows: list[int]) -> None:
+    more = [M for M in rows if M != 1]
+    print("\nGB/s: weight bytes per second at M = 1; stream: that rate over stream_read's in the same repeat; "
+          "M columns: time(M) / time(1). Medians over repeats.\n")
+    print("| shape | N x K | table | weights | threads | M=1 us | GB/s | of stream | "
+          + " | ".join(f"M={M}" for M in more) + " |")
+    print("|---|---|---|---|---:|---:|---:|---:|" + "---:|" * len(more))
+    for row in results:
+        print(f"| {row['shape']} | {row['N']} x {row['K']} | {row['isa']} | "
+              f"{path_name(row['weights'], row['activations'])} | {row['threads']} | "
+              f"{row['seconds_median'][1] * 1e6:.0f} | {row['bytes_per_second_median'][1] / 1e9:.1f} | "
+              f"{row['share_of_stream_read'][1]:.0%} | "
+              + " | ".join(f"{row['batch_cost'][M]:.2f}" for M in more) + " |")
+
+
+def print_decode(result: dict[str, Any]) -> None:
+    builds = list(result["llama_cpp"])
+    print(f"\nDecode of {Path(result['model']).name}, {result['threads']} threads, tokens/s (best sample); "
+          "llama.cpp: llama-bench tg32 of its copy at the same precision.\n")
+    print("| precision | engine | tok/s | " + " | ".join(f"vs llama.cpp {build}" for build in builds) + " |")
+    print("|---|---|---:|" + "---:|" * len(builds))
+    for precision, by_isa in result["mlspecqd"].items():
+        for isa, ours in by_isa.items():
+            ratios = result["decode_vs_llama_cpp"][precision][isa]
+            print(f"| {precision} | mlspecqd {isa} | {ours['decode_tokens_per_second']:.2f} | "
+                  + " | ".join(f"{ratios[build]:.2f}x" for build in builds) + " |")
+        for build in builds:
+            rate = result["llama_cpp"][build][precision]["decode_tokens_per_second"]
+            print(f"| {precision} | llama.cpp {build} | {rate:.2f} | " + " | ".join("" for _ in builds) + " |")
+    for note in result["skipped"]:
+        print(f"\nskipped llama.cpp {note['llama_cpp_build']}: {note['reason']}")
+
+
+def shape_argument(text: str) -> tuple[str, int, int]:
+    """`NxK` -> (name, N, K), the name of the 1.5B's matrices of that shape where there are some."""
+    match = re.fullmatch(r"(\d+)x(\d+)", text)
+    if not match or int(match.group(1)) < 1 or int(match.group(2)) < 1:
+        raise argparse.ArgumentTypeError(f"a shape is NxK with positive N and K, not {text!r}")
+    N, K = int(match.group(1)), int(match.group(2))
+    if K % MXFP4_BLOCK:
+        raise argparse.ArgumentTypeError(f"{text}: K = {K} is not a multiple of the MXFP4 block ({MXFP4_BLOCK})")
+    names = [name for name, n, k in gemm.SHAPES if (n, k) == (N, K)]
+    return (names[0] if names else text, N, K)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    supported = _native.supported_isas()
+    parser.add_argument("--isas", nargs="+", default=[isa for isa in supported if isa != "scalar"],
+                        help=f"kernel tables (this CPU runs {' '.join(supported)}; default all but scalar)")
+    parser.add_argument("--rows", type=int, nargs="+", default=ROWS, help="row counts M (must hold 1)")
+    parser.add_argument("--threads", type=int, nargs="+", default=[2])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--shapes", type=shape_argument, nargs="+", default=gemm.SHAPES, metavar="NxK",
+                        help="weight shapes (default: the 1.5B's linear layers and LM head)")
+    parser.add_argument("--cache-busting-mib", type=int, default=gemm.CACHE_BUSTING_BYTES >> 20,
+                        help="weight copies swept per timing, and stream_read's buffer, in MiB")
+    parser.add_argument("--decode", action="store_true", help="also decode the real 1.5B next to llama.cpp")
+    parser.add_argument("--model", type=Path, default=decode.DEFAULT_MODEL)
+    parser.add_argument("--decode-tokens", type=int, default=32)
+    parser.add_argument("--llama-cpp-native", type=Path, default=llamacpp.BIN, help="llama.cpp native build's bin")
+    parser.add_argument("--llama-cpp-avx2", type=Path, default=llamacpp.AVX2_BIN, help="llama.cpp AVX2 build's bin")
+    parser.add_argument("--out", type=Path, default=RESULTS / "kernels.json")
+    args = parser.parse_args(argv)
+    for isa in args.isas:
+        if isa not in supported:
+            parser.error(f"--isas: this CPU does not run the {isa} table (it runs {' '.join(supported)})")
+    if 1 not in args.rows or min(args.rows) < 1:
+        parser.error(f"--rows: positive row counts including 1 (the base of the batch costs), not {args.rows}")
+    if args.repeats < 1 or min(args.threads) < 1 or args.cache_busting_mib < 1:
+        parser.error("--repeats, --threads and --cache-busting-mib must be positive")
+
+    machine = describe_machine(args.threads)
+    missing = int8_activations_missing()
+    weight_types = [BF16] + [t for t in MXFP4_TYPES if t.activations != "int8" or missing is None]
+    skipped = [] if missing is None else [{"path": "mxfp4 x int8", "reason": missing}]
+    rows = sorted(set(args.rows))
+    report: dict[str, Any] = {
+        "benchmark": "kernels",
+        "machine": machine,
+        "isas": args.isas,
+        "rows": rows,
+        "repeats": args.repeats,
+        "cache_busting_bytes": args.cache_busting_mib << 20,
+        "weight_bytes_per_value": {"bf16": 2, "mxfp4": 17 / 32},
+        "skipped": skipped,
+        "products": measure_products(args.shapes, args.isas, rows, args.threads, args.repeats,
+                                     args.cache_busting_mib << 20, weight_types),
+    }
+    if args.decode:
+        builds = {"native": args.llama_cpp_native, "avx2": args.llama_cpp_avx2}
+        report["decode"] = measure_decode(args.model, args.isas, max(args.threads), args.decode_tokens, builds)
+    report["load_average_end"] = os.getloadavg()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=1) + "\n")
+
+    for note in skipped:
+        print(f"skipped {note['path']}: {note['reason']}")
+    print_products(report["products"], rows)
+    if args.decode:
+        print_decode(report["decode"])
+    print(f"\nload average: start {machine['load_average'][0]:.2f}, end {report['load_average_end'][0]:.2f}; "
+          f"JSON: {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
