@@ -1,7 +1,7 @@
 """Every product path this CPU runs on Qwen2.5-Coder-1.5B's shapes, and the 1.5B's decode next to llama.cpp.
 
     python3 bench/run.py kernels [--isas avx2 avx512 amx] [--rows 1 2 4 9 16 64] [--threads 2] [--repeats 5]
-                                 [--shapes NxK ...] [--decode] [--out FILE]
+                                 [--shapes NxK ...] [--decode [--rounds 3] [--decode-tokens 32]] [--out FILE]
 
 A path is a kernel table (--isas: default every table this CPU runs but scalar) with one weight type:
   - bf16:          BF16 weights (2 bytes a value), BF16 activations (matmul_bf16);
@@ -13,10 +13,11 @@ coming from memory (each timing sweeps random copies of the weight larger togeth
 cache), GB/s of weight bytes, that rate as a share of `stream_read` measured in the same repeat, and the
 batch cost time(M) / time(1) taken within a repeat. Medians over repeats.
 
-With --decode, the real 1.5B also decodes (bench/decode.py's measure_native: one-token forwards after a
-512-token prompt) with each table at BF16 and at MXFP4, and llama-bench of llama.cpp's native and AVX2
-builds (bench/llamacpp.py) runs on its BF16 and MXFP4 copies of the same GGUF file (-p 512 -n 32, so its
-decode starts at depth 0); a build that is not there is skipped with a note. Rates are the best sample.
+With --decode, the real 1.5B (bench/decode.py's default GGUF file) decodes with each table at BF16 and at
+MXFP4 next to llama-bench of llama.cpp's native and AVX2 builds (bench/llamacpp.py) on llama.cpp's BF16 and
+MXFP4 copies of the same file: --decode-tokens one-token forwards after a 512-token prompt (llama-bench -d 512),
+the engines taking turns within each of --rounds rounds; medians of rates and of within-round ratios. A
+llama.cpp build that is not there is skipped with a note.
 
 Writes bench/results/kernels.json (with the machine: CPU model and flags, load at start and end), then
 prints markdown tables.
@@ -28,6 +29,7 @@ import argparse
 import json
 import os
 import re
+import statistics
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +44,7 @@ from mlspecqd.engine.model import Model
 from mlspecqd.engine.quant import cast_to_mxfp4
 
 ROWS = [1, 2, 4, 9, 16, 64]
+PRECISIONS = ["bf16", "mxfp4"]  # the model's linear weights at decode: as loaded (BF16), or cast to MXFP4
 MXFP4_BLOCK = 32  # values per MXFP4 block: K must be a multiple
 
 
@@ -113,41 +116,51 @@ def measure_products(shapes: list[tuple[str, int, int]], isas: list[str], rows: 
     return results
 
 
-def measure_decode(model_path: Path, isas: list[str], threads: int, decode_tokens: int,
+def measure_decode(model_path: Path, isas: list[str], threads: int, tokens: int, rounds: int,
                    llama_builds: dict[str, Path]) -> dict[str, Any]:
-    """Our decode per precision and table on one loaded model per precision, then llama-bench per build and
-    precision; ratios of ours to each build at the same precision."""
+    """Decode rates (tokens/s) of `tokens` one-token forwards after a PROMPT_TOKENS-token prompt, per precision:
+    each round runs every table of ours on the one loaded model, then llama-bench of every build there is on
+    llama.cpp's copy at that precision (-d PROMPT_TOKENS, the same depth). Medians over rounds; ratios of ours to
+    each build are taken within a round (the machine's load and memory speed drift), then their median."""
     _native.set_num_threads(threads)
-    ours: dict[str, dict[str, Any]] = {}
-    for precision in ("bf16", "mxfp4"):
-        model = Model.load(model_path, precision=precision, context_length=decode.PROMPT_TOKENS + decode_tokens + 8)
-        ours[precision] = {}
-        for isa in isas:
-            _native.set_isa(isa)
-            ours[precision][isa] = decode.measure_native(model, decode_tokens, max_k=0, repeats=1)
-            print(f"decode {precision} {isa}: {ours[precision][isa]['decode_tokens_per_second']:.2f} tok/s",
+    builds = {build: folder for build, folder in llama_builds.items() if llamacpp.available(folder)}
+    skipped = [{"llama_cpp_build": build, "reason": f"llama.cpp's tools are not in {folder}"}
+               for build, folder in llama_builds.items() if build not in builds]
+    rng = np.random.default_rng(1)
+    prompt, continuation = rng.integers(100, 20000, decode.PROMPT_TOKENS), rng.integers(100, 20000, tokens)
+    by_precision = {}
+    for precision in PRECISIONS:
+        model = Model.load(model_path, precision=precision, context_length=decode.PROMPT_TOKENS + tokens + 8)
+        copy = llamacpp.quantized_copy(model_path, precision) if builds else None
+        model.forward(prompt, 0)  # the cache holds the prompt for every table: the tables share its layout
+        measured = []
+        for _ in range(rounds):
+            rates = {}
+            for isa in isas:
+                _native.set_isa(isa)
+                rates[f"mlspecqd {isa}"] = decode.decode_rate(model, continuation, decode.PROMPT_TOKENS)
+            for build, folder in builds.items():
+                rates[f"llama.cpp {build}"] = decode.llama_bench_decode_at_depth(copy, threads, tokens, folder)
+            measured.append({"tokens_per_second": rates, "load_average_1min": os.getloadavg()[0]})
+            print(f"decode {precision}: " + ", ".join(f"{engine} {rate:.2f}" for engine, rate in rates.items()),
                   file=sys.stderr, flush=True)
         model.close()
         del model
-    theirs: dict[str, dict[str, Any]] = {}
-    skipped = []
-    for build, folder in llama_builds.items():
-        if not llamacpp.available(folder):
-            skipped.append({"llama_cpp_build": build, "reason": f"llama.cpp's tools are not in {folder}"})
-            continue
-        theirs[build] = {"folder": str(folder)}
-        for precision in ("bf16", "mxfp4"):
-            theirs[build][precision] = decode.measure_llama_cpp(model_path, precision, threads, None, folder)
-            print(f"llama.cpp {build} {precision}: {theirs[build][precision]['decode_tokens_per_second']:.2f} tok/s",
-                  file=sys.stderr, flush=True)
-    ratios = {
-        precision: {isa: {build: ours[precision][isa]["decode_tokens_per_second"]
-                          / theirs[build][precision]["decode_tokens_per_second"] for build in theirs}
-                    for isa in isas}
-        for precision in ours
-    }
-    return {"model": str(model_path), "threads": threads, "decode_tokens": decode_tokens, "mlspecqd": ours,
-            "llama_cpp": theirs, "decode_vs_llama_cpp": ratios, "skipped": skipped}
+        engines = list(measured[0]["tokens_per_second"])
+        by_precision[precision] = {
+            "llama_cpp_model": None if copy is None else str(copy),
+            "rounds": measured,
+            "tokens_per_second_median": {
+                engine: statistics.median(r["tokens_per_second"][engine] for r in measured) for engine in engines},
+            "mlspecqd_vs_llama_cpp": {
+                isa: {build: statistics.median(r["tokens_per_second"][f"mlspecqd {isa}"]
+                                               / r["tokens_per_second"][f"llama.cpp {build}"] for r in measured)
+                      for build in builds}
+                for isa in isas},
+        }
+    return {"model": str(model_path), "threads": threads, "prompt_tokens": decode.PROMPT_TOKENS,
+            "decode_tokens": tokens, "rounds": rounds, "llama_cpp_builds": {b: str(f) for b, f in builds.items()},
+            "skipped": skipped, "precisions": by_precision}
 
 
 def print_products(results: list[dict[str, Any]], rows: list[int]) -> None:
@@ -166,19 +179,18 @@ def print_products(results: list[dict[str, Any]], rows: list[int]) -> None:
 
 
 def print_decode(result: dict[str, Any]) -> None:
-    builds = list(result["llama_cpp"])
-    print(f"\nDecode of {Path(result['model']).name}, {result['threads']} threads, tokens/s (best sample); "
-          "llama.cpp: llama-bench tg32 of its copy at the same precision.\n")
+    builds = list(result["llama_cpp_builds"])
+    print(f"\nDecode of {Path(result['model']).name}, {result['threads']} threads: {result['decode_tokens']} "
+          f"tokens after {result['prompt_tokens']}, tokens/s, medians of {result['rounds']} rounds; "
+          "llama.cpp on its copy at the same precision.\n")
     print("| precision | engine | tok/s | " + " | ".join(f"vs llama.cpp {build}" for build in builds) + " |")
     print("|---|---|---:|" + "---:|" * len(builds))
-    for precision, by_isa in result["mlspecqd"].items():
-        for isa, ours in by_isa.items():
-            ratios = result["decode_vs_llama_cpp"][precision][isa]
-            print(f"| {precision} | mlspecqd {isa} | {ours['decode_tokens_per_second']:.2f} | "
-                  + " | ".join(f"{ratios[build]:.2f}x" for build in builds) + " |")
-        for build in builds:
-            rate = result["llama_cpp"][build][precision]["decode_tokens_per_second"]
-            print(f"| {precision} | llama.cpp {build} | {rate:.2f} | " + " | ".join("" for _ in builds) + " |")
+    for precision, entry in result["precisions"].items():
+        for engine, rate in entry["tokens_per_second_median"].items():
+            isa = engine.removeprefix("mlspecqd ")
+            ratios = entry["mlspecqd_vs_llama_cpp"].get(isa, {})
+            print(f"| {precision} | {engine} | {rate:.2f} | "
+                  + " | ".join(f"{ratios[build]:.2f}x" if build in ratios else "" for build in builds) + " |")
     for note in result["skipped"]:
         print(f"\nskipped llama.cpp {note['llama_cpp_build']}: {note['reason']}")
 
@@ -210,6 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--decode", action="store_true", help="also decode the real 1.5B next to llama.cpp")
     parser.add_argument("--model", type=Path, default=decode.DEFAULT_MODEL)
     parser.add_argument("--decode-tokens", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=3, help="decode rounds, each engine once per round")
     parser.add_argument("--llama-cpp-native", type=Path, default=llamacpp.BIN, help="llama.cpp native build's bin")
     parser.add_argument("--llama-cpp-avx2", type=Path, default=llamacpp.AVX2_BIN, help="llama.cpp AVX2 build's bin")
     parser.add_argument("--out", type=Path, default=RESULTS / "kernels.json")
@@ -219,8 +232,8 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--isas: this CPU does not run the {isa} table (it runs {' '.join(supported)})")
     if 1 not in args.rows or min(args.rows) < 1:
         parser.error(f"--rows: positive row counts including 1 (the base of the batch costs), not {args.rows}")
-    if args.repeats < 1 or min(args.threads) < 1 or args.cache_busting_mib < 1:
-        parser.error("--repeats, --threads and --cache-busting-mib must be positive")
+    if min(args.repeats, *args.threads, args.cache_busting_mib, args.decode_tokens, args.rounds) < 1:
+        parser.error("--repeats, --threads, --cache-busting-mib, --decode-tokens and --rounds must be positive")
 
     machine = describe_machine(args.threads)
     missing = int8_activations_missing()
@@ -241,7 +254,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     if args.decode:
         builds = {"native": args.llama_cpp_native, "avx2": args.llama_cpp_avx2}
-        report["decode"] = measure_decode(args.model, args.isas, max(args.threads), args.decode_tokens, builds)
+        report["decode"] = measure_decode(args.model, args.isas, max(args.threads), args.decode_tokens, args.rounds,
+                                          builds)
     report["load_average_end"] = os.getloadavg()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1) + "\n")
