@@ -13,11 +13,12 @@ coming from memory (each timing sweeps random copies of the weight larger togeth
 cache), GB/s of weight bytes, that rate as a share of `stream_read` measured in the same repeat, and the
 batch cost time(M) / time(1) taken within a repeat. Medians over repeats.
 
-With --decode, the real 1.5B (bench/decode.py's default GGUF file) decodes with each table at BF16 and at
-MXFP4 next to llama-bench of llama.cpp's native and AVX2 builds (bench/llamacpp.py) on llama.cpp's BF16 and
-MXFP4 copies of the same file: --decode-tokens one-token forwards after a 512-token prompt (llama-bench -d 512),
-the engines taking turns within each of --rounds rounds; medians of rates and of within-round ratios. A
-llama.cpp build that is not there is skipped with a note.
+With --decode, the real 1.5B (bench/decode.py's default GGUF file) decodes on every path (the model's kernel
+plan: that table and those activations at every row count; MXFP4: the linear layers and LM head cast at load)
+next to llama-bench of llama.cpp's native and AVX2 builds (bench/llamacpp.py) on llama.cpp's BF16 and MXFP4
+copies of the same file: --decode-tokens one-token forwards after a 512-token prompt (llama-bench -d 512), the
+engines taking turns within each of --rounds rounds; medians of rates and of within-round ratios. A llama.cpp
+build that is not there is skipped with a note.
 
 Writes bench/results/kernels.json (with the machine: CPU model and flags, load at start and end), then
 prints markdown tables.
@@ -40,11 +41,12 @@ import numpy as np
 from bench import RESULTS, decode, gemm, llamacpp, mxfp4
 from bench.machine import describe_machine
 from mlspecqd import _native
+from mlspecqd.engine.kernel_choice import ROW_CLASSES, KernelChoice, KernelPlan
 from mlspecqd.engine.model import Model
 from mlspecqd.engine.quant import cast_to_mxfp4
 
 ROWS = [1, 2, 4, 9, 16, 64]
-PRECISIONS = ["bf16", "mxfp4"]  # the model's linear weights at decode: as loaded (BF16), or cast to MXFP4
+STORAGES = ["bf16", "mxfp4"]  # how weights are stored: the model's precision at load, llama.cpp's copy
 MXFP4_BLOCK = 32  # values per MXFP4 block: K must be a multiple
 
 
@@ -100,7 +102,7 @@ def measure_products(shapes: list[tuple[str, int, int]], isas: list[str], rows: 
     stream_words = np.random.default_rng(0).integers(0, 2**63, size=cache_bytes // 8, dtype=np.uint64)
     results = []
     for name, N, K in shapes:
-        for storage in ("bf16", "mxfp4"):
+        for storage in STORAGES:
             weights = random_weights(storage, N, K, cache_bytes, np.random.default_rng(1))
             for weight_type in (t for t in weight_types if t.weights == storage):
                 for isa in isas:
@@ -116,51 +118,59 @@ def measure_products(shapes: list[tuple[str, int, int]], isas: list[str], rows: 
     return results
 
 
-def measure_decode(model_path: Path, isas: list[str], threads: int, tokens: int, rounds: int,
-                   llama_builds: dict[str, Path]) -> dict[str, Any]:
-    """Decode rates (tokens/s) of `tokens` one-token forwards after a PROMPT_TOKENS-token prompt, per precision:
-    each round runs every table of ours on the one loaded model, then llama-bench of every build there is on
-    llama.cpp's copy at that precision (-d PROMPT_TOKENS, the same depth). Medians over rounds; ratios of ours to
-    each build are taken within a round (the machine's load and memory speed drift), then their median."""
+def measure_decode(model_path: Path, isas: list[str], weight_types: list[WeightType], threads: int, tokens: int,
+                   rounds: int, llama_builds: dict[str, Path]) -> dict[str, Any]:
+    """Decode rates (tokens/s) of `tokens` one-token forwards after a PROMPT_TOKENS-token prompt. The model is
+    loaded once per storage (BF16, MXFP4); each round runs every weight type of that storage on every table
+    (the model's kernel plan: that table and those activations at every row count), then llama-bench of every
+    build there is on llama.cpp's copy at that storage (-d PROMPT_TOKENS, the same depth). Medians over rounds;
+    ratios of ours to each build are taken within a round (the machine's load and memory speed drift)."""
     _native.set_num_threads(threads)
     builds = {build: folder for build, folder in llama_builds.items() if llamacpp.available(folder)}
     skipped = [{"llama_cpp_build": build, "reason": f"llama.cpp's tools are not in {folder}"}
                for build, folder in llama_builds.items() if build not in builds]
     rng = np.random.default_rng(1)
     prompt, continuation = rng.integers(100, 20000, decode.PROMPT_TOKENS), rng.integers(100, 20000, tokens)
-    by_precision = {}
-    for precision in PRECISIONS:
-        model = Model.load(model_path, precision=precision, context_length=decode.PROMPT_TOKENS + tokens + 8)
-        copy = llamacpp.quantized_copy(model_path, precision) if builds else None
+    by_storage = {}
+    for storage in STORAGES:
+        ours = [(t, isa) for t in weight_types if t.weights == storage for isa in isas]
+        model = Model.load(model_path, precision=storage, context_length=decode.PROMPT_TOKENS + tokens + 8)
+        copy = llamacpp.quantized_copy(model_path, storage) if builds else None
         model.forward(prompt, 0)  # the cache holds the prompt for every table: the tables share its layout
         measured = []
         for _ in range(rounds):
             rates = {}
-            for isa in isas:
+            for weight_type, isa in ours:
                 _native.set_isa(isa)
-                rates[f"mlspecqd {isa}"] = decode.decode_rate(model, continuation, decode.PROMPT_TOKENS)
+                model.set_kernel_plan(KernelPlan((KernelChoice(isa, weight_type.activations),) * len(ROW_CLASSES)))
+                rates[engine_name(isa, weight_type)] = decode.decode_rate(model, continuation, decode.PROMPT_TOKENS)
             for build, folder in builds.items():
                 rates[f"llama.cpp {build}"] = decode.llama_bench_decode_at_depth(copy, threads, tokens, folder)
             measured.append({"tokens_per_second": rates, "load_average_1min": os.getloadavg()[0]})
-            print(f"decode {precision}: " + ", ".join(f"{engine} {rate:.2f}" for engine, rate in rates.items()),
+            print(f"decode {storage}: " + ", ".join(f"{engine} {rate:.2f}" for engine, rate in rates.items()),
                   file=sys.stderr, flush=True)
         model.close()
         del model
         engines = list(measured[0]["tokens_per_second"])
-        by_precision[precision] = {
+        by_storage[storage] = {
             "llama_cpp_model": None if copy is None else str(copy),
             "rounds": measured,
             "tokens_per_second_median": {
                 engine: statistics.median(r["tokens_per_second"][engine] for r in measured) for engine in engines},
             "mlspecqd_vs_llama_cpp": {
-                isa: {build: statistics.median(r["tokens_per_second"][f"mlspecqd {isa}"]
-                                               / r["tokens_per_second"][f"llama.cpp {build}"] for r in measured)
-                      for build in builds}
-                for isa in isas},
+                engine_name(isa, t): {
+                    build: statistics.median(r["tokens_per_second"][engine_name(isa, t)]
+                                             / r["tokens_per_second"][f"llama.cpp {build}"] for r in measured)
+                    for build in builds}
+                for t, isa in ours},
         }
     return {"model": str(model_path), "threads": threads, "prompt_tokens": decode.PROMPT_TOKENS,
             "decode_tokens": tokens, "rounds": rounds, "llama_cpp_builds": {b: str(f) for b, f in builds.items()},
-            "skipped": skipped, "precisions": by_precision}
+            "skipped": skipped, "weights": by_storage}
+
+
+def engine_name(isa: str, weight_type: WeightType) -> str:
+    return f"mlspecqd {isa} {weight_type.name}"
 
 
 def print_products(results: list[dict[str, Any]], rows: list[int]) -> None:
@@ -182,14 +192,13 @@ def print_decode(result: dict[str, Any]) -> None:
     builds = list(result["llama_cpp_builds"])
     print(f"\nDecode of {Path(result['model']).name}, {result['threads']} threads: {result['decode_tokens']} "
           f"tokens after {result['prompt_tokens']}, tokens/s, medians of {result['rounds']} rounds; "
-          "llama.cpp on its copy at the same precision.\n")
-    print("| precision | engine | tok/s | " + " | ".join(f"vs llama.cpp {build}" for build in builds) + " |")
+          "llama.cpp on its copy with the same weights (BF16 or MXFP4).\n")
+    print("| weights | engine | tok/s | " + " | ".join(f"vs llama.cpp {build}" for build in builds) + " |")
     print("|---|---|---:|" + "---:|" * len(builds))
-    for precision, entry in result["precisions"].items():
+    for storage, entry in result["weights"].items():
         for engine, rate in entry["tokens_per_second_median"].items():
-            isa = engine.removeprefix("mlspecqd ")
-            ratios = entry["mlspecqd_vs_llama_cpp"].get(isa, {})
-            print(f"| {precision} | {engine} | {rate:.2f} | "
+            ratios = entry["mlspecqd_vs_llama_cpp"].get(engine, {})
+            print(f"| {storage} | {engine} | {rate:.2f} | "
                   + " | ".join(f"{ratios[build]:.2f}x" if build in ratios else "" for build in builds) + " |")
     for note in result["skipped"]:
         print(f"\nskipped llama.cpp {note['llama_cpp_build']}: {note['reason']}")
@@ -254,8 +263,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     if args.decode:
         builds = {"native": args.llama_cpp_native, "avx2": args.llama_cpp_avx2}
-        report["decode"] = measure_decode(args.model, args.isas, max(args.threads), args.decode_tokens, args.rounds,
-                                          builds)
+        report["decode"] = measure_decode(args.model, args.isas, weight_types, max(args.threads), args.decode_tokens,
+                                          args.rounds, builds)
     report["load_average_end"] = os.getloadavg()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1) + "\n")
