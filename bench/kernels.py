@@ -6,8 +6,8 @@
 A path is a kernel table (--isas: default every table this CPU runs but scalar) with one weight type:
   - bf16:          BF16 weights (2 bytes a value), BF16 activations (matmul_bf16);
   - mxfp4 x bf16:  MXFP4 weights (17 bytes per 32 values), BF16 activations (matmul_mxfp4);
-  - mxfp4 x int8:  MXFP4 weights, activations quantized to int8 (matmul_mxfp4(..., activations="int8")),
-                   skipped with a note in the JSON where the installed module has no such path.
+  - mxfp4 x int8:  MXFP4 weights, activations quantized to int8 per block of 32
+                   (matmul_mxfp4(..., activations="int8")).
 For each path, shape and row count M (bench/gemm.py's bench_shape): seconds per product with the weights
 coming from memory (each timing sweeps random copies of the weight larger together than the last-level
 cache), GB/s of weight bytes, that rate as a share of `stream_read` measured in the same repeat, and the
@@ -43,7 +43,6 @@ from bench.machine import describe_machine
 from mlspecqd import _native
 from mlspecqd.engine.kernel_choice import ROW_CLASSES, KernelChoice, KernelPlan
 from mlspecqd.engine.model import Model
-from mlspecqd.engine.quant import cast_to_mxfp4
 
 ROWS = [1, 2, 4, 9, 16, 64]
 STORAGES = ["bf16", "mxfp4"]  # how weights are stored: the model's precision at load, llama.cpp's copy
@@ -75,18 +74,8 @@ class WeightType:
         return path_name(self.weights, self.activations)
 
 
-BF16 = WeightType("bf16", "bf16", gemm.multiply_bf16)
-MXFP4_TYPES = [WeightType("mxfp4", "bf16", multiply_mxfp4), WeightType("mxfp4", "int8", multiply_mxfp4_int8)]
-
-
-def int8_activations_missing() -> str | None:
-    """None where the installed module multiplies MXFP4 weights by int8 activations; else why not."""
-    x = np.ones((1, MXFP4_BLOCK), np.float32)
-    try:
-        multiply_mxfp4_int8(x, cast_to_mxfp4(x), np.empty((1, 1), np.float32))
-    except TypeError as error:
-        return f"the installed _native.matmul_mxfp4 takes no activations=\"int8\" ({str(error).splitlines()[0]})"
-    return None
+WEIGHT_TYPES = [WeightType("bf16", "bf16", gemm.multiply_bf16), WeightType("mxfp4", "bf16", multiply_mxfp4),
+                WeightType("mxfp4", "int8", multiply_mxfp4_int8)]
 
 
 def random_weights(storage: str, N: int, K: int, total_bytes: int, rng: np.random.Generator) -> list[np.ndarray]:
@@ -97,14 +86,14 @@ def random_weights(storage: str, N: int, K: int, total_bytes: int, rng: np.rando
 
 
 def measure_products(shapes: list[tuple[str, int, int]], isas: list[str], rows: list[int], threads: list[int],
-                     repeats: int, cache_bytes: int, weight_types: list[WeightType]) -> list[dict[str, Any]]:
+                     repeats: int, cache_bytes: int) -> list[dict[str, Any]]:
     """bench_shape's figures for every shape x weight type x table x thread count, labelled with the path."""
     stream_words = np.random.default_rng(0).integers(0, 2**63, size=cache_bytes // 8, dtype=np.uint64)
     results = []
     for name, N, K in shapes:
         for storage in STORAGES:
             weights = random_weights(storage, N, K, cache_bytes, np.random.default_rng(1))
-            for weight_type in (t for t in weight_types if t.weights == storage):
+            for weight_type in (t for t in WEIGHT_TYPES if t.weights == storage):
                 for isa in isas:
                     _native.set_isa(isa)
                     for thread_count in threads:
@@ -118,8 +107,8 @@ def measure_products(shapes: list[tuple[str, int, int]], isas: list[str], rows: 
     return results
 
 
-def measure_decode(model_path: Path, isas: list[str], weight_types: list[WeightType], threads: int, tokens: int,
-                   rounds: int, llama_builds: dict[str, Path]) -> dict[str, Any]:
+def measure_decode(model_path: Path, isas: list[str], threads: int, tokens: int, rounds: int,
+                   llama_builds: dict[str, Path]) -> dict[str, Any]:
     """Decode rates (tokens/s) of `tokens` one-token forwards after a PROMPT_TOKENS-token prompt. The model is
     loaded once per storage (BF16, MXFP4); each round runs every weight type of that storage on every table
     (the model's kernel plan: that table and those activations at every row count), then llama-bench of every
@@ -133,7 +122,7 @@ def measure_decode(model_path: Path, isas: list[str], weight_types: list[WeightT
     prompt, continuation = rng.integers(100, 20000, decode.PROMPT_TOKENS), rng.integers(100, 20000, tokens)
     by_storage = {}
     for storage in STORAGES:
-        ours = [(t, isa) for t in weight_types if t.weights == storage for isa in isas]
+        ours = [(t, isa) for t in WEIGHT_TYPES if t.weights == storage for isa in isas]
         model = Model.load(model_path, precision=storage, context_length=decode.PROMPT_TOKENS + tokens + 8)
         copy = llamacpp.quantized_copy(model_path, storage) if builds else None
         model.forward(prompt, 0)  # the cache holds the prompt for every table: the tables share its layout
@@ -245,9 +234,6 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--repeats, --threads, --cache-busting-mib, --decode-tokens and --rounds must be positive")
 
     machine = describe_machine(args.threads)
-    missing = int8_activations_missing()
-    weight_types = [BF16] + [t for t in MXFP4_TYPES if t.activations != "int8" or missing is None]
-    skipped = [] if missing is None else [{"path": "mxfp4 x int8", "reason": missing}]
     rows = sorted(set(args.rows))
     report: dict[str, Any] = {
         "benchmark": "kernels",
@@ -257,20 +243,17 @@ def main(argv: list[str] | None = None) -> int:
         "repeats": args.repeats,
         "cache_busting_bytes": args.cache_busting_mib << 20,
         "weight_bytes_per_value": {"bf16": 2, "mxfp4": 17 / 32},
-        "skipped": skipped,
         "products": measure_products(args.shapes, args.isas, rows, args.threads, args.repeats,
-                                     args.cache_busting_mib << 20, weight_types),
+                                     args.cache_busting_mib << 20),
     }
     if args.decode:
         builds = {"native": args.llama_cpp_native, "avx2": args.llama_cpp_avx2}
-        report["decode"] = measure_decode(args.model, args.isas, weight_types, max(args.threads), args.decode_tokens,
-                                          args.rounds, builds)
+        report["decode"] = measure_decode(args.model, args.isas, max(args.threads), args.decode_tokens, args.rounds,
+                                          builds)
     report["load_average_end"] = os.getloadavg()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1) + "\n")
 
-    for note in skipped:
-        print(f"skipped {note['path']}: {note['reason']}")
     print_products(report["products"], rows)
     if args.decode:
         print_decode(report["decode"])
