@@ -105,12 +105,21 @@ def measure_llama_cpp(source: Path, precision: str, threads: int, model: Path | 
     }
 
 
-def llama_bench_decode_at_depth(model: Path, threads: int, tokens: int) -> float:
-    """llama-bench's decode rate (tokens/s) for `tokens` tokens after PROMPT_TOKENS cached ones, one repetition."""
-    out = subprocess.run([str(llamacpp.BIN / "llama-bench"), "-m", str(model), "-t", str(threads), "-p", "0",
-                          "-n", str(tokens), "-d", str(PROMPT_TOKENS), "-r", "1", "-o", "json"],
+def llama_bench_decode_at_depth(model: Path, threads: int, tokens: int, folder: Path | None = None) -> float:
+    """llama-bench's decode rate (tokens/s) for `tokens` tokens after PROMPT_TOKENS cached ones, one repetition,
+    by the build in `folder` (default: llamacpp.BIN)."""
+    out = subprocess.run([str((folder or llamacpp.BIN) / "llama-bench"), "-m", str(model), "-t", str(threads),
+                          "-p", "0", "-n", str(tokens), "-d", str(PROMPT_TOKENS), "-r", "1", "-o", "json"],
                          check=True, capture_output=True, text=True).stdout
     return json.loads(out)[0]["avg_ts"]
+
+
+def decode_rate(model: Model, continuation: np.ndarray, depth: int) -> float:
+    """Tokens/s of one-token forwards of `continuation` at positions depth, depth + 1, ... (the cache holds
+    `depth` tokens already)."""
+    elapsed = sum(seconds(lambda i=i: model.forward(continuation[i : i + 1], depth + i))
+                  for i in range(len(continuation)))
+    return len(continuation) / elapsed
 
 
 def interleaved_decode(model: Model, llama_model: Path, threads: int, tokens: int, rounds: int) -> dict[str, Any]:
@@ -122,10 +131,9 @@ def interleaved_decode(model: Model, llama_model: Path, threads: int, tokens: in
     rows = []
     for _ in range(rounds):
         model.forward(prompt, 0)
-        elapsed = sum(seconds(lambda i=i: model.forward(continuation[i : i + 1], PROMPT_TOKENS + i))
-                      for i in range(tokens))
+        ours = decode_rate(model, continuation, PROMPT_TOKENS)
         theirs = llama_bench_decode_at_depth(llama_model, threads, tokens)
-        rows.append({"mlspecqd": tokens / elapsed, "llama_cpp": theirs, "load_average_1min": os.getloadavg()[0]})
+        rows.append({"mlspecqd": ours, "llama_cpp": theirs, "load_average_1min": os.getloadavg()[0]})
     return {
         "rounds": rows,
         "mlspecqd_median": statistics.median(row["mlspecqd"] for row in rows),

@@ -20,7 +20,7 @@ import json
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -57,11 +57,31 @@ def random_bf16_weights(N: int, K: int, copies: int, rng: np.random.Generator) -
     return [one() for _ in range(copies)]
 
 
+# A product y = x @ W.T written into out, W given in its stored form (BF16 bits, MXFP4 blocks, ...).
+Multiply = Callable[[np.ndarray, np.ndarray, np.ndarray], object]
+
+
+def multiply_bf16(x: np.ndarray, weights: np.ndarray, out: np.ndarray) -> None:
+    _native.matmul_bf16(x, weights, out=out)
+
+
 def bench_shape(
-    name: str, weights: list[np.ndarray], thread_count: int, repeats: int, stream_words: np.ndarray
+    name: str,
+    weights: list[np.ndarray],
+    thread_count: int,
+    repeats: int,
+    stream_words: np.ndarray,
+    *,
+    K: int | None = None,
+    multiply: Multiply = multiply_bf16,
+    batch_sizes: Sequence[int] = BATCH_SIZES,
 ) -> dict:
+    """Times of `multiply` for each M of `batch_sizes` (which holds 1, the base of the batch costs) on copies of
+    one (N, K) weight (K: the weight's second dimension unless given, as for packed formats), next to
+    `stream_read` in every repeat."""
     rng = np.random.default_rng(2)
-    N, K = weights[0].shape
+    N = weights[0].shape[0]
+    K = weights[0].shape[1] if K is None else K
     weight_bytes = weights[0].nbytes
     copies = len(weights)
     _native.set_num_threads(thread_count)
@@ -75,21 +95,21 @@ def bench_shape(
 
         def sweep() -> None:
             for w in weights:
-                _native.matmul_bf16(x, w, out=out)
+                multiply(x, w, out)
 
         return sweep
 
-    sweeps = {M: gemm_sweep(M) for M in BATCH_SIZES}
+    sweeps = {M: gemm_sweep(M) for M in batch_sizes}
     for sweep in (stream_sweep, *sweeps.values()):  # warm up: first touches, page faults
         sweep()
-    stream_seconds, seconds = [], {M: [] for M in BATCH_SIZES}  # per call, per repeat
+    stream_seconds, seconds = [], {M: [] for M in batch_sizes}  # per call, per repeat
     for _ in range(repeats):
         stream_seconds.append(timed(stream_sweep))
         for M, sweep in sweeps.items():
             seconds[M].append(timed(sweep) / copies)
 
     stream_bandwidth = [stream_words.nbytes / s for s in stream_seconds]
-    gemv_bandwidth = [weight_bytes / s for s in seconds[1]]
+    bandwidth = {M: [weight_bytes / s for s in seconds[M]] for M in batch_sizes}
     return {
         "shape": name,
         "N": N,
@@ -97,12 +117,15 @@ def bench_shape(
         "weight_bytes": weight_bytes,
         "threads": thread_count,
         "stream_read_bytes_per_second": statistics.median(stream_bandwidth),
-        "gemv_bytes_per_second": statistics.median(gemv_bandwidth),
-        "gemv_bytes_per_second_best": max(gemv_bandwidth),
-        "gemv_share_of_stream_read": statistics.median(g / s for g, s in zip(gemv_bandwidth, stream_bandwidth)),
-        "seconds_median": {M: statistics.median(seconds[M]) for M in BATCH_SIZES},
-        "seconds_best": {M: min(seconds[M]) for M in BATCH_SIZES},
-        "batch_cost": {M: statistics.median(t / t1 for t, t1 in zip(seconds[M], seconds[1])) for M in BATCH_SIZES},
+        "gemv_bytes_per_second": statistics.median(bandwidth[1]),
+        "gemv_bytes_per_second_best": max(bandwidth[1]),
+        "gemv_share_of_stream_read": statistics.median(g / s for g, s in zip(bandwidth[1], stream_bandwidth)),
+        "seconds_median": {M: statistics.median(seconds[M]) for M in batch_sizes},
+        "seconds_best": {M: min(seconds[M]) for M in batch_sizes},
+        "bytes_per_second_median": {M: statistics.median(bandwidth[M]) for M in batch_sizes},
+        "share_of_stream_read": {
+            M: statistics.median(b / s for b, s in zip(bandwidth[M], stream_bandwidth)) for M in batch_sizes},
+        "batch_cost": {M: statistics.median(t / t1 for t, t1 in zip(seconds[M], seconds[1])) for M in batch_sizes},
     }
 
 

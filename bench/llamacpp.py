@@ -12,6 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 BIN = Path(os.environ.get("LLAMA_CPP_BIN", Path.home() / ".cache" / "llamacpp-ref" / "bin"))
+# The same llama.cpp built for AVX2 with AVX-VNNI and no AVX-512 (../shared/tools/build_llamacpp_reference.sh avx2):
+# what llama.cpp ships for AI PCs.
+AVX2_BIN = Path(os.environ.get("LLAMA_CPP_AVX2_BIN", Path.home() / ".cache" / "llamacpp-ref-avx2" / "bin"))
 
 # llama-quantize arguments for each copy (../shared/MODELS.md gives the MXFP4 recipe).
 _LINEAR = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
@@ -22,9 +25,10 @@ QUANTIZE_ARGS = {
 }
 
 
-def available() -> bool:
+def available(folder: Path | None = None) -> bool:
+    """Whether the tools the benchmarks run are in `folder` (default: BIN)."""
     tools = ("llama-bench", "llama-completion", "llama-speculative", "llama-quantize")
-    return all((BIN / tool).exists() for tool in tools)
+    return all(((folder or BIN) / tool).exists() for tool in tools)
 
 
 def quantized_copy(source: Path, kind: str) -> Path:

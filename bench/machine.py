@@ -1,4 +1,5 @@
-"""What a benchmark ran on, recorded with its results: CPU, ISA table, threads, the mlspecqd measured, commit."""
+"""What a benchmark ran on, recorded with its results: CPU model and flags, ISA table, threads, the mlspecqd
+measured, commit."""
 
 from __future__ import annotations
 
@@ -25,6 +26,18 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def cpu_flags() -> list[str]:
+    """The "flags" line of /proc/cpuinfo (the instruction set extensions the kernel reports), sorted; empty
+    where there is none."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return sorted(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return []
+
+
 def _git(*args: str) -> str | None:
     try:
         # No optional locks: a benchmark must not hold the index lock while others commit in this checkout.
@@ -42,6 +55,7 @@ def describe_machine(threads: int | list[int] | None = None) -> dict[str, Any]:
     status = _git("status", "--porcelain", "--untracked-files=no")
     return {
         "cpu": cpu_model(),
+        "cpu_flags": cpu_flags(),
         "logical_cpus": os.cpu_count(),
         "cpus_available": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "cpu_features": _native.cpu_features(),

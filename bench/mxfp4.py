@@ -42,9 +42,10 @@ LM_HEAD = (151936, 1536)
 CACHE_BUSTING_BYTES = 256 << 20  # well above the 32 MiB L3 of the reference machine
 
 
-def weight_copies(rng: np.random.Generator, N: int, K: int) -> list[np.ndarray]:
+def weight_copies(rng: np.random.Generator, N: int, K: int, total_bytes: int = CACHE_BUSTING_BYTES) -> list[np.ndarray]:
+    """At least two copies of one random (N, K) MXFP4 weight, together at least `total_bytes`."""
     blocks = cast_to_mxfp4(rng.standard_normal((N, K), dtype=np.float32) * np.float32(0.02))
-    copies = max(2, -(-CACHE_BUSTING_BYTES // blocks.nbytes))
+    copies = max(2, -(-total_bytes // blocks.nbytes))
     return [blocks] + [blocks.copy() for _ in range(copies - 1)]
 
 
