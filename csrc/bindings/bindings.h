@@ -7,10 +7,12 @@
 #include <pybind11/stl.h>  // in every file here: one set of STL conversions across the module
 
 #include <cstdint>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <vector>
 
+#include "cpu.h"
 #include "kernels/linear.h"
 #include "kernels/mxfp4.h"
 #include "model/moe.h"
@@ -39,6 +41,13 @@ inline Mxfp4Activations mxfp4_activations_from_name(const std::string& name, con
     if (name == "bf16") return Mxfp4Activations::bf16;
     if (name == "int8") return Mxfp4Activations::int8;
     throw std::invalid_argument(where + ": MXFP4 activations '" + name + "' are not 'bf16' or 'int8'");
+}
+
+// The kernels of `isa` (None: the active instruction set's) with MXFP4 weights multiplying `activations`;
+// ValueError naming `where` for a name that is not one, or a table this CPU cannot run.
+inline KernelChoice kernel_choice_from_names(const std::optional<std::string>& isa, const std::string& activations,
+                                             const std::string& where) {
+    return {isa ? &kernels(isa_from_name(*isa)) : nullptr, mxfp4_activations_from_name(activations, where)};
 }
 
 // Refuses an array `what` that is not C-contiguous of `shape` (it is used in place).

@@ -38,8 +38,7 @@ py::array output_array(const py::object& out, int64_t M, int64_t N, const std::s
 py::array run_matmul(Linear linear, const FloatArray& x, py::array y, const std::optional<std::string>& isa,
                      const std::string& activations, const std::string& where) {
     KernelPlan plan;
-    for (KernelChoice& choice : plan.by_rows)
-        choice = {isa ? &kernels(isa_from_name(*isa)) : nullptr, mxfp4_activations_from_name(activations, where)};
+    plan.by_rows.fill(kernel_choice_from_names(isa, activations, where));
     linear.plan = &plan;
     float* y_data = static_cast<float*>(y.mutable_data());
     {

@@ -4,7 +4,6 @@
 #include <cstdint>
 #include <map>
 #include <memory>
-#include <optional>
 #include <stdexcept>
 #include <string>
 #include <tuple>
@@ -12,7 +11,6 @@
 
 #include "bindings/bindings.h"
 #include "cache_aligned.h"
-#include "cpu.h"
 #include "gguf/dequantize.h"
 #include "kernels/bf16.h"
 #include "kernels/linear.h"
@@ -223,8 +221,7 @@ public:
         KernelPlan plan;
         for (size_t i = 0; i < choices.size(); ++i) {
             const auto& [isa, activations] = choices[i];
-            plan.by_rows[i] = {isa ? &kernels(isa_from_name(*isa)) : nullptr,
-                               mxfp4_activations_from_name(activations, "set_kernel_plan")};
+            plan.by_rows[i] = kernel_choice_from_names(isa, activations, "set_kernel_plan");
         }
         decoder_->set_kernel_plan(plan);
     }

@@ -38,12 +38,12 @@ void parallel_for_prepared(const Linear& w, const float* x, int64_t M, int64_t n
     parallel_for_after(w.in_features, kWeightRowsPerChunk, prepare, n, kWeightRowsPerChunk, run_body);
 }
 
-// The products of one call must read one prepared x: the same weight type and the same K > 0 (the
+// The products of one call must read one prepared x: the same weight type, kernel plan and K > 0 (the
 // kernels assume at least one step of K). The decoder's query/key/value and gate/up always do.
 void check_shared_input(const Linear& first, const Linear& other, const char* where) {
     if (other.type != first.type || other.plan != first.plan || other.in_features != first.in_features ||
         first.in_features <= 0)
-        throw std::invalid_argument(std::string(where) + ": the weights must share their type and an input width K > 0 (K = " +
+        throw std::invalid_argument(std::string(where) + ": the weights must share their type, kernel plan and an input width K > 0 (K = " +
                                     std::to_string(first.in_features) + " and " +
                                     std::to_string(other.in_features) + ")");
 }

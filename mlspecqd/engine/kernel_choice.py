@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from mlspecqd import _native, hub
+from mlspecqd.engine.quant import MXFP4_BLOCK_BYTES, MXFP4_BLOCK_VALUES
 
 ROW_CLASSES = ("1", "2-4", "5-16", "17+")
 # The rows each class is timed at.
@@ -122,7 +123,7 @@ def _product(weight: np.ndarray, x: np.ndarray, out: np.ndarray, choice: KernelC
 
 def _in_features(weight: np.ndarray) -> int:
     if weight.dtype == np.uint8:
-        return weight.shape[-1] // 17 * 32
+        return weight.shape[-1] // MXFP4_BLOCK_BYTES * MXFP4_BLOCK_VALUES
     return weight.shape[0] * weight.shape[2] if weight.ndim == 3 else weight.shape[1]
 
 

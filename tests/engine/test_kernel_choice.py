@@ -175,3 +175,14 @@ def test_moe_drafts_are_timed_on_an_expert(cache_folder, tmp_path):
         plan = kernel_choice.choose_draft_plan(draft.spec, draft.tensors)
         draft.set_kernel_plan(plan)
         assert np.isfinite(draft.forward([1, 2, 3], 0, all_logits=True)).all()
+
+
+def test_native_plans_refuse_bad_choices_by_name(model_path):
+    with Model.load(model_path) as model:
+        native = model._native_model
+        with pytest.raises(ValueError, match="set_kernel_plan: 3 choices, expected one per row class \\(4\\)"):
+            native.set_kernel_plan([(None, "bf16")] * 3)
+        with pytest.raises(ValueError, match="unknown instruction set 'avx9'"):
+            native.set_kernel_plan([("avx9", "bf16")] * 4)
+        with pytest.raises(ValueError, match="set_kernel_plan: MXFP4 activations 'fp8' are not 'bf16' or 'int8'"):
+            native.set_kernel_plan([(None, "fp8")] * 4)
